@@ -1,0 +1,242 @@
+"""Reading the published checkpoint formats into timm ViT state dicts.
+
+Handled layouts (see the project docs for key names and shapes):
+
+* DinoV2 ``dinov2_vit{s,b,l,g}14_pretrain.pth``: a bare state dict with a
+  ``mask_token``; ViT-g's SwiGLU ``mlp.w12`` / ``mlp.w3`` become timm's
+  ``mlp.fc1`` / ``mlp.fc2``.
+* MAE ``mae_pretrain_vit_*.pth`` / ``mae_visualize_vit_*.pth``: ``{"model": ...}``;
+  the decoder (``decoder_*``, ``mask_token``) is split off.
+* ExPLoRA releases: encoder-only ``{"model": ...}`` with merged ``qkv``, and full
+  ``{"teacher": ...}`` with ``backbone.``-prefixed keys, split
+  ``q_proj/k_proj/v_proj`` next to ``qkv`` and stale ``lora_A/lora_B`` (already
+  merged into both, so dropped, never re-applied), plus DINO/iBOT heads.
+* Lightning checkpoints written by TorchGeo tasks and by explora_geo's exports
+  (``{"state_dict": {"model.<key>": ...}}``).
+
+.. versionadded:: 0.1
+"""
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import safetensors.torch
+import torch
+from timm.models import adapt_input_conv
+from timm.models.vision_transformer import checkpoint_filter_fn as timm_vit_filter
+from torch import Tensor, nn
+
+StateDict = dict[str, Tensor]
+
+_WRAPPERS = ('teacher', 'model', 'state_dict', 'module')
+_SPLIT_QKV = re.compile(r'(.*\.attn)\.(q_proj|k_proj|v_proj)\.(weight|bias)$')
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, object]:
+    """Read a checkpoint file safely (safetensors, or ``torch.load`` with weights only).
+
+    Args:
+        path: A ``.safetensors``, ``.pth``, ``.pt`` or ``.ckpt`` file.
+
+    Returns:
+        The file's top-level mapping.
+
+    Raises:
+        FileNotFoundError: If *path* does not exist.
+        ValueError: If the file cannot be read as a checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'checkpoint not found: {path}')
+    try:
+        if path.suffix == '.safetensors':
+            return dict(safetensors.torch.load_file(str(path)))
+        obj = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as err:
+        raise ValueError(f'{path}: cannot read checkpoint ({err})') from err
+    if not isinstance(obj, Mapping):
+        raise ValueError(
+            f'{path}: expected a mapping of tensors, got {type(obj).__name__}'
+        )
+    return dict(obj)
+
+
+def unwrap_state_dict(checkpoint: Mapping[str, object]) -> StateDict:
+    """Find the encoder state dict inside a checkpoint and strip wrapper prefixes.
+
+    Args:
+        checkpoint: A file's top-level mapping.
+
+    Returns:
+        Tensors keyed by the encoder's names (``blocks.0.attn.qkv.weight``...).
+
+    Raises:
+        ValueError: If no tensors are found.
+    """
+    obj: Mapping[str, object] = checkpoint
+    for key in _WRAPPERS:
+        inner = obj.get(key)
+        if isinstance(inner, Mapping) and inner and not isinstance(inner, Tensor):
+            obj = inner
+            break
+    tensors = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
+    if not tensors:
+        raise ValueError(
+            f'no tensors found in checkpoint (top-level keys: {sorted(checkpoint)[:10]})'
+        )
+    # Lightning checkpoints of TorchGeo tasks keep the network under "model.".
+    for prefix in ('module.', 'backbone.', 'model.', 'encoder.'):
+        if any(k.startswith(prefix) for k in tensors) and any(
+            k.startswith(prefix + 'blocks.') for k in tensors
+        ):
+            tensors = {
+                k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)
+            }
+    return tensors
+
+
+def split_mae_decoder(state_dict: Mapping[str, Tensor]) -> tuple[StateDict, StateDict]:
+    """Separate an MAE checkpoint into encoder and decoder tensors.
+
+    Args:
+        state_dict: Unwrapped MAE state dict.
+
+    Returns:
+        ``(encoder, decoder)``; the decoder holds ``decoder_*`` and ``mask_token``.
+    """
+    encoder, decoder = {}, {}
+    for k, v in state_dict.items():
+        (decoder if k.startswith('decoder_') or k == 'mask_token' else encoder)[k] = v
+    return encoder, decoder
+
+
+def normalize_vit_keys(state_dict: Mapping[str, Tensor]) -> StateDict:
+    """Bring DinoV2 / MAE / ExPLoRA encoder keys to timm ``VisionTransformer`` names.
+
+    Drops heads, decoders, mask tokens and stale LoRA factors; builds ``qkv``
+    from split ``q_proj/k_proj/v_proj`` where no fused tensor exists.
+
+    Args:
+        state_dict: Unwrapped state dict.
+
+    Returns:
+        The converted state dict.
+
+    Raises:
+        ValueError: If fused and split projections disagree.
+    """
+    out: StateDict = {}
+    split: dict[tuple[str, str], dict[str, Tensor]] = {}
+    for k, v in state_dict.items():
+        if 'lora_A' in k or 'lora_B' in k:
+            continue
+        if k.startswith(
+            ('decoder_', 'dino_head', 'ibot_head', 'head.', 'fc_norm')
+        ) or k in {
+            'mask_token',
+            'head',
+        }:
+            if k.startswith('fc_norm'):
+                out[k] = v
+            continue
+        match = _SPLIT_QKV.match(k)
+        if match:
+            split.setdefault((match[1], match[3]), {})[match[2]] = v
+            continue
+        k = re.sub(r'(blocks\.\d+\.mlp)\.w12\.', r'\1.fc1.', k)
+        k = re.sub(r'(blocks\.\d+\.mlp)\.w3\.', r'\1.fc2.', k)
+        out[k] = v
+    for (attn, kind), parts in split.items():
+        fused = f'{attn}.qkv.{kind}'
+        if set(parts) != {'q_proj', 'k_proj', 'v_proj'}:
+            raise ValueError(
+                f'incomplete split projections at {attn}: found {sorted(parts)}'
+            )
+        stacked = torch.cat([parts['q_proj'], parts['k_proj'], parts['v_proj']], dim=0)
+        if fused not in out:
+            out[fused] = stacked
+        elif not torch.allclose(
+            out[fused].float(), stacked.float(), atol=1e-4, rtol=1e-3
+        ):
+            raise ValueError(
+                f'{fused} disagrees with {attn}.q_proj/k_proj/v_proj.{kind}; '
+                'the checkpoint is inconsistent'
+            )
+    return out
+
+
+def convert_state_dict(checkpoint: Mapping[str, object], model: nn.Module) -> StateDict:
+    """Convert any supported checkpoint to *model*'s timm names and shapes.
+
+    Position embeddings are resampled to the model's grid and the patch
+    embedding to its patch size (timm's filter); a different number of input
+    channels is adapted with timm's ``adapt_input_conv``; a classifier head
+    whose shape differs from the model's is dropped.
+
+    Args:
+        checkpoint: A file's top-level mapping or a bare state dict.
+        model: The timm ViT to load into.
+
+    Returns:
+        A state dict for ``model.load_state_dict``.
+    """
+    state_dict = normalize_vit_keys(unwrap_state_dict(checkpoint))
+    state_dict = timm_vit_filter(state_dict, model)
+    target = model.state_dict()
+    key = 'patch_embed.proj.weight'
+    if key in state_dict and key in target:
+        in_chans = target[key].shape[1]
+        if state_dict[key].shape[1] != in_chans:
+            state_dict[key] = adapt_input_conv(
+                in_chans, state_dict[key], state_dict[key].shape[1]
+            )
+    for name in ('head.weight', 'head.bias'):
+        if name in state_dict and (
+            name not in target or target[name].shape != state_dict[name].shape
+        ):
+            del state_dict[name]
+    return state_dict
+
+
+def load_into(
+    model: nn.Module,
+    state_dict: Mapping[str, Tensor],
+    source: str = 'checkpoint',
+    allow_missing: tuple[str, ...] = ('head.', 'fc_norm.'),
+) -> None:
+    """Load *state_dict* into *model*, failing loudly on any key mismatch.
+
+    Args:
+        model: Target model.
+        state_dict: Converted tensors.
+        source: Where the tensors came from, for error messages.
+        allow_missing: Prefixes of model keys that may be absent (new heads).
+
+    Raises:
+        KeyError: If keys are missing or unexpected; lists both.
+        ValueError: If a tensor's shape differs from the model's.
+    """
+    target = model.state_dict()
+    missing = sorted(
+        k
+        for k in target
+        if k not in state_dict
+        and not k.startswith(allow_missing)
+        # An adapted model's LoRA factors are not part of any source checkpoint.
+        and not k.endswith(('.lora_A', '.lora_B'))
+    )
+    unexpected = sorted(k for k in state_dict if k not in target)
+    if missing or unexpected:
+        raise KeyError(
+            f'{source} does not match {type(model).__name__}: '
+            f'missing keys: {missing}; unexpected keys: {unexpected}'
+        )
+    for k, v in state_dict.items():
+        if target[k].shape != v.shape:
+            raise ValueError(
+                f'{source}: {k} has shape {tuple(v.shape)}, the model expects '
+                f'{tuple(target[k].shape)}'
+            )
+    model.load_state_dict(state_dict, strict=False)

@@ -1,0 +1,1 @@
+"""explora_geo.ssl."""
