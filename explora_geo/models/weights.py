@@ -37,7 +37,7 @@ __all__ = (
     'ExPLoRAViTG14DINOv2Weights',
     'ExPLoRAViTL14DINOv2Weights',
     'ExPLoRAViTL16MAEWeights',
-    'ExPLoRAWeights',
+    'ExPLoRAWeightsEnum',
     'get_weight',
     'load_weights',
 )
@@ -52,8 +52,8 @@ _rgb_transforms = K.AugmentationSequential(
 )
 
 
-class ExPLoRAWeights(Weights):
-    """Weights whose ``get_state_dict`` returns timm ViT keys.
+class ExPLoRAWeightsEnum(WeightsEnum):  # type: ignore[misc]
+    """Base of this package's weight enums: ``get_state_dict`` returns timm ViT keys.
 
     .. versionadded:: 0.1
     """
@@ -70,7 +70,7 @@ class ExPLoRAWeights(Weights):
             The encoder's tensors with timm names (not yet resampled to a model).
         """
         kwargs['weights_only'] = True
-        kwargs.pop('check_hash', None)  # the releases carry no hash suffix
+        kwargs.pop('check_hash', None)  # the release file names carry no hash
         checkpoint = load_state_dict_from_url(self.url, *args, **kwargs)
         return normalize_vit_keys(unwrap_state_dict(checkpoint))
 
@@ -85,77 +85,77 @@ def _meta(model: str, dataset: str, **extra: Any) -> dict[str, Any]:
     }
 
 
-class ExPLoRAViTL14DINOv2Weights(WeightsEnum):  # type: ignore[misc]
+class ExPLoRAViTL14DINOv2Weights(ExPLoRAWeightsEnum):
     """ViT-L/14 weights: ExPLoRA D-[L]-r64 on fMoW-RGB, and its DinoV2 source.
 
     .. versionadded:: 0.1
     """
 
-    FMOW_RGB = ExPLoRAWeights(
+    FMOW_RGB = Weights(
         url=f'{_HF}/explora_dinov2_fmow_rgb/explora_dinov2_vit_large_fmow_rgb_encoder_only.pth',
         transforms=_rgb_transforms,
         meta=_meta('explora_vitl_dino', 'fMoW-RGB', img_size=224, layout='encoder'),
     )
-    FMOW_RGB_TEACHER = ExPLoRAWeights(
+    FMOW_RGB_TEACHER = Weights(
         url=f'{_HF}/explora_dinov2_fmow_rgb/explora_dinov2_vit_large_fmow_rgb.pth',
         transforms=_rgb_transforms,
         meta=_meta('explora_vitl_dino', 'fMoW-RGB', img_size=224, layout='teacher'),
     )
-    DINOV2_LVD142M = ExPLoRAWeights(
+    DINOV2_LVD142M = Weights(
         url=f'{_DINOV2}/dinov2_vitl14/dinov2_vitl14_pretrain.pth',
         transforms=_rgb_transforms,
         meta=_meta('explora_vitl_dino', 'LVD-142M', img_size=518, layout='dinov2'),
     )
 
 
-class ExPLoRAViTB14DINOv2Weights(WeightsEnum):  # type: ignore[misc]
+class ExPLoRAViTB14DINOv2Weights(ExPLoRAWeightsEnum):
     """ViT-B/14 weights: ExPLoRA on fMoW-RGB, and its DinoV2 source.
 
     .. versionadded:: 0.1
     """
 
-    FMOW_RGB = ExPLoRAWeights(
+    FMOW_RGB = Weights(
         url=f'{_HF}/explora_dinov2_fmow_rgb/explora_dinov2_vit_base_fmow_rgb_encoder_only.pth',
         transforms=_rgb_transforms,
         meta=_meta('explora_vitb_dino', 'fMoW-RGB', img_size=224, layout='encoder'),
     )
-    FMOW_RGB_TEACHER = ExPLoRAWeights(
+    FMOW_RGB_TEACHER = Weights(
         url=f'{_HF}/explora_dinov2_fmow_rgb/explora_dinov2_vit_base_fmow_rgb.pth',
         transforms=_rgb_transforms,
         meta=_meta('explora_vitb_dino', 'fMoW-RGB', img_size=224, layout='teacher'),
     )
-    DINOV2_LVD142M = ExPLoRAWeights(
+    DINOV2_LVD142M = Weights(
         url=f'{_DINOV2}/dinov2_vitb14/dinov2_vitb14_pretrain.pth',
         transforms=_rgb_transforms,
         meta=_meta('explora_vitb_dino', 'LVD-142M', img_size=518, layout='dinov2'),
     )
 
 
-class ExPLoRAViTG14DINOv2Weights(WeightsEnum):  # type: ignore[misc]
+class ExPLoRAViTG14DINOv2Weights(ExPLoRAWeightsEnum):
     """ViT-g/14 DinoV2 source weights.
 
     .. versionadded:: 0.1
     """
 
-    DINOV2_LVD142M = ExPLoRAWeights(
+    DINOV2_LVD142M = Weights(
         url=f'{_DINOV2}/dinov2_vitg14/dinov2_vitg14_pretrain.pth',
         transforms=_rgb_transforms,
         meta=_meta('explora_vitg_dino', 'LVD-142M', img_size=518, layout='dinov2'),
     )
 
 
-class ExPLoRAViTL16MAEWeights(WeightsEnum):  # type: ignore[misc]
+class ExPLoRAViTL16MAEWeights(ExPLoRAWeightsEnum):
     """ViT-L/16 MAE source weights (encoder only, and encoder + pixel decoder).
 
     .. versionadded:: 0.1
     """
 
-    MAE_IN1K = ExPLoRAWeights(
+    MAE_IN1K = Weights(
         url=f'{_MAE}/pretrain/mae_pretrain_vit_large.pth',
         transforms=_rgb_transforms,
         meta=_meta('explora_vitl_mae', 'ImageNet-1k', img_size=224, layout='mae'),
     )
-    MAE_IN1K_PIXEL = ExPLoRAWeights(
+    MAE_IN1K_PIXEL = Weights(
         url=f'{_MAE}/visualize/mae_visualize_vit_large.pth',
         transforms=_rgb_transforms,
         meta=_meta(
@@ -164,18 +164,18 @@ class ExPLoRAViTL16MAEWeights(WeightsEnum):  # type: ignore[misc]
     )
 
 
-class ExPLoRAViTB16MAEWeights(WeightsEnum):  # type: ignore[misc]
+class ExPLoRAViTB16MAEWeights(ExPLoRAWeightsEnum):
     """ViT-B/16 MAE source weights (encoder only, and encoder + pixel decoder).
 
     .. versionadded:: 0.1
     """
 
-    MAE_IN1K = ExPLoRAWeights(
+    MAE_IN1K = Weights(
         url=f'{_MAE}/pretrain/mae_pretrain_vit_base.pth',
         transforms=_rgb_transforms,
         meta=_meta('explora_vitb_mae', 'ImageNet-1k', img_size=224, layout='mae'),
     )
-    MAE_IN1K_PIXEL = ExPLoRAWeights(
+    MAE_IN1K_PIXEL = Weights(
         url=f'{_MAE}/visualize/mae_visualize_vit_base.pth',
         transforms=_rgb_transforms,
         meta=_meta(
