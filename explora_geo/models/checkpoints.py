@@ -106,7 +106,8 @@ def split_mae_decoder(state_dict: Mapping[str, Tensor]) -> tuple[StateDict, Stat
     Returns:
         ``(encoder, decoder)``; the decoder holds ``decoder_*`` and ``mask_token``.
     """
-    encoder, decoder = {}, {}
+    encoder: StateDict = {}
+    decoder: StateDict = {}
     for k, v in state_dict.items():
         (decoder if k.startswith('decoder_') or k == 'mask_token' else encoder)[k] = v
     return encoder, decoder
@@ -183,7 +184,7 @@ def convert_state_dict(checkpoint: Mapping[str, object], model: nn.Module) -> St
         A state dict for ``model.load_state_dict``.
     """
     state_dict = normalize_vit_keys(unwrap_state_dict(checkpoint))
-    state_dict = timm_vit_filter(state_dict, model)
+    state_dict = timm_vit_filter(state_dict, model)  # type: ignore[arg-type]
     target = model.state_dict()
     key = 'patch_embed.proj.weight'
     if key in state_dict and key in target:

@@ -52,7 +52,7 @@ _rgb_transforms = K.AugmentationSequential(
 )
 
 
-class ExPLoRAWeightsEnum(WeightsEnum):  # type: ignore[misc]
+class ExPLoRAWeightsEnum(WeightsEnum):
     """Base of this package's weight enums: ``get_state_dict`` returns timm ViT keys.
 
     .. versionadded:: 0.1

@@ -258,7 +258,8 @@ def apply_explora(model: nn.Module, config: ExPLoRAConfig) -> nn.Module:
             fnmatch.fnmatchcase(name, p) for p in patterns
         ):
             param.requires_grad_(True)
-    model.explora_config = config
+    # A plain attribute (not a submodule/parameter): it is not in the state dict.
+    object.__setattr__(model, 'explora_config', config)
     return model
 
 

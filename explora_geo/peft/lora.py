@@ -85,9 +85,13 @@ class QKVLoRA(nn.Linear):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
         dim = base.in_features
-        factory = {'device': self.weight.device, 'dtype': self.weight.dtype}
-        self.lora_A = nn.Parameter(torch.empty(len(self.targets), rank, dim, **factory))
-        self.lora_B = nn.Parameter(torch.zeros(len(self.targets), dim, rank, **factory))
+        device, dtype = self.weight.device, self.weight.dtype
+        self.lora_A = nn.Parameter(
+            torch.empty(len(self.targets), rank, dim, device=device, dtype=dtype)
+        )
+        self.lora_B = nn.Parameter(
+            torch.zeros(len(self.targets), dim, rank, device=device, dtype=dtype)
+        )
         self.reset_lora_parameters()
 
     def reset_lora_parameters(self) -> None:

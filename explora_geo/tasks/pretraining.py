@@ -228,7 +228,8 @@ class ExPLoRAPretrainingTask(BaseTask):
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Trainable tensors grouped by learning-rate multiplier."""
         mult = self.hparams['patch_embed_lr_mult']
-        base, patch = [], []
+        base: list[nn.Parameter] = []
+        patch: list[nn.Parameter] = []
         for name, param in self.named_parameters():
             if param.requires_grad:
                 (patch if 'patch_embed' in name else base).append(param)
