@@ -76,9 +76,7 @@ def test_kwargs(make_vit) -> None:
 
 def test_forward_intermediates_and_features_only(make_vit) -> None:
     model = make_vit()
-    _, inter = model.forward_intermediates(
-        torch.randn(1, 3, 28, 28), indices=[0, 2]
-    )
+    _, inter = model.forward_intermediates(torch.randn(1, 3, 28, 28), indices=[0, 2])
     assert [t.shape for t in inter] == [(1, 32, 2, 2)] * 2
     features = make_vit(features_only=True, out_indices=(1, 2))(
         torch.randn(1, 3, 28, 28)
