@@ -1,0 +1,243 @@
+"""Base datamodule over the named splits of an image dataset, with an unlabeled mode.
+
+The WILDS and NAIP land-cover datamodules share one shape: a labeled dataset
+class whose constructor takes ``split=``, an unlabeled twin for self-supervised
+pre-training, images of varying size that are resized per sample (so that they
+can be batched), and augmentation plus normalisation applied on the device.
+"""
+
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+import kornia.augmentation as K
+import torch
+from torch import Tensor
+from torchgeo.datamodules import NonGeoDataModule
+from torchgeo.datasets import NonGeoDataset
+from torchgeo.datasets.utils import Sample
+
+#: ImageNet channel means and standard deviations on the 0-255 scale, the
+#: normalisation of the DinoV2 and MAE checkpoints that ExPLoRA starts from.
+IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]) * 255
+IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]) * 255
+
+
+def compose_transforms(
+    first: Callable[[Sample], Sample], then: Callable[[Sample], Sample], sample: Sample
+) -> Sample:
+    """Apply two sample transforms in order.
+
+    Bound with :func:`functools.partial`, it stays picklable for worker processes.
+
+    Args:
+        first: Transform applied first.
+        then: Transform applied second.
+        sample: The sample.
+
+    Returns:
+        The transformed sample.
+
+    .. versionadded:: 0.1
+    """
+    return then(first(sample))
+
+
+def resize_short_side(size: int) -> K.AugmentationSequential:
+    """Per-sample transform: resize the shorter side to *size*, then centre-crop.
+
+    This is the ExPLoRA paper's preprocessing of images of varying size (shorter
+    side resized keeping the aspect ratio, then a centre crop to a square).
+
+    Args:
+        size: Output height and width.
+
+    Returns:
+        A transform of samples with an ``'image'`` of shape (C, H, W).
+
+    .. versionadded:: 0.1
+    """
+    return K.AugmentationSequential(
+        K.Resize(size, side='short', antialias=True),
+        K.CenterCrop(size),
+        data_keys=None,
+        keepdim=True,
+    )
+
+
+class ImageSplitsDataModule(NonGeoDataModule):
+    """Datamodule over named splits of an image dataset, with an unlabeled mode.
+
+    In the labeled mode, *train_split*, *val_split* and *test_split* of
+    *dataset_class* feed the training, validation and test loaders. With
+    ``unlabeled=True``, the training loader reads *pretrain_split* of
+    *unlabeled_class* (images only) and the validation loader
+    *pretrain_val_split* if given; on-device augmentation is then only
+    normalisation, leaving crops to the self-supervised objective.
+
+    Subclasses set :attr:`sample_transform` (applied per sample, on the CPU, so
+    that samples can be batched) and :attr:`train_aug`.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        dataset_class: type[NonGeoDataset],
+        unlabeled_class: type[NonGeoDataset],
+        batch_size: int = 64,
+        num_workers: int = 0,
+        unlabeled: bool = False,
+        train_split: str = 'train',
+        val_split: str = 'val',
+        test_split: str = 'test',
+        pretrain_split: str = 'train',
+        pretrain_val_split: str | None = None,
+        mean: Sequence[float] | Tensor = IMAGENET_MEAN,
+        std: Sequence[float] | Tensor = IMAGENET_STD,
+        **kwargs: Any,
+    ) -> None:
+        """Initialize a new ImageSplitsDataModule instance.
+
+        Args:
+            dataset_class: Labeled dataset class, constructed with ``split=``.
+            unlabeled_class: Unlabeled dataset class, constructed with ``split=``.
+            batch_size: Size of each mini-batch.
+            num_workers: Number of workers for parallel data loading.
+            unlabeled: If True, load images only, for pre-training.
+            train_split: Labeled split used for training.
+            val_split: Labeled split used for validation.
+            test_split: Labeled split used for testing.
+            pretrain_split: Split of *unlabeled_class* used for pre-training.
+            pretrain_val_split: Split of *unlabeled_class* used for validation
+                during pre-training, or None for no validation loader.
+            mean: Per-channel mean subtracted on the device.
+            std: Per-channel standard deviation divided by on the device.
+            **kwargs: Additional keyword arguments passed to the dataset classes.
+        """
+        self.mean = torch.as_tensor(mean, dtype=torch.float32)
+        self.std = torch.as_tensor(std, dtype=torch.float32)
+        super().__init__(dataset_class, batch_size, num_workers, **kwargs)
+        self.unlabeled_class = unlabeled_class
+        self.unlabeled = unlabeled
+        self.train_split = train_split
+        self.val_split = val_split
+        self.test_split = test_split
+        self.pretrain_split = pretrain_split
+        self.pretrain_val_split = pretrain_val_split
+        self.sample_transform: Callable[[Sample], Sample] | None = None
+
+    def _dataset_kwargs(self) -> dict[str, Any]:
+        """Return the dataset keyword arguments, with the per-sample transform.
+
+        Returns:
+            The keyword arguments; a user's ``transforms`` runs after
+            :attr:`sample_transform`.
+        """
+        kwargs = dict(self.kwargs)
+        user = kwargs.pop('transforms', None)
+        resize = self.sample_transform
+        if resize is None or user is None:
+            kwargs['transforms'] = resize or user
+        else:
+            kwargs['transforms'] = partial(compose_transforms, resize, user)
+        return kwargs
+
+    def prepare_data(self) -> None:
+        """Download the data that :meth:`setup` will read, if ``download=True``."""
+        if self.kwargs.get('download', False):
+            if self.unlabeled:
+                self.unlabeled_class(split=self.pretrain_split, **self.kwargs)  # type: ignore[call-arg]
+            else:
+                self.dataset_class(split=self.train_split, **self.kwargs)  # type: ignore[call-arg]
+
+    def setup(self, stage: str) -> None:
+        """Set up datasets.
+
+        Args:
+            stage: Either 'fit', 'validate', 'test', or 'predict'.
+        """
+        kwargs = self._dataset_kwargs()
+        if self.unlabeled:
+            if stage == 'fit':
+                self.train_dataset = self.unlabeled_class(
+                    split=self.pretrain_split,  # type: ignore[call-arg]
+                    **kwargs,
+                )
+            if stage in ('fit', 'validate') and self.pretrain_val_split is not None:
+                self.val_dataset = self.unlabeled_class(
+                    split=self.pretrain_val_split,  # type: ignore[call-arg]
+                    **kwargs,
+                )
+            return
+        if stage == 'fit':
+            self.train_dataset = self.dataset_class(
+                split=self.train_split,  # type: ignore[call-arg]
+                **kwargs,
+            )
+        if stage in ('fit', 'validate'):
+            self.val_dataset = self.dataset_class(
+                split=self.val_split,  # type: ignore[call-arg]
+                **kwargs,
+            )
+        if stage == 'test':
+            self.test_dataset = self.dataset_class(
+                split=self.test_split,  # type: ignore[call-arg]
+                **kwargs,
+            )
+
+
+class ImageClassificationSplitsDataModule(ImageSplitsDataModule):
+    """Image classification over named splits, as fine-tuned in the ExPLoRA paper.
+
+    Each sample is resized to *image_size* (shorter side, then centre crop);
+    training batches get a random resized crop (when *crop_scale* is given) and
+    random flips on the device, after normalisation.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        dataset_class: type[NonGeoDataset],
+        unlabeled_class: type[NonGeoDataset],
+        batch_size: int = 64,
+        num_workers: int = 0,
+        image_size: int = 224,
+        crop_scale: tuple[float, float] | None = (0.08, 1.0),
+        vertical_flip: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        """Initialize a new ImageClassificationSplitsDataModule instance.
+
+        Args:
+            dataset_class: Labeled dataset class, constructed with ``split=``.
+            unlabeled_class: Unlabeled dataset class, constructed with ``split=``.
+            batch_size: Size of each mini-batch.
+            num_workers: Number of workers for parallel data loading.
+            image_size: Height and width of the images fed to the model.
+            crop_scale: Range of the area fraction of the random resized crop of
+                training images, or None for no crop.
+            vertical_flip: If True, also flip training images vertically.
+            **kwargs: Additional keyword arguments passed to
+                :class:`ImageSplitsDataModule` and the dataset classes.
+        """
+        super().__init__(
+            dataset_class, unlabeled_class, batch_size, num_workers, **kwargs
+        )
+        self.image_size = image_size
+        self.sample_transform = resize_short_side(image_size)
+        if not self.unlabeled:
+            augmentations: list[K.AugmentationBase2D] = [
+                K.Normalize(mean=self.mean, std=self.std)
+            ]
+            if crop_scale is not None:
+                augmentations.append(
+                    K.RandomResizedCrop((image_size, image_size), scale=crop_scale)
+                )
+            augmentations.append(K.RandomHorizontalFlip())
+            if vertical_flip:
+                augmentations.append(K.RandomVerticalFlip())
+            self.train_aug = K.AugmentationSequential(
+                *augmentations, data_keys=None, keepdim=True
+            )

@@ -1,0 +1,97 @@
+"""NAIP land-cover datamodule."""
+
+from collections.abc import Sequence
+from typing import Any
+
+from ..datasets.naip_landcover import NAIPLandCover, NAIPLandCoverUnlabeled
+from .image_splits import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageClassificationSplitsDataModule,
+)
+
+
+class NAIPLandCoverDataModule(ImageClassificationSplitsDataModule):
+    """LightningDataModule for the NAIP land-cover dataset (66 classes).
+
+    Uses the ``train`` and ``val`` splits; the ExPLoRA paper reports results on
+    the validation split, which is therefore also the default *test_split*.
+    Chips are resized to *image_size* (shorter side, then centre crop); training
+    batches get a random resized crop and horizontal and vertical flips. The
+    default RGB bands are normalised with ImageNet statistics (NAIP is 8-bit,
+    like the natural images the starting checkpoints saw); other band sets need
+    *mean* and *std*. With ``unlabeled=True`` the training loader yields the
+    chips of *pretrain_split* without labels.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        image_size: int = 224,
+        crop_scale: tuple[float, float] | None = (0.08, 1.0),
+        unlabeled: bool = False,
+        val_split: str = 'val',
+        test_split: str = 'val',
+        pretrain_split: str = 'train',
+        bands: Sequence[str] = NAIPLandCover.rgb_bands,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Initialize a new NAIPLandCoverDataModule instance.
+
+        Args:
+            batch_size: Size of each mini-batch.
+            num_workers: Number of workers for parallel data loading.
+            image_size: Height and width of the images fed to the model.
+            crop_scale: Area range of the random resized crop of training
+                images, or None for no crop.
+            unlabeled: If True, load images only, for pre-training.
+            val_split: Split used for validation.
+            test_split: Split used for testing (``'test'`` if the dataset has
+                one).
+            pretrain_split: Split read with ``unlabeled=True``.
+            bands: Bands to load, from ``('R', 'G', 'B', 'NIR')``.
+            mean: Per-band means (0-255 scale); ImageNet's for R, G, B if None.
+            std: Per-band standard deviations; ImageNet's for R, G, B if None.
+            **kwargs: Additional keyword arguments passed to
+                :class:`~explora_geo.datasets.NAIPLandCover` (``root``,
+                ``on_error``, ...).
+
+        Raises:
+            ValueError: If *mean* or *std* is missing for bands other than R, G,
+                B, or their lengths differ from the number of bands.
+        """
+        bands = tuple(bands)
+        if mean is None or std is None:
+            if bands != NAIPLandCover.rgb_bands:
+                raise ValueError(
+                    f'No default normalisation for bands {bands}: pass mean= and '
+                    'std= (one value per band, 0-255 scale)'
+                )
+            mean, std = IMAGENET_MEAN.tolist(), IMAGENET_STD.tolist()
+        if len(mean) != len(bands) or len(std) != len(bands):
+            raise ValueError(
+                f'mean and std need one value per band {bands}; got {len(mean)} '
+                f'and {len(std)}'
+            )
+        super().__init__(
+            NAIPLandCover,
+            NAIPLandCoverUnlabeled,
+            batch_size,
+            num_workers,
+            image_size=image_size,
+            crop_scale=crop_scale,
+            vertical_flip=True,
+            unlabeled=unlabeled,
+            val_split=val_split,
+            test_split=test_split,
+            pretrain_split=pretrain_split,
+            bands=bands,
+            mean=mean,
+            std=std,
+            **kwargs,
+        )

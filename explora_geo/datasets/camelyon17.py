@@ -1,0 +1,290 @@
+"""Camelyon17-WILDS tumour classification of histopathology patches."""
+
+import os
+from collections.abc import Callable
+from typing import ClassVar, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+from torchgeo.datasets.utils import Path, Sample
+
+from .image_table import OnError, integer_labels, read_table
+from .plot import plot_classification
+from .wilds import WILDSImageDataset
+
+#: Hospital (``center``) whose slides form the out-of-distribution validation split.
+VAL_CENTER = 1
+#: Hospital (``center``) whose slides form the test split.
+TEST_CENTER = 2
+
+_COORDINATES = ('patient', 'node', 'x_coord', 'y_coord')
+
+
+def _patch_paths(data_dir: str, table: pd.DataFrame) -> list[str]:
+    """Build the patch file paths of a Camelyon17 metadata table.
+
+    Args:
+        data_dir: The release folder.
+        table: Rows with columns ``patient`` (zero-padded, as text), ``node``,
+            ``x_coord`` and ``y_coord``.
+
+    Returns:
+        ``<data_dir>/patches/patient_<p>_node_<n>/patch_patient_<p>_node_<n>_x_<x>_y_<y>.png``
+        for each row.
+    """
+    return [
+        os.path.join(
+            data_dir,
+            'patches',
+            f'patient_{p}_node_{n}',
+            f'patch_patient_{p}_node_{n}_x_{x}_y_{y}.png',
+        )
+        for p, n, x, y in table.loc[:, list(_COORDINATES)].itertuples(
+            index=False, name=None
+        )
+    ]
+
+
+def _official_splits(table: pd.DataFrame) -> np.ndarray:
+    """Assign the official WILDS split to each row of the labeled metadata.
+
+    Hospital :data:`VAL_CENTER` is the OOD validation split and
+    :data:`TEST_CENTER` the test split; the other hospitals' rows are ``train``
+    (``split`` 0) or ``id_val`` (``split`` 1).
+
+    Args:
+        table: Rows with columns ``center`` and ``split``.
+
+    Returns:
+        The split name of each row (``''`` for rows in no split).
+    """
+    center = pd.to_numeric(table['center'], errors='coerce').to_numpy()
+    split = pd.to_numeric(table['split'], errors='coerce').to_numpy()
+    return np.select(
+        [center == VAL_CENTER, center == TEST_CENTER, split == 0, split == 1],
+        ['val', 'test', 'train', 'id_val'],
+        default='',
+    )
+
+
+class Camelyon17(WILDSImageDataset):
+    """Camelyon17-WILDS dataset (v1.0).
+
+    96 x 96 px patches of lymph-node histopathology slides from five hospitals,
+    labelled 1 if the central 32 x 32 px region contains tumour tissue. The
+    official WILDS splits hold out hospitals: ``train`` and ``id_val`` (hospitals
+    0, 3, 4), ``val`` (hospital 1, out of distribution) and ``test`` (hospital 2).
+
+    Dataset format (``<root>/camelyon17_v1.0/``):
+
+    * ``metadata.csv``: one row per patch; columns ``patient`` (zero-padded),
+      ``node``, ``x_coord``, ``y_coord``, ``tumor``, ``center`` and ``split``
+    * ``patches/patient_<p>_node_<n>/patch_patient_<p>_node_<n>_x_<x>_y_<y>.png``
+
+    Samples are ``{'image': float (3, 96, 96) 0-255, 'label': int64 ()}``.
+
+    If you use this dataset in your research, please cite:
+
+    * https://doi.org/10.1109/TMI.2018.2867350
+    * https://arxiv.org/abs/2012.07421
+
+    .. versionadded:: 0.1
+    """
+
+    splits: ClassVar[tuple[str, ...]] = ('train', 'id_val', 'val', 'test')
+    classes: ClassVar[tuple[str, ...]] = ('normal', 'tumor')
+
+    def __init__(
+        self,
+        root: Path = 'data',
+        split: Literal['train', 'id_val', 'val', 'test'] = 'train',
+        version: str = '1.0',
+        transforms: Callable[[Sample], Sample] | None = None,
+        download: bool = False,
+        on_error: OnError = 'raise',
+    ) -> None:
+        """Initialize a new Camelyon17 instance.
+
+        Args:
+            root: Root directory holding ``camelyon17_v<version>``.
+            split: One of ``'train'``, ``'id_val'``, ``'val'``, ``'test'``.
+            version: Release version.
+            transforms: A function/transform that takes an input sample
+                and returns a transformed version.
+            download: If True, download the release with the ``wilds`` package
+                when it is missing.
+            on_error: ``'raise'`` to stop at the first bad sample (missing or
+                corrupt image, invalid label) with an error naming it; ``'skip'``
+                to leave bad samples out and count them in a warning.
+
+        Raises:
+            ValueError: If *split* is invalid or the metadata lacks a column.
+            DatasetNotFoundError: If the release is not found and *download* is
+                False.
+            InvalidSampleError: If a row's label is invalid and *on_error* is
+                ``'raise'``.
+        """
+        if split not in self.splits:
+            raise ValueError(f'split must be one of {self.splits}, got {split!r}')
+        super().__init__(root, 'camelyon17', version, transforms, download, on_error)
+        self.split = split
+        self._verify(['metadata.csv'])
+
+        table_path = os.path.join(self.data_dir, 'metadata.csv')
+        table = read_table(
+            table_path,
+            [*_COORDINATES, 'tumor', 'center', 'split'],
+            dtype={'patient': str},
+        )
+        table = table[_official_splits(table) == split]
+        labels, problems = integer_labels(table['tumor'], len(self.classes))
+        records = pd.DataFrame(
+            {
+                'path': _patch_paths(self.data_dir, table),
+                'table': table_path,
+                'line': table.index.to_numpy() + 2,
+                'label': labels,
+            }
+        )
+        self._set_records(records, problems)
+
+    def _load_sample(self, index: int) -> Sample:
+        """Load a sample.
+
+        Args:
+            index: Index of the sample.
+
+        Returns:
+            The patch and its label.
+        """
+        image = self._read_rgb(index)
+        label = torch.tensor(self.records['label'].iat[index], dtype=torch.long)
+        return {'image': image, 'label': label}
+
+    def plot(
+        self, sample: Sample, show_titles: bool = True, suptitle: str | None = None
+    ) -> Figure:
+        """Plot a sample from the dataset.
+
+        Args:
+            sample: A sample returned by :meth:`__getitem__`.
+            show_titles: Flag indicating whether to show titles above each panel.
+            suptitle: Optional string to use as a suptitle.
+
+        Returns:
+            A matplotlib Figure with the rendered sample.
+
+        Raises:
+            RGBBandsMissingError: If the image is not a three-channel RGB image.
+        """
+        return plot_classification(self.classes, sample, show_titles, suptitle)
+
+
+class Camelyon17Unlabeled(WILDSImageDataset):
+    """Camelyon17 patches without labels, for self-supervised pre-training.
+
+    Reads the WILDS unlabeled release (``<root>/camelyon17_unlabeled_v1.0/``, same
+    layout as the labeled one; splits by hospital: ``train_unlabeled`` (hospitals
+    0, 3, 4), ``val_unlabeled`` (1), ``test_unlabeled`` (2)), or the patches of a
+    split of the labeled release, ignoring its labels. The ExPLoRA paper
+    pre-trains on ``train_unlabeled``.
+
+    Samples are ``{'image': float (3, 96, 96) 0-255}``.
+
+    .. versionadded:: 0.1
+    """
+
+    unlabeled_splits: ClassVar[tuple[str, ...]] = (
+        'train_unlabeled',
+        'val_unlabeled',
+        'test_unlabeled',
+    )
+    splits: ClassVar[tuple[str, ...]] = (*unlabeled_splits, *Camelyon17.splits)
+
+    def __init__(
+        self,
+        root: Path = 'data',
+        split: str = 'train_unlabeled',
+        version: str = '1.0',
+        transforms: Callable[[Sample], Sample] | None = None,
+        download: bool = False,
+        on_error: OnError = 'raise',
+    ) -> None:
+        """Initialize a new Camelyon17Unlabeled instance.
+
+        Args:
+            root: Root directory holding the release folders.
+            split: An unlabeled split or a split of the labeled release.
+            version: Release version.
+            transforms: A function/transform that takes an input sample
+                and returns a transformed version.
+            download: If True, download the release with the ``wilds`` package
+                when it is missing.
+            on_error: ``'raise'`` or ``'skip'`` missing and corrupt images.
+
+        Raises:
+            ValueError: If *split* is invalid or the metadata lacks a column.
+            DatasetNotFoundError: If the release is not found and *download* is
+                False.
+        """
+        if split not in self.splits:
+            raise ValueError(f'split must be one of {self.splits}, got {split!r}')
+        unlabeled = split in self.unlabeled_splits
+        release = 'camelyon17_unlabeled' if unlabeled else 'camelyon17'
+        super().__init__(root, release, version, transforms, download, on_error)
+        self.split = split
+        self._verify(['metadata.csv'])
+
+        table_path = os.path.join(self.data_dir, 'metadata.csv')
+        if unlabeled:
+            table = read_table(
+                table_path, [*_COORDINATES, 'center'], dtype={'patient': str}
+            )
+            center = pd.to_numeric(table['center'], errors='coerce').to_numpy()
+            names = np.select(
+                [center == VAL_CENTER, center == TEST_CENTER],
+                ['val_unlabeled', 'test_unlabeled'],
+                default='train_unlabeled',
+            )
+        else:
+            table = read_table(
+                table_path, [*_COORDINATES, 'center', 'split'], dtype={'patient': str}
+            )
+            names = _official_splits(table)
+        table = table[names == split]
+        records = pd.DataFrame(
+            {
+                'path': _patch_paths(self.data_dir, table),
+                'table': table_path,
+                'line': table.index.to_numpy() + 2,
+            }
+        )
+        self._set_records(records)
+
+    def _load_sample(self, index: int) -> Sample:
+        """Load a sample.
+
+        Args:
+            index: Index of the sample.
+
+        Returns:
+            The patch.
+        """
+        return {'image': self._read_rgb(index)}
+
+    def plot(self, sample: Sample, suptitle: str | None = None) -> Figure:
+        """Plot a sample from the dataset.
+
+        Args:
+            sample: A sample returned by :meth:`__getitem__`.
+            suptitle: Optional string to use as a suptitle.
+
+        Returns:
+            A matplotlib Figure with the rendered sample.
+
+        Raises:
+            RGBBandsMissingError: If the image is not a three-channel RGB image.
+        """
+        return plot_classification(None, sample, False, suptitle)

@@ -1,0 +1,265 @@
+"""iWildCam2020-WILDS camera-trap species classification."""
+
+import os
+from collections.abc import Callable
+from typing import ClassVar, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+from torchgeo.datasets.utils import Path, Sample
+
+from .image_table import OnError, integer_labels, read_table
+from .plot import plot_classification
+from .wilds import WILDSImageDataset
+
+
+def _filenames(table: pd.DataFrame, column: str) -> tuple[pd.Series, pd.Series]:
+    """Return a table's file names and, per row, a problem if the name is empty.
+
+    Args:
+        table: The table.
+        column: Column holding the file names.
+
+    Returns:
+        The names as strings, and per row ``''`` or a problem description.
+    """
+    empty = table[column].isna()
+    problems = pd.Series('', index=table.index, dtype=object)
+    problems[empty] = f'missing file name: column {column!r} is empty'
+    return table[column].where(~empty, '').astype(str), problems
+
+
+class IWildCam(WILDSImageDataset):
+    """iWildCam2020-WILDS dataset (v2.0).
+
+    Camera-trap photographs from 323 locations, each labelled with one of 182
+    animal species (or empty). The official WILDS splits hold out whole camera
+    locations: ``train``; ``val`` and ``test`` (out-of-distribution, unseen
+    locations); ``id_val`` and ``id_test`` (in-distribution, training locations).
+
+    Dataset format (``<root>/iwildcam_v2.0/``):
+
+    * ``metadata.csv``: one row per image; columns ``split``, ``filename`` and
+      ``y`` (class index) are used
+    * ``categories.csv``: columns ``y`` (class index, empty for categories absent
+      from the release), ``category_id`` and ``name``
+    * ``train/<filename>``: the JPEG images of all splits
+
+    Samples are ``{'image': float (3, H, W) 0-255, 'label': int64 ()}``; images keep
+    their stored size.
+
+    If you use this dataset in your research, please cite:
+
+    * https://arxiv.org/abs/2004.10340
+    * https://arxiv.org/abs/2012.07421
+
+    .. versionadded:: 0.1
+    """
+
+    splits: ClassVar[tuple[str, ...]] = ('train', 'val', 'test', 'id_val', 'id_test')
+
+    def __init__(
+        self,
+        root: Path = 'data',
+        split: Literal['train', 'val', 'test', 'id_val', 'id_test'] = 'train',
+        version: str = '2.0',
+        transforms: Callable[[Sample], Sample] | None = None,
+        download: bool = False,
+        on_error: OnError = 'raise',
+    ) -> None:
+        """Initialize a new IWildCam instance.
+
+        Args:
+            root: Root directory holding ``iwildcam_v<version>``.
+            split: One of ``'train'``, ``'val'``, ``'test'``, ``'id_val'``,
+                ``'id_test'``.
+            version: Release version.
+            transforms: A function/transform that takes an input sample
+                and returns a transformed version.
+            download: If True, download the release with the ``wilds`` package
+                when it is missing.
+            on_error: ``'raise'`` to stop at the first bad sample (missing or
+                corrupt image, invalid label) with an error naming it; ``'skip'``
+                to leave bad samples out and count them in a warning.
+
+        Raises:
+            ValueError: If *split* is invalid, or a table lacks a required column
+                or has an invalid class list.
+            DatasetNotFoundError: If the release is not found and *download* is
+                False.
+            InvalidSampleError: If a row's label is invalid and *on_error* is
+                ``'raise'``.
+        """
+        if split not in self.splits:
+            raise ValueError(f'split must be one of {self.splits}, got {split!r}')
+        super().__init__(root, 'iwildcam', version, transforms, download, on_error)
+        self.split = split
+        self._verify(['metadata.csv', 'categories.csv'])
+        self.classes = self._read_classes()
+
+        table_path = os.path.join(self.data_dir, 'metadata.csv')
+        table = read_table(table_path, ['split', 'filename', 'y'])
+        table = table[table['split'] == split]
+        filenames, problems = _filenames(table, 'filename')
+        labels, label_problems = integer_labels(table['y'], len(self.classes))
+        problems = problems.where(problems != '', label_problems)
+        records = pd.DataFrame(
+            {
+                'path': [os.path.join(self.data_dir, 'train', f) for f in filenames],
+                'table': table_path,
+                'line': table.index.to_numpy() + 2,
+                'label': labels,
+            }
+        )
+        self._set_records(records, problems)
+
+    def _read_classes(self) -> list[str]:
+        """Read the class names, ordered by class index, from ``categories.csv``.
+
+        Returns:
+            The class names.
+
+        Raises:
+            ValueError: If the class indices are not the integers 0 .. K-1, each
+                once (the message names the file and the offending values).
+        """
+        path = os.path.join(self.data_dir, 'categories.csv')
+        table = read_table(path, ['y', 'name'])
+        table = table[table['y'].notna()]
+        indices = pd.to_numeric(table['y'], errors='coerce')
+        expected = np.arange(len(table))
+        if indices.isna().any() or not np.array_equal(
+            np.sort(indices.to_numpy()), expected
+        ):
+            raise ValueError(
+                f"Table '{path}': column 'y' must hold the class indices "
+                f'0 .. {len(table) - 1}, each once; found {sorted(table["y"])}'
+            )
+        return [str(name) for name in table.sort_values('y')['name']]
+
+    def _load_sample(self, index: int) -> Sample:
+        """Load a sample.
+
+        Args:
+            index: Index of the sample.
+
+        Returns:
+            The image and its label.
+        """
+        image = self._read_rgb(index)
+        label = torch.tensor(self.records['label'].iat[index], dtype=torch.long)
+        return {'image': image, 'label': label}
+
+    def plot(
+        self, sample: Sample, show_titles: bool = True, suptitle: str | None = None
+    ) -> Figure:
+        """Plot a sample from the dataset.
+
+        Args:
+            sample: A sample returned by :meth:`__getitem__`.
+            show_titles: Flag indicating whether to show titles above each panel.
+            suptitle: Optional string to use as a suptitle.
+
+        Returns:
+            A matplotlib Figure with the rendered sample.
+
+        Raises:
+            RGBBandsMissingError: If the image is not a three-channel RGB image.
+        """
+        return plot_classification(self.classes, sample, show_titles, suptitle)
+
+
+class IWildCamUnlabeled(WILDSImageDataset):
+    """iWildCam images without labels, for self-supervised pre-training.
+
+    Reads either the WILDS unlabeled release (``split='extra_unlabeled'``:
+    ``<root>/iwildcam_unlabeled_v1.0/metadata.csv`` with a ``uid`` column and the
+    images ``images/<uid>.jpg``) or the images of a split of the labeled release
+    (``'train'``, ``'val'``, ...), ignoring its labels. Pre-training on the labeled
+    training images did better than on the unlabeled release in the ExPLoRA paper.
+
+    Samples are ``{'image': float (3, H, W) 0-255}``.
+
+    .. versionadded:: 0.1
+    """
+
+    splits: ClassVar[tuple[str, ...]] = ('extra_unlabeled', *IWildCam.splits)
+
+    def __init__(
+        self,
+        root: Path = 'data',
+        split: str = 'extra_unlabeled',
+        version: str | None = None,
+        transforms: Callable[[Sample], Sample] | None = None,
+        download: bool = False,
+        on_error: OnError = 'raise',
+    ) -> None:
+        """Initialize a new IWildCamUnlabeled instance.
+
+        Args:
+            root: Root directory holding the release folders.
+            split: ``'extra_unlabeled'`` or a split of the labeled release.
+            version: Release version; defaults to ``'1.0'`` for the unlabeled
+                release and ``'2.0'`` for the labeled one.
+            transforms: A function/transform that takes an input sample
+                and returns a transformed version.
+            download: If True, download the release with the ``wilds`` package
+                when it is missing.
+            on_error: ``'raise'`` or ``'skip'`` missing and corrupt images.
+
+        Raises:
+            ValueError: If *split* is invalid or a table lacks a required column.
+            DatasetNotFoundError: If the release is not found and *download* is
+                False.
+        """
+        if split not in self.splits:
+            raise ValueError(f'split must be one of {self.splits}, got {split!r}')
+        unlabeled = split == 'extra_unlabeled'
+        release = 'iwildcam_unlabeled' if unlabeled else 'iwildcam'
+        version = version or ('1.0' if unlabeled else '2.0')
+        super().__init__(root, release, version, transforms, download, on_error)
+        self.split = split
+        self._verify(['metadata.csv'])
+
+        table_path = os.path.join(self.data_dir, 'metadata.csv')
+        if unlabeled:
+            table = read_table(table_path, ['uid'])
+            names, problems = _filenames(table, 'uid')
+            paths = [os.path.join(self.data_dir, 'images', f'{n}.jpg') for n in names]
+        else:
+            table = read_table(table_path, ['split', 'filename'])
+            table = table[table['split'] == split]
+            names, problems = _filenames(table, 'filename')
+            paths = [os.path.join(self.data_dir, 'train', n) for n in names]
+        records = pd.DataFrame(
+            {'path': paths, 'table': table_path, 'line': table.index.to_numpy() + 2}
+        )
+        self._set_records(records, problems)
+
+    def _load_sample(self, index: int) -> Sample:
+        """Load a sample.
+
+        Args:
+            index: Index of the sample.
+
+        Returns:
+            The image.
+        """
+        return {'image': self._read_rgb(index)}
+
+    def plot(self, sample: Sample, suptitle: str | None = None) -> Figure:
+        """Plot a sample from the dataset.
+
+        Args:
+            sample: A sample returned by :meth:`__getitem__`.
+            suptitle: Optional string to use as a suptitle.
+
+        Returns:
+            A matplotlib Figure with the rendered sample.
+
+        Raises:
+            RGBBandsMissingError: If the image is not a three-channel RGB image.
+        """
+        return plot_classification(None, sample, False, suptitle)

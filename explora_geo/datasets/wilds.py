@@ -1,0 +1,150 @@
+"""Base class for datasets stored in the on-disk layout of the WILDS benchmark.
+
+`WILDS <https://wilds.stanford.edu>`__ releases each dataset as a folder
+``<root>/<name>_v<version>/`` holding CSV metadata and the images. The datasets
+of this package read that layout directly, without the ``wilds`` package; the
+package (optional extra ``explora-geo[wilds]``) is only used to download a
+release when ``download=True``.
+"""
+
+import os
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torchgeo.datasets import DatasetNotFoundError
+from torchgeo.datasets.errors import DependencyNotFoundError
+from torchgeo.datasets.utils import Path, Sample
+
+from .image_table import ImageTableDataset, InvalidSampleError, OnError
+
+
+class WILDSImageDataset(ImageTableDataset):
+    """Abstract base class for image datasets in a WILDS release folder.
+
+    .. versionadded:: 0.1
+    """
+
+    #: Where the releases are described and can be downloaded by hand.
+    url = 'https://wilds.stanford.edu/datasets/'
+
+    def __init__(
+        self,
+        root: Path,
+        release: str,
+        version: str,
+        transforms: Callable[[Sample], Sample] | None,
+        download: bool,
+        on_error: OnError,
+    ) -> None:
+        """Initialize a new WILDSImageDataset instance.
+
+        Args:
+            root: Root directory holding the ``<release>_v<version>`` folder.
+            release: Name of the release, e.g. ``'iwildcam'`` or
+                ``'iwildcam_unlabeled'``.
+            version: Version of the release, e.g. ``'2.0'``.
+            transforms: A function/transform that takes an input sample
+                and returns a transformed version.
+            download: If True, download the release with the ``wilds`` package
+                when it is not found under *root*.
+            on_error: ``'raise'`` or ``'skip'`` bad samples, see
+                :class:`~explora_geo.datasets.image_table.ImageTableDataset`.
+        """
+        super().__init__(transforms=transforms, on_error=on_error)
+        self.root = root
+        self.release = release
+        self.version = version
+        self.download = download
+
+    @property
+    def data_dir(self) -> str:
+        """The release folder, ``<root>/<release>_v<version>``.
+
+        Returns:
+            Path of the folder.
+        """
+        return os.path.join(self.root, f'{self.release}_v{self.version}')
+
+    def _verify(self, files: Sequence[str]) -> None:
+        """Check that the release is present, downloading it if allowed.
+
+        Args:
+            files: Files that must exist in the release folder.
+
+        Raises:
+            DatasetNotFoundError: If a file is missing and cannot be downloaded
+                (the message names it and says how to get the release).
+            DependencyNotFoundError: If *download* is True but the ``wilds`` package
+                is not installed.
+        """
+        if self._missing(files) and self.download:
+            self._download()
+        missing = self._missing(files)
+        if missing:
+            error = DatasetNotFoundError(self)
+            error.args = (
+                f"{error.args[0]} Expected '{os.path.join(self.data_dir, missing[0])}'"
+                f' from the WILDS {self.release} v{self.version} release: download it'
+                f" from {self.url} and extract it under root, or install 'wilds'"
+                " (pip install 'explora-geo[wilds]') and pass download=True.",
+            )
+            raise error
+
+    def _missing(self, files: Sequence[str]) -> list[str]:
+        """List the files that are missing from the release folder.
+
+        Args:
+            files: File names relative to the release folder.
+
+        Returns:
+            The missing ones.
+        """
+        return [f for f in files if not os.path.exists(os.path.join(self.data_dir, f))]
+
+    def _download(self) -> None:
+        """Download and extract the release with the ``wilds`` package.
+
+        Raises:
+            DependencyNotFoundError: If ``wilds`` is not installed.
+        """
+        try:
+            import wilds
+        except ModuleNotFoundError:
+            raise DependencyNotFoundError(
+                'wilds is not installed and is required to download WILDS data: '
+                "pip install 'explora-geo[wilds]'"
+            ) from None
+        unlabeled = self.release.endswith('_unlabeled')
+        wilds.get_dataset(
+            dataset=self.release.removesuffix('_unlabeled'),
+            version=self.version,
+            unlabeled=unlabeled,
+            root_dir=os.fspath(self.root),
+            download=True,
+        )
+
+    def _read_rgb(self, index: int) -> Tensor:
+        """Read the image of a sample as a float RGB tensor.
+
+        Args:
+            index: Index of the sample.
+
+        Returns:
+            The image, shape (3, H, W), values 0-255.
+
+        Raises:
+            FileNotFoundError: If the image file is missing.
+            InvalidSampleError: If the image cannot be decoded.
+        """
+        path = self._check_exists(index)
+        try:
+            with Image.open(path) as image:
+                array = np.asarray(image.convert('RGB'))
+        except (OSError, SyntaxError, ValueError) as e:
+            raise InvalidSampleError(
+                f'Cannot decode image {self._where(index)}: {e}'
+            ) from e
+        return torch.from_numpy(array.transpose(2, 0, 1).astype(np.float32))

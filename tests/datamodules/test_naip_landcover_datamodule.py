@@ -1,0 +1,50 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from explora_geo.datamodules.image_splits import IMAGENET_MEAN
+from explora_geo.datamodules.naip_landcover import NAIPLandCoverDataModule
+from explora_geo.datasets.naip_landcover import NAIPLandCover
+
+ROOT = Path(__file__).parents[1] / 'data' / 'naip_landcover'
+
+
+def test_rgb_defaults() -> None:
+    dm = NAIPLandCoverDataModule(batch_size=2, image_size=32, root=ROOT)
+    torch.testing.assert_close(dm.mean, IMAGENET_MEAN)
+    dm.setup('fit')
+    batch = next(iter(dm.train_dataloader()))
+    assert batch['image'].shape == (2, 3, 32, 32)
+    dm.setup('test')
+    # the paper reports on the validation split
+    assert len(dm.test_dataset) == len(NAIPLandCover(ROOT, split='val'))
+
+
+def test_four_bands_need_statistics() -> None:
+    with pytest.raises(
+        ValueError, match=r"No default normalisation for bands \('R', 'G', 'B', 'NIR'\)"
+    ):
+        NAIPLandCoverDataModule(root=ROOT, bands=('R', 'G', 'B', 'NIR'))
+    with pytest.raises(ValueError, match='one value per band'):
+        NAIPLandCoverDataModule(
+            root=ROOT,
+            bands=('R', 'G', 'B', 'NIR'),
+            mean=[1.0, 2.0, 3.0],
+            std=[1.0, 1.0, 1.0],
+        )
+    dm = NAIPLandCoverDataModule(
+        batch_size=3,
+        image_size=16,
+        root=ROOT,
+        bands=('R', 'G', 'B', 'NIR'),
+        mean=[0.0, 0.0, 0.0, 10.0],
+        std=[1.0, 1.0, 1.0, 2.0],
+        unlabeled=True,
+    )
+    dm.setup('fit')
+    batch = next(iter(dm.train_dataloader()))
+    assert set(batch) == {'image'}
+    assert batch['image'].shape == (3, 4, 16, 16)
+    normalized = dm.aug(batch)['image']
+    torch.testing.assert_close(normalized[:, 3], (batch['image'][:, 3] - 10) / 2)

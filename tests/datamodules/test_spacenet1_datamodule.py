@@ -1,0 +1,53 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from explora_geo.datamodules.image_splits import IMAGENET_MEAN, IMAGENET_STD
+from explora_geo.datamodules.spacenet1 import SpaceNet1ImageNetDataModule
+
+
+def make_listing(root: Path, count: int) -> None:
+    """Create SpaceNet 1's file listing (empty files: setup only lists them)."""
+    base = root / 'SN1_buildings' / 'train'
+    (base / '3band').mkdir(parents=True)
+    (base / 'geojson').mkdir()
+    for i in range(1, count + 1):
+        (base / '3band' / f'3band_AOI_1_RIO_img{i}.tif').touch()
+        (base / 'geojson' / f'Geo_AOI_1_RIO_img{i}.geojson').touch()
+
+
+def test_reads_torchgeo_spacenet1(tmp_path: Path) -> None:
+    make_listing(tmp_path, 20)
+    dm = SpaceNet1ImageNetDataModule(root=tmp_path)
+    dm.setup('fit')
+    assert len(dm.train_dataset) + len(dm.val_dataset) + len(dm.test_dataset) == 20
+    assert dm.dataset.image == '3band'
+
+
+def test_paper_split_sizes() -> None:
+    dm = SpaceNet1ImageNetDataModule()
+    # the 6,940 labeled chips of the release, without reading files
+    dm.spacenet_ds_class = lambda split, **kwargs: list(range(6940))  # type: ignore[assignment]
+    dm.setup('fit')
+    sizes = [len(dm.train_dataset), len(dm.val_dataset), len(dm.test_dataset)]
+    assert sizes[2] == 1940
+    assert sizes[0] + sizes[1] == 5000
+    assert sizes == [4306, 694, 1940]
+
+
+def test_imagenet_normalisation() -> None:
+    dm = SpaceNet1ImageNetDataModule()
+    image = (
+        (IMAGENET_MEAN + 2 * IMAGENET_STD)
+        .view(1, 3, 1, 1)
+        .expand(1, 3, 448, 448)
+        .clone()
+    )
+    out = dm.aug({'image': image})['image']
+    torch.testing.assert_close(out, torch.full((1, 3, 448, 448), 2.0))
+
+
+def test_rgb_only() -> None:
+    with pytest.raises(ValueError, match="image='8band'"):
+        SpaceNet1ImageNetDataModule(image='8band')
