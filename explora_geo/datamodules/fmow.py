@@ -1,0 +1,309 @@
+"""fMoW-RGB, fMoW-Sentinel and fMoW temporal datamodules."""
+
+from collections.abc import Sequence
+from functools import partial
+from typing import Any, Literal
+
+import kornia.augmentation as K
+import torch
+from torch.utils.data import default_collate
+from torchgeo.datamodules import NonGeoDataModule
+from torchgeo.datasets.utils import Sample
+
+from ..datasets.fmow import FMoW, FMoWTemporal
+from ..datasets.fmow_sentinel import FMoWSentinel
+
+
+def collate_keys(samples: list[Sample], keys: Sequence[str]) -> Sample:
+    """Collate only some keys of the samples (e.g. the image for pre-training).
+
+    Args:
+        samples: samples of one batch.
+        keys: the keys to keep.
+
+    Returns:
+        the batch.
+
+    .. versionadded:: 0.1
+    """
+    return default_collate([{k: s[k] for k in keys} for s in samples])
+
+
+class _FMoWDataModule(NonGeoDataModule):
+    """Shared set-up of the fMoW datamodules.
+
+    The dataset resizes the shorter side of each image to ``image_size / crop_pct``
+    and crops the centre square (SatMAE's evaluation resize, e.g. 256 px for 224 px
+    inputs). On the device, training batches get a random resized crop to
+    ``image_size`` (scale 0.2-1, bicubic) and a horizontal flip; validation and test
+    batches the central ``image_size`` crop. Then the channels are normalised.
+    """
+
+    #: Keys of a batch in unlabeled mode.
+    unlabeled_keys: tuple[str, ...] = ('image',)
+
+    def __init__(
+        self,
+        dataset_class: type[FMoW | FMoWSentinel | FMoWTemporal],
+        batch_size: int,
+        num_workers: int,
+        image_size: int,
+        crop_pct: float,
+        unlabeled: bool,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        **kwargs: Any,
+    ) -> None:
+        if 'size' in kwargs:
+            raise ValueError(
+                'size is set by the datamodule from image_size / crop_pct; pass those'
+            )
+        if image_size < 1 or not 0 < crop_pct <= 1:
+            raise ValueError(
+                f'image_size={image_size}, crop_pct={crop_pct} are invalid; expected '
+                'image_size >= 1 and 0 < crop_pct <= 1'
+            )
+        self.mean = mean
+        self.std = std
+        kwargs['size'] = int(image_size / crop_pct)
+        super().__init__(dataset_class, batch_size, num_workers, **kwargs)
+        self.image_size = image_size
+        self.crop_pct = crop_pct
+        self.unlabeled = unlabeled
+        self.train_aug = self._augmentations(
+            K.RandomResizedCrop(
+                (image_size, image_size), scale=(0.2, 1.0), resample='BICUBIC'
+            ),
+            K.RandomHorizontalFlip(),
+        )
+        self.aug = self._augmentations(K.CenterCrop(image_size))
+        if unlabeled:
+            self.collate_fn = partial(collate_keys, keys=self.unlabeled_keys)
+
+    def _augmentations(self, *ops: K.AugmentationBase2D) -> K.AugmentationSequential:
+        """Chain spatial operations and the normalisation for ``(B, C, H, W)`` batches.
+
+        Args:
+            ops: the spatial operations.
+
+        Returns:
+            the augmentation applied to batches on the device.
+        """
+        return K.AugmentationSequential(
+            *ops,
+            K.Normalize(mean=self.mean, std=self.std),
+            data_keys=None,
+            keepdim=True,
+        )
+
+
+class FMoWDataModule(_FMoWDataModule):
+    """LightningDataModule for the fMoW-RGB dataset.
+
+    Images are 224 px by default (the paper's resolution) and normalised with the
+    fMoW-RGB statistics; the dataset returns 0-255 values, so the statistics are
+    scaled by 255. ``unlabeled=True`` gives batches with the image only, for
+    self-supervised pre-training.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        image_size: int = 224,
+        crop_pct: float = 0.875,
+        unlabeled: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        """Initialize a new FMoWDataModule instance.
+
+        Args:
+            batch_size: Size of each mini-batch.
+            num_workers: Number of workers for parallel data loading.
+            image_size: side of the images fed to the model.
+            crop_pct: the dataset resizes images to ``image_size / crop_pct`` before
+                the (random or central) crop.
+            unlabeled: keep only the image in batches (pre-training).
+            **kwargs: Additional keyword arguments passed to
+                :class:`~explora_geo.datasets.FMoW`.
+
+        Raises:
+            ValueError: if *size* is passed or *image_size*/*crop_pct* are invalid.
+        """
+        super().__init__(
+            FMoW,
+            batch_size,
+            num_workers,
+            image_size,
+            crop_pct,
+            unlabeled,
+            255 * torch.tensor(FMoW.mean),
+            255 * torch.tensor(FMoW.std),
+            **kwargs,
+        )
+
+
+class FMoWSentinelDataModule(_FMoWDataModule):
+    """LightningDataModule for the fMoW-Sentinel dataset.
+
+    Images are 96 px by default (the paper's resolution) with the 10 SatMAE bands.
+    ``normalization='satmae'`` (default) scales every band in the dataset with
+    SatMAE's ``clip((x - (mean - 2 std)) / (4 std), 0, 1)`` and applies no further
+    normalisation; ``'zscore'`` loads raw values and standardises them with the
+    per-band mean and std on the device. ``unlabeled=True`` gives batches with the
+    image only, for self-supervised pre-training.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        image_size: int = 96,
+        crop_pct: float = 0.875,
+        normalization: Literal['satmae', 'zscore'] = 'satmae',
+        unlabeled: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        """Initialize a new FMoWSentinelDataModule instance.
+
+        Args:
+            batch_size: Size of each mini-batch.
+            num_workers: Number of workers for parallel data loading.
+            image_size: side of the images fed to the model.
+            crop_pct: the dataset resizes images to ``image_size / crop_pct`` before
+                the (random or central) crop.
+            normalization: ``'satmae'`` or ``'zscore'``.
+            unlabeled: keep only the image in batches (pre-training).
+            **kwargs: Additional keyword arguments passed to
+                :class:`~explora_geo.datasets.FMoWSentinel`.
+
+        Raises:
+            ValueError: if an argument is invalid.
+        """
+        mean, std = _sentinel_statistics(normalization, kwargs)
+        super().__init__(
+            FMoWSentinel,
+            batch_size,
+            num_workers,
+            image_size,
+            crop_pct,
+            unlabeled,
+            mean,
+            std,
+            **kwargs,
+        )
+        self.normalization = normalization
+
+
+def _sentinel_statistics(
+    normalization: str, kwargs: dict[str, Any]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Configure the Sentinel-2 normalisation of a datamodule.
+
+    Args:
+        normalization: ``'satmae'`` or ``'zscore'``.
+        kwargs: dataset keyword arguments; ``normalization`` is set in them.
+
+    Returns:
+        mean and std of the device-side normalisation.
+
+    Raises:
+        ValueError: if *normalization* is invalid.
+    """
+    bands = kwargs.get('bands') or FMoWSentinel.default_bands
+    if normalization == 'satmae':
+        kwargs['normalization'] = 'satmae'
+        return torch.zeros(len(bands)), torch.ones(len(bands))
+    if normalization == 'zscore':
+        kwargs['normalization'] = 'none'
+        mean = torch.tensor([FMoWSentinel.mean[b] for b in bands])
+        std = torch.tensor([FMoWSentinel.std[b] for b in bands])
+        return mean, std
+    raise ValueError(
+        f"normalization={normalization!r} is invalid; expected 'satmae' or 'zscore'"
+    )
+
+
+class FMoWTemporalDataModule(_FMoWDataModule):
+    """LightningDataModule for the fMoW temporal dataset (RGB or Sentinel-2).
+
+    Batches hold images of shape ``(B, T, C, H, W)`` and ``timestamps`` of shape
+    ``(B, T, 3)``. The same random crop and flip are applied to all ``T`` images of
+    a sample. Defaults follow the paper: 224 px for ``sensor='rgb'`` and 96 px for
+    ``sensor='sentinel'``, with the normalisation of :class:`FMoWDataModule` or
+    :class:`FMoWSentinelDataModule`. ``unlabeled=True`` keeps the images and their
+    timestamps, for temporal pre-training.
+
+    .. versionadded:: 0.1
+    """
+
+    unlabeled_keys = ('image', 'timestamps')
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        sensor: Literal['rgb', 'sentinel'] = 'rgb',
+        image_size: int | None = None,
+        crop_pct: float = 0.875,
+        normalization: Literal['satmae', 'zscore'] = 'satmae',
+        unlabeled: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        """Initialize a new FMoWTemporalDataModule instance.
+
+        Args:
+            batch_size: Size of each mini-batch.
+            num_workers: Number of workers for parallel data loading.
+            sensor: ``'rgb'`` or ``'sentinel'``.
+            image_size: side of the images fed to the model; default 224 (RGB) or
+                96 (Sentinel-2).
+            crop_pct: the dataset resizes images to ``image_size / crop_pct`` before
+                the (random or central) crop.
+            normalization: Sentinel-2 only, ``'satmae'`` or ``'zscore'``.
+            unlabeled: keep only images and timestamps in batches (pre-training).
+            **kwargs: Additional keyword arguments passed to
+                :class:`~explora_geo.datasets.FMoWTemporal`.
+
+        Raises:
+            ValueError: if an argument is invalid.
+        """
+        kwargs['sensor'] = sensor
+        if sensor == 'sentinel':
+            mean, std = _sentinel_statistics(normalization, kwargs)
+            size = 96 if image_size is None else image_size
+        else:
+            mean, std = 255 * torch.tensor(FMoW.mean), 255 * torch.tensor(FMoW.std)
+            size = 224 if image_size is None else image_size
+        super().__init__(
+            FMoWTemporal,
+            batch_size,
+            num_workers,
+            size,
+            crop_pct,
+            unlabeled,
+            mean,
+            std,
+            **kwargs,
+        )
+
+    def _augmentations(self, *ops: K.AugmentationBase2D) -> K.AugmentationSequential:
+        """Chain operations applied alike to every image of a ``(B, T, C, H, W)`` batch.
+
+        Args:
+            ops: the spatial operations.
+
+        Returns:
+            the augmentation applied to batches on the device.
+        """
+        frames = K.VideoSequential(
+            *ops,
+            K.Normalize(mean=self.mean, std=self.std),
+            data_format='BTCHW',
+            same_on_frame=True,
+        )
+        return K.AugmentationSequential(frames, data_keys=None, keepdim=True)

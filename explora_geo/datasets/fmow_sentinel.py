@@ -1,0 +1,313 @@
+"""fMoW-Sentinel: 13-band Sentinel-2 images of the fMoW locations."""
+
+import os
+from collections.abc import Callable, Sequence
+from typing import ClassVar, Literal
+
+import numpy as np
+import rasterio
+import rasterio.errors
+import torch
+from torch import Tensor
+from torchgeo.datasets import RGBBandsMissingError
+from torchgeo.datasets.utils import Path, Sample
+
+from .fmow_base import FMoWBase, OnError
+from .fmow_metadata import (
+    FMoWSampleError,
+    class_index,
+    csv_row,
+    parse_timestamp,
+    read_metadata_csv,
+)
+
+
+class FMoWSentinel(FMoWBase):
+    """fMoW-Sentinel dataset.
+
+    `fMoW-Sentinel <https://purl.stanford.edu/vg497cb6002>`__ pairs every location of
+    the Functional Map of the World (fMoW) with a time series of Sentinel-2 L1C
+    composites (13 bands, 10 m grid, sizes vary). It was introduced with SatMAE and
+    is used for multispectral ExPLoRA pre-training and fine-tuning.
+
+    Dataset format:
+
+    * ``train.csv``, ``val.csv``, ``test_gt.csv`` with the columns ``category``,
+      ``location_id``, ``image_id``, ``timestamp`` (ISO 8601) and ``polygon``
+    * images ``fmow-sentinel/<split>/<category>/<category>_<location_id>/``
+      ``<category>_<location_id>_<image_id>.tif`` (the split directory of the test
+      set is ``test_gt`` or ``test``), one 13-band uint16 GeoTIFF each, bands in the
+      order B1 B2 B3 B4 B5 B6 B7 B8 B8A B9 B10 B11 B12
+    * 62 classes (:data:`~explora_geo.datasets.fmow_metadata.FMOW_CLASSES`)
+
+    Samples have the keys ``image`` (float32 ``(C, H, W)``, the selected bands),
+    ``label`` (int64) and ``timestamp`` (int64 ``(year, month, hour)``).
+
+    With ``normalization='satmae'`` every band is scaled as in SatMAE:
+    ``clip((x - (mean - 2 std)) / (4 std), 0, 1)`` with the per-band statistics
+    :attr:`mean` and :attr:`std`; otherwise the raw digital numbers are returned.
+
+    If you use this dataset in your research, please cite:
+
+    * https://arxiv.org/abs/2207.08051
+    * https://arxiv.org/abs/1711.07846
+
+    .. versionadded:: 0.1
+    """
+
+    all_bands: tuple[str, ...] = (
+        'B1',
+        'B2',
+        'B3',
+        'B4',
+        'B5',
+        'B6',
+        'B7',
+        'B8',
+        'B8A',
+        'B9',
+        'B10',
+        'B11',
+        'B12',
+    )
+    #: The 10 bands used by SatMAE and ExPLoRA (B1, B9 and B10 dropped).
+    default_bands: tuple[str, ...] = tuple(
+        b for b in all_bands if b not in ('B1', 'B9', 'B10')
+    )
+    rgb_bands: tuple[str, ...] = ('B4', 'B3', 'B2')
+
+    #: Per-band mean of the fMoW-Sentinel training set (digital numbers).
+    mean: ClassVar[dict[str, float]] = {
+        'B1': 1370.19151926,
+        'B2': 1184.3824625,
+        'B3': 1120.77120066,
+        'B4': 1136.26026392,
+        'B5': 1263.73947144,
+        'B6': 1645.40315151,
+        'B7': 1846.87040806,
+        'B8': 1762.59530783,
+        'B8A': 1972.62420416,
+        'B9': 582.72633433,
+        'B10': 14.77112979,
+        'B11': 1732.16362238,
+        'B12': 1247.91870117,
+    }
+    #: Per-band standard deviation of the fMoW-Sentinel training set.
+    std: ClassVar[dict[str, float]] = {
+        'B1': 633.15169573,
+        'B2': 650.2842772,
+        'B3': 712.12507725,
+        'B4': 965.23119807,
+        'B5': 948.9819932,
+        'B6': 1108.06650639,
+        'B7': 1258.36394548,
+        'B8': 1233.1492281,
+        'B8A': 1364.38688993,
+        'B9': 472.37967789,
+        'B10': 14.3114637,
+        'B11': 1310.36996126,
+        'B12': 1087.6020813,
+    }
+
+    csv_files: ClassVar[dict[str, str]] = {
+        'train': 'train.csv',
+        'val': 'val.csv',
+        'test': 'test_gt.csv',
+    }
+    image_dir = 'fmow-sentinel'
+    required_columns = ('category', 'location_id', 'image_id', 'timestamp')
+    instructions = (
+        'fMoW-Sentinel is available from the Stanford Digital Repository, '
+        'https://purl.stanford.edu/vg497cb6002. Put train.csv, val.csv '
+        'and test_gt.csv in `root` and extract the images so that they are found at '
+        '<root>/fmow-sentinel/<split>/<category>/<category>_<location_id>/'
+        '<category>_<location_id>_<image_id>.tif.'
+    )
+
+    def __init__(
+        self,
+        root: Path = 'data',
+        split: Literal['train', 'val', 'test'] = 'train',
+        bands: Sequence[str] = default_bands,
+        normalization: Literal['none', 'satmae'] = 'none',
+        size: int | None = None,
+        transforms: Callable[[Sample], Sample] | None = None,
+        on_error: OnError = 'raise',
+    ) -> None:
+        """Initialize a new FMoWSentinel instance.
+
+        Args:
+            root: root directory with the CSV files and the ``fmow-sentinel`` folder.
+            split: one of ``'train'``, ``'val'`` or ``'test'`` (``test_gt.csv``).
+            bands: band names to load, in the order wanted (default: the 10 bands
+                without B1, B9, B10).
+            normalization: ``'none'`` for raw digital numbers, ``'satmae'`` for the
+                SatMAE scaling to [0, 1].
+            size: resize the shorter side to this many pixels and crop the centre
+                square, so that samples collate; None keeps the native size.
+            transforms: a function/transform that takes a sample and returns a
+                transformed version.
+            on_error: ``'raise'`` to stop at a bad row or file, ``'skip'`` to drop
+                it with a warning (see :class:`FMoWBase`).
+
+        Raises:
+            DatasetNotFoundError: if the CSV or the image folder is missing.
+            FMoWSampleError: if the CSV lacks a column or has a bad row (with
+                ``on_error='raise'``).
+            ValueError: if an argument is invalid.
+        """
+        super().__init__(root, split, size, transforms, on_error)
+        if isinstance(bands, str) or not bands:
+            raise ValueError(
+                f'bands={bands!r} is invalid; expected a sequence of band names'
+            )
+        for band in bands:
+            if band not in self.all_bands:
+                raise ValueError(
+                    f'{band!r} is an invalid band name; expected names from {self.all_bands}'
+                )
+        if len(set(bands)) != len(bands):
+            raise ValueError(f'bands={list(bands)} contains duplicates')
+        if normalization not in ('none', 'satmae'):
+            raise ValueError(
+                f"normalization={normalization!r} is invalid; expected 'none' or 'satmae'"
+            )
+        self.bands = tuple(bands)
+        self.normalization = normalization
+        self.band_indexes = [self.all_bands.index(b) + 1 for b in self.bands]
+        mean = np.array([self.mean[b] for b in self.bands], dtype=np.float32)
+        std = np.array([self.std[b] for b in self.bands], dtype=np.float32)
+        self._low = (mean - 2 * std).reshape(-1, 1, 1)
+        self._range = (4 * std).reshape(-1, 1, 1)
+
+        self.csv_path = os.path.join(root, self.csv_files[split])
+        if not os.path.isfile(self.csv_path):
+            raise self._not_found()
+        image_root = self._split_dir(os.path.join(root, self.image_dir))
+        self._index(image_root)
+
+    def _index(self, image_root: str) -> None:
+        """Read the CSV of the split into per-image arrays.
+
+        Args:
+            image_root: directory of the split's images.
+        """
+        table = read_metadata_csv(self.csv_path, self.required_columns)
+        files: list[str] = []
+        labels: list[int] = []
+        locations: list[str] = []
+        stamps: list[tuple[int, int, int]] = []
+        rows: list[int] = []
+        errors: list[str] = []
+        columns = (table[c] for c in self.required_columns)
+        for row, (cat, loc, img, ts) in enumerate(zip(*columns, strict=True)):
+            where = csv_row(self.csv_path, row)
+            try:
+                label = class_index(cat, where)
+                stamp = parse_timestamp(ts, where)
+            except FMoWSampleError as e:
+                errors.append(str(e))
+                continue
+            location = f'{cat}_{loc}'
+            files.append(
+                os.path.join(image_root, cat, location, f'{location}_{img}.tif')
+            )
+            labels.append(label)
+            locations.append(location)
+            stamps.append(stamp)
+            rows.append(row)
+        self._reject(errors, len(table))
+        # Fixed-width numpy arrays instead of lists of Python objects keep the
+        # per-worker memory flat when a DataLoader forks.
+        self.files = np.array(files, dtype=str)
+        self.labels = np.array(labels, dtype=np.int64)
+        self.locations = np.array(locations, dtype=str)
+        self.timestamps = np.array(stamps, dtype=np.int64).reshape(-1, 3)
+        self.rows = np.array(rows, dtype=np.int64)
+
+    def _load_sample(self, index: int) -> Sample:
+        """Load one sample.
+
+        Args:
+            index: index to return.
+
+        Returns:
+            the sample with ``image``, ``label`` and ``timestamp``.
+
+        Raises:
+            FMoWSampleError: if the image is missing or invalid.
+        """
+        path = str(self.files[index])
+        where = f'{path} (listed in {csv_row(self.csv_path, int(self.rows[index]))})'
+        data = self._read(path, where)
+        if self.normalization == 'satmae':
+            # In numpy: on one small image torch's intra-op thread pool costs more
+            # than the arithmetic when loading in the main process.
+            data = np.clip((data - self._low) / self._range, 0, 1)
+        image, _ = self._resize(torch.from_numpy(data))
+        return {
+            'image': image,
+            'label': torch.tensor(self.labels[index]),
+            'timestamp': torch.from_numpy(self.timestamps[index].copy()),
+        }
+
+    def _read(self, path: str, where: str) -> np.ndarray:
+        """Read the selected bands of one GeoTIFF and check them.
+
+        Args:
+            path: the GeoTIFF.
+            where: description of the file for error messages.
+
+        Returns:
+            float32 ``(C, H, W)`` array of digital numbers.
+
+        Raises:
+            FMoWSampleError: if the file is missing, unreadable, does not have 13
+                bands, or has NaN or nodata pixels in a selected band.
+        """
+        if not os.path.isfile(path):
+            raise FMoWSampleError(f'{where}: file not found')
+        try:
+            with rasterio.open(path, driver='GTiff') as src:
+                if src.count != len(self.all_bands):
+                    raise FMoWSampleError(
+                        f'{where}: expected {len(self.all_bands)} bands '
+                        f'({" ".join(self.all_bands)}), found {src.count}'
+                    )
+                data = src.read(self.band_indexes)
+                nodata = src.nodata
+        except rasterio.errors.RasterioError as e:
+            detail = f'{e}: {e.__cause__}' if e.__cause__ is not None else str(e)
+            raise FMoWSampleError(f'{where}: cannot read GeoTIFF ({detail})') from None
+        bad: np.ndarray | None = None
+        if np.issubdtype(data.dtype, np.floating):
+            bad = np.isnan(data)
+        if nodata is not None and not np.isnan(nodata):
+            bad = data == nodata if bad is None else bad | (data == nodata)
+        if bad is not None and bad.any():
+            counts = bad.sum(axis=(1, 2))
+            listed = ', '.join(
+                f'{band}: {n}' for band, n in zip(self.bands, counts, strict=True) if n
+            )
+            raise FMoWSampleError(
+                f'{where}: NaN or nodata ({nodata}) pixels in the selected bands '
+                f'({listed} of {data.shape[1] * data.shape[2]} pixels)'
+            )
+        return data.astype(np.float32)
+
+    def _rgb(self, image: Tensor) -> np.ndarray:
+        """Select B4, B3, B2 of an image for display.
+
+        Args:
+            image: ``(C, H, W)`` image of a sample.
+
+        Returns:
+            ``(H, W, 3)`` array.
+
+        Raises:
+            RGBBandsMissingError: if B4, B3 or B2 is not in :attr:`bands`.
+        """
+        if not all(b in self.bands for b in self.rgb_bands):
+            raise RGBBandsMissingError()
+        idx = [self.bands.index(b) for b in self.rgb_bands]
+        return image[idx].permute(1, 2, 0).numpy()
