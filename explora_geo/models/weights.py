@@ -12,6 +12,7 @@ enum name.
 """
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -221,6 +222,27 @@ def get_weight(name: str) -> WeightsEnum:
         ) from None
 
 
+def convert_for(checkpoint: Mapping[str, Any], model: nn.Module) -> dict[str, Tensor]:
+    """Convert *checkpoint* for *model*: its own ``convert_checkpoint`` if it has one.
+
+    Models whose keys differ from timm's ViT (the SatMAE group-channel and
+    temporal ViTs) define ``convert_checkpoint``; others use
+    :func:`~explora_geo.models.checkpoints.convert_state_dict`.
+
+    Args:
+        checkpoint: A file's top-level mapping or a bare state dict.
+        model: The model to load into.
+
+    Returns:
+        A state dict for ``model.load_state_dict``.
+    """
+    own = getattr(model, 'convert_checkpoint', None)
+    if callable(own):
+        converted: dict[str, Tensor] = own(checkpoint)
+        return converted
+    return convert_state_dict(checkpoint, model)
+
+
 def load_weights(
     model: nn.Module, weights: WeightsEnum | str | os.PathLike[str] | bool | None
 ) -> nn.Module:
@@ -263,7 +285,7 @@ def load_weights(
     else:
         source = str(weights)
         checkpoint = get_weight(str(weights)).get_state_dict(progress=True)
-    state_dict = convert_state_dict(checkpoint, model)
+    state_dict = convert_for(checkpoint, model)
     load_into(model, state_dict, source=source)
     return model
 

@@ -1,1 +1,22 @@
-"""explora_geo.tasks."""
+"""TorchGeo tasks: ExPLoRA pre-training and downstream fine-tuning."""
+
+from .callbacks import ExPLoRAExport
+from .classification import ClassificationTask
+from .detection import ObjectDetectionTask
+from .explora_dinov2 import ExPLoRADINOv2
+from .explora_mae import ExPLoRAMAE
+from .knn_probe import KNNProbe
+from .pretraining import ExPLoRAPretrainingTask, NonFiniteLossError
+from .segmentation import SemanticSegmentationTask
+
+__all__ = (
+    'ClassificationTask',
+    'ExPLoRADINOv2',
+    'ExPLoRAExport',
+    'ExPLoRAMAE',
+    'ExPLoRAPretrainingTask',
+    'KNNProbe',
+    'NonFiniteLossError',
+    'ObjectDetectionTask',
+    'SemanticSegmentationTask',
+)
