@@ -618,7 +618,7 @@ def run_demo(
     results: dict[str, Any] = {
         'config': asdict(config),
         'source_weights': source_weights if weights else 'demo RGB source MAE',
-        'chips': {'train': int(len(train_y)), 'test': int(len(test_y))},
+        'chips': {'train': len(train_y), 'test': len(test_y)},
         'test_class_counts': {
             c: int((test_y == i).sum()) for i, c in enumerate(CLASSES)
         },

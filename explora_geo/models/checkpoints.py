@@ -130,8 +130,19 @@ def normalize_vit_keys(state_dict: Mapping[str, Tensor]) -> StateDict:
     """
     out: StateDict = {}
     split: dict[tuple[str, str], dict[str, Tensor]] = {}
+    unmerged = sorted(k for k in state_dict if k.endswith(('.qkv.lora_A', '.qkv.lora_B')))
+    if unmerged:
+        # explora_geo's own adapters: their scaling is not in the state dict, so
+        # they cannot be merged here, and dropping them would change the model.
+        raise ValueError(
+            f'checkpoint holds unmerged LoRA factors ({unmerged[0]}, ... {len(unmerged)} '
+            'tensors); merge them first (explora-geo export, or '
+            'explora_geo.peft.merge_and_unload) or restore the task with '
+            'load_from_checkpoint'
+        )
     for k, v in state_dict.items():
         if 'lora_A' in k or 'lora_B' in k:
+            # Stale factors of ExPLoRA releases, already merged into the weights.
             continue
         if k.startswith(
             ('decoder_', 'dino_head', 'ibot_head', 'head.', 'fc_norm')

@@ -212,3 +212,14 @@ def test_lightning_checkpoint_layout(tmp_path) -> None:
     load_weights(other, path)
     for k, v in model.state_dict().items():
         torch.testing.assert_close(other.state_dict()[k], v)
+
+
+def test_unmerged_adapter_checkpoint_is_refused(tmp_path) -> None:
+    from explora_geo.peft import ExPLoRAConfig, apply_explora
+
+    model = dino_model()
+    apply_explora(model, ExPLoRAConfig(rank=2))
+    path = tmp_path / 'adapted.ckpt'
+    torch.save({'state_dict': {f'model.{k}': v for k, v in model.state_dict().items()}}, path)
+    with pytest.raises(ValueError, match=r'unmerged LoRA factors \(blocks\.0\.attn\.qkv\.lora_A'):
+        load_weights(dino_model(), path)

@@ -1,0 +1,326 @@
+"""Semantic segmentation with ExPLoRA ViT backbones: UPerNet and DPT heads.
+
+segmentation-models-pytorch 0.6 builds its ViT models from a timm name, and two
+of its assumptions do not hold for ExPLoRA backbones: its UPerNet wants a
+hierarchical encoder (strides 4-32) and rejects plain ViTs, and its DPT
+decoder upsamples by ``int(patch / 4)``, which breaks for DinoV2's 14 px
+patches. :class:`ViTUPerNet` and :class:`ViTDPT` therefore feed smp's own
+decoders and heads from :class:`~explora_geo.models.feature_pyramid.ViTFeatureMaps`
+(token maps resampled to stride 16), so any patch size and, with timm's
+``dynamic_img_size``, any input size divisible by 32 work.
+
+.. versionadded:: 0.1
+"""
+
+from collections.abc import Sequence
+from typing import Any, Literal, cast, get_args
+
+import torch.nn.functional as F
+from lightning.pytorch.utilities.types import OptimizerLRScheduler
+from segmentation_models_pytorch.base import SegmentationHead
+from segmentation_models_pytorch.decoders.dpt.decoder import (
+    DPTDecoder,
+    DPTSegmentationHead,
+)
+from segmentation_models_pytorch.decoders.upernet.decoder import UPerNetDecoder
+from segmentation_models_pytorch.encoders.timm_vit import (
+    sample_block_indices_uniformly,
+)
+from timm.models.vision_transformer import VisionTransformer
+from torch import Tensor, nn
+from torchgeo.tasks import SemanticSegmentation
+from torchvision.models._api import WeightsEnum
+
+from ..models.feature_pyramid import SimpleFeaturePyramid, ViTFeatureMaps
+from ..models.weights import create_model
+from .classification import FinetuneMode, configure_finetune, trainable_adamw
+
+__all__ = ('SemanticSegmentationTask', 'ViTDPT', 'ViTUPerNet')
+
+#: Segmentation heads available for ViT backbones.
+SegmentationModel = Literal['upernet', 'dpt']
+
+
+def _resize_to(logits: Tensor, x: Tensor) -> Tensor:
+    if logits.shape[-2:] == x.shape[-2:]:
+        return logits
+    return F.interpolate(
+        logits, size=x.shape[-2:], mode='bilinear', align_corners=False
+    )
+
+
+class ViTUPerNet(nn.Module):
+    """UPerNet on a plain ViT: four evenly spaced blocks, a simple pyramid, smp's decoder.
+
+    As in BEiT's and MAE's segmentation models, block outputs are resampled to
+    strides 4, 8, 16 and 32 (deconvolutions and max pooling) and passed to
+    UPerNet (PSP module + FPN). The logits are upsampled to the input size.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        vit: VisionTransformer,
+        num_classes: int,
+        indices: Sequence[int] | None = None,
+        decoder_channels: int = 256,
+    ) -> None:
+        """Initialize a new ViTUPerNet instance.
+
+        Args:
+            vit: A timm ViT.
+            num_classes: Output channels.
+            indices: Four block indices feeding the levels, highest resolution
+                first; default evenly spaced, ending at the last block.
+            decoder_channels: Width of the UPerNet decoder.
+        """
+        super().__init__()
+        if indices is None:
+            indices = sample_block_indices_uniformly(4, len(vit.blocks))
+        self.encoder = ViTFeatureMaps(vit, indices=indices, stride=16)
+        self.neck = SimpleFeaturePyramid(self.encoder.out_channels[-1])
+        # smp's decoder expects [1, 1/2, 1/4, ..., 1/32] and skips the first two.
+        self.decoder = UPerNetDecoder(
+            encoder_channels=[0, 0, *self.neck.out_channels],
+            encoder_depth=5,
+            decoder_channels=decoder_channels,
+        )
+        self.segmentation_head = SegmentationHead(
+            decoder_channels, num_classes, kernel_size=1
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Segment.
+
+        Args:
+            x: Images ``(B, C, H, W)``, H and W multiples of 32.
+
+        Returns:
+            Logits ``(B, num_classes, H, W)``.
+        """
+        maps, _ = self.encoder(x)
+        levels = self.neck(maps)
+        decoded = self.decoder([x, x, *levels])
+        return _resize_to(self.segmentation_head(decoded), x)
+
+
+class ViTDPT(nn.Module):
+    """DPT (Ranftl et al., 2021) on a timm ViT, with smp's decoder and head.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        vit: VisionTransformer,
+        num_classes: int,
+        indices: Sequence[int] | None = None,
+        decoder_channels: int = 256,
+        readout: Literal['cat', 'add', 'ignore'] = 'cat',
+    ) -> None:
+        """Initialize a new ViTDPT instance.
+
+        Args:
+            vit: A timm ViT.
+            num_classes: Output channels.
+            indices: Four block indices (default evenly spaced).
+            decoder_channels: Fusion width; the reassemble widths are 1, 2, 4
+                and 4 times it (DPT's 256, 512, 1024, 1024 for 256).
+            readout: How the class token enters the maps (see smp's DPT);
+                ``'ignore'`` for a ViT without one, or whose maps are wider
+                than its tokens.
+        """
+        super().__init__()
+        if indices is None:
+            indices = sample_block_indices_uniformly(4, len(vit.blocks))
+        self.encoder = ViTFeatureMaps(vit, indices=indices, stride=16)
+        count = len(self.encoder.indices)
+        # The class token can join maps of the same width only (a group-channel
+        # ViT's maps stack one width per group).
+        if not self.encoder.has_prefix_tokens or set(self.encoder.out_channels) != {
+            int(vit.embed_dim)
+        }:
+            readout = 'ignore'
+        factors = (1, 2, 4, 4, 4, 4, 4, 4)[:count]
+        self.decoder = DPTDecoder(
+            encoder_out_channels=self.encoder.out_channels,
+            encoder_output_strides=[self.encoder.stride] * count,
+            encoder_has_prefix_tokens=self.encoder.has_prefix_tokens,
+            readout=readout,
+            intermediate_channels=[decoder_channels * f for f in factors],
+            fusion_channels=decoder_channels,
+        )
+        self.segmentation_head = DPTSegmentationHead(decoder_channels, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Segment.
+
+        Args:
+            x: Images ``(B, C, H, W)``, H and W multiples of 32.
+
+        Returns:
+            Logits ``(B, num_classes, H, W)``.
+        """
+        maps, prefix = self.encoder(x)
+        decoded = self.decoder(maps, prefix)
+        return _resize_to(self.segmentation_head(decoded), x)
+
+
+class SemanticSegmentationTask(SemanticSegmentation):
+    """Semantic segmentation with an ExPLoRA (or any timm) ViT backbone.
+
+    TorchGeo's :class:`~torchgeo.tasks.SemanticSegmentation` (losses, metrics,
+    steps, prediction) with a ViT built and loaded by
+    :func:`explora_geo.models.create_model` under a :class:`ViTUPerNet` or
+    :class:`ViTDPT` head.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        model: SegmentationModel = 'upernet',
+        backbone: str = 'explora_vitl_dino',
+        weights: WeightsEnum | str | bool | None = None,
+        in_channels: int = 3,
+        task: Literal['binary', 'multiclass', 'multilabel'] = 'multiclass',
+        num_classes: int | None = None,
+        num_labels: int | None = None,
+        labels: list[str] | None = None,
+        num_filters: int = 3,
+        pos_weight: Tensor | None = None,
+        loss: Literal['ce', 'bce', 'jaccard', 'focal', 'dice'] = 'ce',
+        class_weights: Tensor | Sequence[float] | None = None,
+        ignore_index: int | None = None,
+        lr: float = 1e-3,
+        patience: int = 10,
+        freeze_backbone: bool = False,
+        freeze_decoder: bool = False,
+        finetune: FinetuneMode = 'lora',
+        lora_rank: int = 8,
+        lora_alpha: float = 8.0,
+        lora_targets: Sequence[str] = ('q', 'v'),
+        feature_indices: Sequence[int] | None = None,
+        decoder_channels: int = 256,
+        dynamic_img_size: bool = True,
+        model_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        """Initialize a new SemanticSegmentationTask instance.
+
+        Args:
+            model: ``'upernet'`` or ``'dpt'``.
+            backbone: timm name of the ViT (a ``'tu-'`` prefix, as smp spells
+                timm encoders, is accepted).
+            weights: Backbone weights, as for
+                :class:`~explora_geo.tasks.classification.ClassificationTask`.
+            in_channels: Number of input channels.
+            task: One of 'binary', 'multiclass', or 'multilabel'.
+            num_classes: Number of prediction classes (only for ``task='multiclass'``).
+            num_labels: Number of prediction labels (only for ``task='multilabel'``).
+            labels: List of class names.
+            num_filters: Unused (an FCN option of the parent task, kept so that
+                checkpoints' hyperparameters rebuild the task).
+            pos_weight: A weight of positive examples and used with 'bce' loss.
+            loss: One of 'ce', 'bce', 'jaccard', 'focal', or 'dice'.
+            class_weights: Optional rescaling weight given to each
+                class and used with 'ce' loss.
+            ignore_index: Optional integer class index to ignore in the loss and
+                metrics.
+            lr: Learning rate of AdamW.
+            patience: Patience of the learning-rate plateau scheduler.
+            freeze_backbone: Same as ``finetune='linear_probe'``.
+            freeze_decoder: Freeze the decoder (only the last layers train).
+            finetune: ``'lora'`` (LoRA on the ViT; decoder and head train),
+                ``'linear_probe'`` (frozen ViT) or ``'full'``.
+            lora_rank: LoRA rank for ``'lora'``.
+            lora_alpha: LoRA alpha for ``'lora'``.
+            lora_targets: Projections of ``qkv`` with LoRA.
+            feature_indices: Four ViT blocks feeding the decoder (default
+                evenly spaced, ending at the last block).
+            decoder_channels: Decoder width.
+            dynamic_img_size: Build the ViT with timm's ``dynamic_img_size``
+                and ``dynamic_img_pad``: any input size works (position
+                embeddings are resampled, inputs padded to whole patches).
+                Turn off for models without it (SatMAE's group-channel ViT).
+            model_kwargs: Extra :func:`timm.create_model` arguments.
+
+        Raises:
+            ValueError: If *model* or *finetune* is invalid.
+        """
+        if model not in get_args(SegmentationModel):
+            raise ValueError(
+                f'model must be one of {get_args(SegmentationModel)} for a ViT '
+                f'backbone, got {model!r}; use torchgeo.tasks.SemanticSegmentation '
+                'for CNN backbones'
+            )
+        if finetune not in get_args(FinetuneMode):
+            raise ValueError(
+                f'finetune must be one of {get_args(FinetuneMode)}, got {finetune!r}'
+            )
+        super().__init__(
+            model=model,
+            backbone=backbone,
+            weights=weights,
+            in_channels=in_channels,
+            task=task,
+            num_classes=num_classes,
+            num_labels=num_labels,
+            labels=labels,
+            num_filters=num_filters,
+            pos_weight=pos_weight,
+            loss=loss,
+            class_weights=class_weights,
+            ignore_index=ignore_index,
+            lr=lr,
+            patience=patience,
+            freeze_backbone=freeze_backbone,
+            freeze_decoder=freeze_decoder,
+        )
+
+    @property
+    def finetune(self) -> str:
+        """The effective fine-tuning mode (``freeze_backbone`` means a frozen ViT)."""
+        if self.hparams['freeze_backbone']:
+            return 'linear_probe'
+        return str(self.hparams['finetune'])
+
+    def configure_models(self) -> None:
+        """Build the ViT and the head, load the weights and set what trains."""
+        h = self.hparams
+        num_outputs = h['num_classes'] or h['num_labels'] or 1
+        name = h['backbone'].removeprefix('tu-')
+        kwargs = dict(h['model_kwargs'] or {})
+        if h['dynamic_img_size']:
+            kwargs |= {'dynamic_img_size': True, 'dynamic_img_pad': True}
+        vit = create_model(
+            name,
+            weights=self.weights,
+            num_classes=0,
+            in_chans=h['in_channels'],
+            **kwargs,
+        )
+        configure_finetune(
+            vit,
+            self.finetune,
+            rank=h['lora_rank'],
+            alpha=h['lora_alpha'],
+            targets=h['lora_targets'],
+        )
+        head = ViTUPerNet if h['model'] == 'upernet' else ViTDPT
+        self.model = head(
+            cast(VisionTransformer, vit),
+            num_outputs,
+            indices=h['feature_indices'],
+            decoder_channels=h['decoder_channels'],
+        )
+        if h['freeze_decoder']:
+            self.model.decoder.requires_grad_(False)
+
+    def configure_optimizers(self) -> OptimizerLRScheduler:
+        """AdamW over the trainable tensors only.
+
+        Returns:
+            Optimizer and learning-rate scheduler.
+        """
+        return trainable_adamw(self)

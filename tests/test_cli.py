@@ -1,0 +1,59 @@
+import subprocess
+import sys
+
+import pytest
+import timm
+import torch
+
+from explora_geo.cli import main
+from explora_geo.peft import ExPLoRAConfig, apply_explora, lora_layers, save_delta
+
+
+def test_inspect_paper_counts(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(['inspect', 'explora_vitl_dino']) == 0
+    assert 'trainable: 18,724,864 (18.7M' in capsys.readouterr().out
+    assert main(['inspect', 'explora_vitl_dino', '--unfrozen-blocks', '0,-2,-1']) == 0
+    assert '43,388,928' in capsys.readouterr().out
+
+
+def test_merge_and_inspect_files(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    kwargs = {'depth': 2, 'embed_dim': 32, 'num_heads': 2, 'img_size': 28, 'num_classes': 0}
+    torch.manual_seed(0)
+    source = timm.create_model('explora_vitb_dino', **kwargs)
+    weights = tmp_path / 'source.pth'
+    torch.save(source.state_dict(), weights)
+    adapted = timm.create_model('explora_vitb_dino', **kwargs)
+    adapted.load_state_dict(source.state_dict())
+    apply_explora(adapted, ExPLoRAConfig(rank=4))
+    for layer in lora_layers(adapted):
+        torch.nn.init.normal_(layer.lora_B)
+    delta = save_delta(
+        adapted,
+        tmp_path / 'delta.safetensors',
+        metadata={'model': 'explora_vitb_dino', 'img_size': 28, 'model_kwargs': {'depth': 2, 'embed_dim': 32, 'num_heads': 2}},
+    )
+    out = tmp_path / 'merged.ckpt'
+    assert main(['merge', str(delta), '--weights', str(weights), '--output', str(out)]) == 0
+    assert 'merged encoder written' in capsys.readouterr().out
+    merged = timm.create_model('explora_vitb_dino', **kwargs)
+    state = torch.load(out, weights_only=True)
+    merged.load_state_dict({k.removeprefix('model.'): v for k, v in state['state_dict'].items()})
+    x = torch.randn(2, 3, 28, 28)
+    adapted.eval()
+    merged.eval()
+    assert (merged(x) - adapted(x)).abs().max() <= 1e-5
+
+    assert main(['inspect', str(delta)]) == 0
+    printed = capsys.readouterr().out
+    assert 'Δ_T file' in printed and '"rank": 4' in printed
+    assert main(['inspect', str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert 'model.pos_embed' not in printed and 'pos_embed (1, 5, 32)' in printed
+
+
+def test_console_script_help() -> None:
+    result = subprocess.run(
+        [sys.executable, '-m', 'explora_geo.cli', '--help'], capture_output=True, text=True, check=True
+    )
+    for verb in ('demo', 'export', 'merge', 'inspect', 'predict'):
+        assert verb in result.stdout
