@@ -206,6 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         '--vectors', default=None, help='also write polygons (.gpkg / .parquet)'
     )
+    predict.add_argument('--mean', default=None, help='per-band means, comma-separated')
+    predict.add_argument('--std', default=None, help='per-band stds, comma-separated')
+    predict.add_argument('--device', default='cpu', help="e.g. 'cuda'")
+    predict.add_argument('--progress', action='store_true', help='show a progress bar')
     predict.set_defaults(func=_predict)
     return parser
 
