@@ -185,12 +185,36 @@ class ExPLoRAPretrainingTask(BaseTask):
         )
         return apply_explora(encoder, self.explora_config)
 
-    def on_fit_start(self) -> None:
+    def on_train_start(self) -> None:
         """Log how many values train."""
         trainable = count_trainable_parameters(self)
         self.log(
             'trainable_params', float(trainable), rank_zero_only=True, sync_dist=False
         )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the task class and the source weights in Lightning checkpoints.
+
+        ``weights`` is not a saved hyperparameter (resuming must not load it
+        again), but exports name it as the source of Δ_T.
+
+        Args:
+            checkpoint: The checkpoint being written.
+        """
+        cls = type(self)
+        checkpoint['explora_task'] = f'{cls.__module__}.{cls.__qualname__}'
+        checkpoint['explora_source_weights'] = (
+            None if self.weights is None else str(self.weights)
+        )
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the name of the source weights.
+
+        Args:
+            checkpoint: The checkpoint being read.
+        """
+        if self.weights is None:
+            self.weights = checkpoint.get('explora_source_weights')
 
     def check_finite(self, loss: Tensor) -> Tensor:
         """Stop with a clear error when *loss* is not finite.
@@ -218,6 +242,10 @@ class ExPLoRAPretrainingTask(BaseTask):
         if h['lr_scaling'] == 'none' or self._trainer is None:
             return float(h['lr'])
         trainer = self.trainer
+        # Lightning builds optimisers before it loads the training data; load it
+        # now (Lightning reuses it) so that the scaling sees the batch size.
+        if trainer.train_dataloader is None and trainer.state.fn == 'fit':
+            trainer.fit_loop.setup_data()
         loader = getattr(trainer, 'train_dataloader', None)
         batch_size = getattr(loader, 'batch_size', None) or 1
         effective = batch_size * trainer.accumulate_grad_batches * trainer.world_size

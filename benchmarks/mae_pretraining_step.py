@@ -1,0 +1,241 @@
+"""One MAE pre-training step: ExPLoRA (M-[1,L]-r32 + decoder LoRA r32) vs full MAE.
+
+Both run through ``lightning.Trainer`` with ``precision='bf16-mixed'`` on the
+CPU, the same ViT (ViT-B/16 or ViT-L/16), the same 512-wide 8-block decoder,
+batch, image size, mask ratio 0.75, norm-pix loss and TorchGeo's MAE
+augmentation:
+
+* ``explora``: :class:`explora_geo.tasks.ExPLoRAMAE`, blocks 1 and L unfrozen,
+  LoRA r32 on Q, V of the others, norms and class token; decoder frozen but
+  for LoRA r32 on Q, V and its norms.
+* ``torchgeo``: ``torchgeo.tasks.MAE``, full pre-training of encoder and decoder.
+
+Each variant runs in a fresh process, alternating, ``--repeats`` times.
+Reported per variant: median step time (forward + backward + AdamW step, from
+``on_train_batch_start`` to ``on_train_batch_end``), images/s, peak resident
+memory (``ru_maxrss``) above the process's RSS measured just before the task is
+built (so it counts weights, gradients, optimiser state and activations), the
+FLOPs of one step's forward + backward (``torch.utils.flop_counter``), and
+the fraction of the machine's bf16 matmul peak (measured with a large bf16
+matmul in this script) the step reaches. Step times are given as wall time and
+as the process's CPU time (``time.process_time``): on a shared machine, CPU
+time with ``--threads 1`` is the figure that other processes do not distort.
+``--attn math`` switches timm's attention from PyTorch's fused SDPA to the
+explicit product in both variants.
+
+Usage: ``python benchmarks/mae_pretraining_step.py [--model vitb|vitl] [--batch 8]
+[--threads 1] [--attn fused|math]``
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+import psutil
+import torch
+
+MODELS = {
+    'vitb': ('explora_vitb_mae', 'vit_base_patch16_224'),
+    'vitl': ('explora_vitl_mae', 'vit_large_patch16_224'),
+}
+
+
+def matmul_peak(n: int = 4096, iters: int = 5) -> tuple[float, float]:
+    """Best bf16 matmul throughput: FLOP per wall second and per CPU second."""
+    a = torch.randn(n, n, dtype=torch.bfloat16)
+    b = torch.randn(n, n, dtype=torch.bfloat16)
+    a @ b  # warm-up
+    wall = cpu = float('inf')
+    for _ in range(iters):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        a @ b
+        wall = min(wall, time.perf_counter() - start)
+        cpu = min(cpu, time.process_time() - start_cpu)
+    return 2 * n**3 / wall, 2 * n**3 / cpu
+
+
+def worker(args: argparse.Namespace) -> dict[str, Any]:
+    import lightning
+    from timm.models.vision_transformer import Attention
+    from torch.utils.data import DataLoader, Dataset
+    from torch.utils.flop_counter import FlopCounterMode
+    from torchgeo.tasks import MAE
+
+    from explora_geo.peft import count_trainable_parameters
+    from explora_geo.tasks.explora_mae import ExPLoRAMAE
+
+    torch.set_num_threads(args.threads)
+    steps = args.warmup + args.steps
+    images = torch.rand(args.batch, 3, args.img, args.img)
+
+    class Batches(Dataset[dict[str, torch.Tensor]]):
+        def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+            return {'image': images[i % args.batch]}
+
+        def __len__(self) -> int:
+            return args.batch * steps
+
+    loader = DataLoader(Batches(), batch_size=args.batch)
+    baseline = psutil.Process().memory_info().rss
+    explora_name, timm_name = MODELS[args.model]
+    decoder = {'decoder_embed_dim': 512, 'decoder_depth': 8, 'decoder_num_heads': 16}
+    if args.variant == 'explora':
+        task: lightning.LightningModule = ExPLoRAMAE(
+            model=explora_name,
+            img_size=args.img,
+            unfrozen_blocks=(0, -1),
+            lora_rank=32,
+            decoder_lora_rank=32,
+            decoder_kwargs=decoder,
+        )
+    else:
+        task = MAE(
+            model=timm_name,
+            size=args.img,
+            decoder_dim=512,
+            decoder_depth=8,
+            decoder_num_heads=16,
+            norm_pix_loss=True,
+        )
+    trainable = count_trainable_parameters(task)
+    if args.attn == 'math':
+        for module in task.modules():
+            if isinstance(module, Attention):
+                module.fused_attn = False
+
+    # FLOPs of one forward + backward (bf16 autocast, as in training).
+    batch = next(iter(loader))
+    counter = FlopCounterMode(display=False)
+    with counter, torch.autocast('cpu', dtype=torch.bfloat16):
+        loss = task.training_step(batch, 0)
+        loss.backward()
+    task.zero_grad(set_to_none=True)
+    flops = counter.get_total_flops()
+
+    times: list[float] = []
+    cpu_times: list[float] = []
+
+    class Timer(lightning.Callback):
+        def on_train_batch_start(self, *a: Any) -> None:
+            self.start, self.start_cpu = time.perf_counter(), time.process_time()
+
+        def on_train_batch_end(self, *a: Any) -> None:
+            times.append(time.perf_counter() - self.start)
+            cpu_times.append(time.process_time() - self.start_cpu)
+
+    trainer = lightning.Trainer(
+        accelerator='cpu',
+        devices=1,
+        precision='bf16-mixed',
+        max_epochs=1,
+        limit_train_batches=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[Timer()],
+    )
+    trainer.fit(task, loader)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {
+        'variant': args.variant,
+        'step_s': statistics.median(times[args.warmup :]),
+        'cpu_s': statistics.median(cpu_times[args.warmup :]),
+        'peak_bytes': peak - baseline,
+        'flops': flops,
+        'trainable': trainable,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--model', choices=sorted(MODELS), default='vitb')
+    parser.add_argument('--batch', type=int, default=8)
+    parser.add_argument('--img', type=int, default=224)
+    parser.add_argument('--steps', type=int, default=3)
+    parser.add_argument('--warmup', type=int, default=1)
+    parser.add_argument('--repeats', type=int, default=2)
+    parser.add_argument('--threads', type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        '--attn',
+        choices=['fused', 'math'],
+        default='fused',
+        help="timm attention of both variants: 'fused' (SDPA, timm's default) or "
+        "'math' (explicit softmax(QK^T)V)",
+    )
+    parser.add_argument('--variant', choices=['explora', 'torchgeo'])
+    args = parser.parse_args()
+
+    if args.variant:
+        print(json.dumps(worker(args)))
+        return
+
+    torch.set_num_threads(args.threads)
+    peak, peak_cpu = matmul_peak()
+    results: dict[str, list[dict[str, Any]]] = {'explora': [], 'torchgeo': []}
+    for _ in range(args.repeats):
+        for variant in results:
+            cmd = [sys.executable, __file__, *sys.argv[1:], '--variant', variant]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+            results[variant].append(json.loads(out.stdout.strip().splitlines()[-1]))
+
+    rows = {}
+    for variant, runs in results.items():
+        step = statistics.median(r['step_s'] for r in runs)
+        cpu = statistics.median(r['cpu_s'] for r in runs)
+        rows[variant] = {
+            'step': step,
+            'cpu': cpu,
+            'ips': args.batch / step,
+            'ips_cpu': args.batch / cpu,
+            'mem': statistics.median(r['peak_bytes'] for r in runs) / 2**30,
+            'flops': runs[0]['flops'],
+            'mfu': runs[0]['flops'] / step / peak,
+            'mfu_cpu': runs[0]['flops'] / cpu / peak_cpu,
+            'trainable': runs[0]['trainable'],
+        }
+    e, t = rows['explora'], rows['torchgeo']
+    print(
+        f'machine: {platform.processor() or platform.machine()}, '
+        f'{os.cpu_count()} cores, {args.threads} threads; torch {torch.__version__}; '
+        f'bf16 matmul peak {peak / 1e9:.0f} GFLOP/s wall, '
+        f'{peak_cpu / 1e9:.0f} GFLOP per CPU-s'
+    )
+    print(
+        f'{args.model}, batch {args.batch}, {args.img} px, bf16-mixed, {args.attn} '
+        f'attention, median of {args.steps} steps after {args.warmup} warm-up, '
+        f'{args.repeats} processes each'
+    )
+    print(
+        '| variant | trainable | step wall (s) | step CPU (s) | img/s wall | '
+        'img/CPU-s | peak RSS (GiB) | fwd+bwd GFLOP | bf16 peak used (wall / CPU) |'
+    )
+    print('| --- | --- | --- | --- | --- | --- | --- | --- | --- |')
+    for name, r in rows.items():
+        print(
+            f'| {name} | {r["trainable"] / 1e6:.1f}M | {r["step"]:.2f} | '
+            f'{r["cpu"]:.2f} | {r["ips"]:.2f} | {r["ips_cpu"]:.2f} | {r["mem"]:.2f} | '
+            f'{r["flops"] / 1e9:.0f} | {r["mfu"]:.1%} / {r["mfu_cpu"]:.1%} |'
+        )
+    print(
+        f'throughput ratio (explora / torchgeo): {e["ips"] / t["ips"]:.2f}x wall, '
+        f'{e["ips_cpu"] / t["ips_cpu"]:.2f}x CPU time; FLOP ratio '
+        f'{t["flops"] / e["flops"]:.2f}x; peak memory ratio {e["mem"] / t["mem"]:.2f}x'
+    )
+    print('per-process step times (wall, CPU):')
+    for variant, runs in results.items():
+        print(
+            f'  {variant}: '
+            + ', '.join(f'{r["step_s"]:.2f}/{r["cpu_s"]:.2f}' for r in runs)
+        )
+
+
+if __name__ == '__main__':
+    main()
