@@ -83,20 +83,22 @@ class DemoConfig:
     decoder_dim: int = 64
     decoder_depth: int = 2
     decoder_heads: int = 4
-    source_steps: int = 600
+    source_steps: int = 500
     source_lr: float = 1.5e-3
-    explora_steps: int = 500
+    explora_steps: int = 300
     explora_lr: float = 1e-3
     lora_rank: int = 8
-    batch_size: int = 64
-    finetune_epochs: int = 8
+    batch_size: int = 48
+    finetune_epochs: int = 6
     # Matrices this small run faster in fp32 than through bf16 autocast on CPU.
     precision: str = '32-true'
 
     @classmethod
     def fast(cls) -> 'DemoConfig':
         """A short schedule for smoke tests."""
-        return cls(source_steps=40, explora_steps=30, finetune_epochs=1, depth=2)
+        return cls(
+            source_steps=20, explora_steps=12, finetune_epochs=1, depth=2, batch_size=32
+        )
 
 
 def scene_path() -> Path:
@@ -384,7 +386,7 @@ def features(encoder: nn.Module, chips: Tensor) -> Tensor:
     encoder.eval()
     out = []
     for batch in chips.split(128):
-        tokens = encoder.forward_features(batch)
+        tokens: Tensor = encoder.forward_features(batch)  # type: ignore[operator]
         prefix = getattr(encoder, 'num_prefix_tokens', 1)
         out.append(torch.cat([tokens[:, 0], tokens[:, prefix:].mean(1)], dim=1))
     return torch.cat(out)
@@ -590,7 +592,8 @@ def run_demo(
         log_every_n_steps=5,
     )
     print(
-        f'2/4 ExPLoRA M-[1,L]-r{config.lora_rank} on {len(pretrain.dataset)} Sentinel-2 chips'
+        f'2/4 ExPLoRA M-[1,L]-r{config.lora_rank} on '
+        f'{config.explora_steps * config.batch_size} Sentinel-2 chips'
     )
     trainer.fit(task, train_dataloaders=pretrain)
     encoder_ckpt = exports / 'last_encoder.ckpt'

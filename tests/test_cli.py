@@ -17,7 +17,13 @@ def test_inspect_paper_counts(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_merge_and_inspect_files(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
-    kwargs = {'depth': 2, 'embed_dim': 32, 'num_heads': 2, 'img_size': 28, 'num_classes': 0}
+    kwargs = {
+        'depth': 2,
+        'embed_dim': 32,
+        'num_heads': 2,
+        'img_size': 28,
+        'num_classes': 0,
+    }
     torch.manual_seed(0)
     source = timm.create_model('explora_vitb_dino', **kwargs)
     weights = tmp_path / 'source.pth'
@@ -30,14 +36,23 @@ def test_merge_and_inspect_files(tmp_path, capsys: pytest.CaptureFixture[str]) -
     delta = save_delta(
         adapted,
         tmp_path / 'delta.safetensors',
-        metadata={'model': 'explora_vitb_dino', 'img_size': 28, 'model_kwargs': {'depth': 2, 'embed_dim': 32, 'num_heads': 2}},
+        metadata={
+            'model': 'explora_vitb_dino',
+            'img_size': 28,
+            'model_kwargs': {'depth': 2, 'embed_dim': 32, 'num_heads': 2},
+        },
     )
     out = tmp_path / 'merged.ckpt'
-    assert main(['merge', str(delta), '--weights', str(weights), '--output', str(out)]) == 0
+    assert (
+        main(['merge', str(delta), '--weights', str(weights), '--output', str(out)])
+        == 0
+    )
     assert 'merged encoder written' in capsys.readouterr().out
     merged = timm.create_model('explora_vitb_dino', **kwargs)
     state = torch.load(out, weights_only=True)
-    merged.load_state_dict({k.removeprefix('model.'): v for k, v in state['state_dict'].items()})
+    merged.load_state_dict(
+        {k.removeprefix('model.'): v for k, v in state['state_dict'].items()}
+    )
     x = torch.randn(2, 3, 28, 28)
     adapted.eval()
     merged.eval()
@@ -53,7 +68,10 @@ def test_merge_and_inspect_files(tmp_path, capsys: pytest.CaptureFixture[str]) -
 
 def test_console_script_help() -> None:
     result = subprocess.run(
-        [sys.executable, '-m', 'explora_geo.cli', '--help'], capture_output=True, text=True, check=True
+        [sys.executable, '-m', 'explora_geo.cli', '--help'],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     for verb in ('demo', 'export', 'merge', 'inspect', 'predict'):
         assert verb in result.stdout

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from explora_geo.demo import CLASSES, ChipGrid, land_cover_labels, read_scene, run_demo, scene_path
+from explora_geo.demo import (
+    CLASSES,
+    ChipGrid,
+    land_cover_labels,
+    read_scene,
+    run_demo,
+    scene_path,
+)
 from explora_geo.models import create_model
 
 

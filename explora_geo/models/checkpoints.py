@@ -130,7 +130,9 @@ def normalize_vit_keys(state_dict: Mapping[str, Tensor]) -> StateDict:
     """
     out: StateDict = {}
     split: dict[tuple[str, str], dict[str, Tensor]] = {}
-    unmerged = sorted(k for k in state_dict if k.endswith(('.qkv.lora_A', '.qkv.lora_B')))
+    unmerged = sorted(
+        k for k in state_dict if k.endswith(('.qkv.lora_A', '.qkv.lora_B'))
+    )
     if unmerged:
         # explora_geo's own adapters: their scaling is not in the state dict, so
         # they cannot be merged here, and dropping them would change the model.

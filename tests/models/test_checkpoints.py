@@ -220,6 +220,10 @@ def test_unmerged_adapter_checkpoint_is_refused(tmp_path) -> None:
     model = dino_model()
     apply_explora(model, ExPLoRAConfig(rank=2))
     path = tmp_path / 'adapted.ckpt'
-    torch.save({'state_dict': {f'model.{k}': v for k, v in model.state_dict().items()}}, path)
-    with pytest.raises(ValueError, match=r'unmerged LoRA factors \(blocks\.0\.attn\.qkv\.lora_A'):
+    torch.save(
+        {'state_dict': {f'model.{k}': v for k, v in model.state_dict().items()}}, path
+    )
+    with pytest.raises(
+        ValueError, match=r'unmerged LoRA factors \(blocks\.0\.attn\.qkv\.lora_A'
+    ):
         load_weights(dino_model(), path)
