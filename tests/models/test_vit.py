@@ -118,11 +118,13 @@ def test_timm_pretrained_file_uses_converter(tmp_path) -> None:
 
 
 def test_weights_enums() -> None:
-    assert len(WEIGHT_ENUMS) == 5
+    from explora_geo.models import ExPLoRAViTL8SatMAEGroupWeights
+
+    assert len(WEIGHT_ENUMS) == 6 and ExPLoRAViTL8SatMAEGroupWeights in WEIGHT_ENUMS
     for enum in WEIGHT_ENUMS:
         for member in enum:
             assert member.value.url.startswith('https://')
-            assert member.value.meta['model'] in NAMES
+            assert member.value.meta['model'] in [*NAMES, 'explora_vitl_satmae_group']
             assert get_weight(str(member)) is member
     assert (
         'huggingface.co/samarkhanna/ExPLoRA'

@@ -1,0 +1,294 @@
+"""DinoV2 ExPLoRA pre-training: shared-weight EMA teacher vs a deep-copied teacher.
+
+Two variants of :class:`explora_geo.tasks.ExPLoRADINOv2`, identical except for
+the teacher:
+
+* ``shared``: the task as shipped; the teacher holds EMA copies of the
+  trainable tensors only and reuses the student's frozen tensors.
+* ``deepcopy``: DinoV2's design; the teacher is a full deep copy of encoder and
+  head, updated by EMA over all its parameters (``torch._foreach`` over every
+  tensor, as DinoV2's ``update_teacher``).
+
+Memory: bytes of the distinct tensors held by the task (parameters, buffers)
+plus the AdamW state, after the first optimiser step; exact, from the tensors'
+storages. Also computed for the paper's ViT-L/14 configuration (D-[L]-r64,
+65,536 prototypes) on the meta device, where no step runs (AdamW state = 2 x
+the trainable values).
+
+The EMA update alone is also timed for that ViT-L configuration (real
+tensors, random weights), since it is where the two designs differ in work.
+
+Speed: each variant runs ``lightning.Trainer.fit`` in a fresh process,
+alternating, ``--repeats`` times, with the same ViT, batch, crops and precision.
+Step time is measured from ``on_train_batch_start`` to ``on_train_batch_end``
+(multi-crop, masks, teacher, student, backward, AdamW, EMA), after
+``--warmup`` steps, as wall time and as process CPU time (the figure that other
+jobs on a shared machine distort least with ``--threads 1``).
+
+Usage: ``python benchmarks/dinov2_pretraining.py [--model explora_vitb_dino]
+[--img-size 112] [--batch 4] [--local-crops 4] [--steps 6] [--repeats 2]
+[--precision bf16-mixed] [--threads 1] [--device cpu|cuda]``
+"""
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+import lightning
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from explora_geo.tasks.explora_dinov2 import ExPLoRADINOv2
+
+
+class DeepCopyTeacher(nn.Module):
+    """DinoV2's teacher: a full copy of the network, EMA over all its parameters."""
+
+    def __init__(self, student: nn.Module) -> None:
+        super().__init__()
+        self.network = copy.deepcopy(student).requires_grad_(False)
+        self._student = (student,)
+
+    @torch.no_grad()
+    def update(self, momentum: float) -> None:
+        """EMA step over every parameter of the copy."""
+        teacher = list(self.network.parameters())
+        student = [p.detach() for p in self._student[0].parameters()]
+        torch._foreach_mul_(teacher, momentum)
+        torch._foreach_add_(teacher, student, alpha=1 - momentum)
+
+    @torch.no_grad()
+    def run(self, fn: Any, *args: Any) -> Any:
+        """Call ``fn(copy, *args)`` in eval mode without autograd."""
+        self.network.eval()
+        return fn(self.network, *args)
+
+    def forward(self, *args: Any) -> Any:
+        """The copy's forward."""
+        return self.run(lambda module, *a: module(*a), *args)
+
+
+class DeepCopyDINOv2(ExPLoRADINOv2):
+    """The task with DinoV2's deep-copied teacher."""
+
+    def configure_models(self) -> None:
+        """Build the task, then replace both teachers by full copies."""
+        super().configure_models()
+        self.teacher_encoder = DeepCopyTeacher(self.encoder)  # type: ignore[assignment]
+        self.teacher_head = DeepCopyTeacher(self.head)  # type: ignore[assignment]
+
+
+VARIANTS = {'shared': ExPLoRADINOv2, 'deepcopy': DeepCopyDINOv2}
+
+
+class RandomImages(Dataset[dict[str, Tensor]]):
+    """Fixed random images in [0, 1]."""
+
+    def __init__(self, n: int, size: int) -> None:
+        self.images = torch.rand(
+            n, 3, size, size, generator=torch.Generator().manual_seed(0)
+        )
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        return {'image': self.images[i]}
+
+
+def state_bytes(
+    task: nn.Module, optimizer: torch.optim.Optimizer | None
+) -> dict[str, int]:
+    """Bytes of distinct storages: module tensors, and AdamW state."""
+    seen: set[int] = set()
+
+    def add(tensors: Any) -> int:
+        total = 0
+        for t in tensors:
+            if not isinstance(t, Tensor) or t.numel() == 0:
+                continue
+            key = t.untyped_storage().data_ptr() if t.device.type != 'meta' else id(t)
+            if key in seen:
+                continue
+            seen.add(key)
+            total += (
+                t.untyped_storage().nbytes() if t.device.type != 'meta' else t.nbytes
+            )
+        return total
+
+    module = add([*task.parameters(), *task.buffers()])
+    trainable = sum(
+        p.numel() * p.element_size() for p in task.parameters() if p.requires_grad
+    )
+    if optimizer is None:
+        adam = 2 * trainable  # exp_avg and exp_avg_sq
+    else:
+        adam = add(v for state in optimizer.state.values() for v in state.values())
+    return {
+        'module': module,
+        'optimizer': adam,
+        'total': module + adam,
+        'trainable': trainable,
+    }
+
+
+def paper_configuration() -> dict[str, dict[str, int]]:
+    out = {}
+    for name, cls in VARIANTS.items():
+        with torch.device('meta'):
+            task = cls()
+        out[name] = state_bytes(task, None)
+    return out
+
+
+def paper_update_times(repeats: int = 3) -> dict[str, float]:
+    """Median seconds of one EMA update of encoder + head, ViT-L/14 paper config."""
+    out = {}
+    for name, cls in VARIANTS.items():
+        task = cls()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            task.teacher_encoder.update(0.994)
+            task.teacher_head.update(0.994)
+            times.append(time.perf_counter() - start)
+        out[name] = statistics.median(times)
+        del task
+    return out
+
+
+class Timer(lightning.Callback):
+    """Step times (wall and CPU) and the tensor memory after the first step."""
+
+    def __init__(self) -> None:
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+        self.memory: dict[str, int] = {}
+
+    def on_train_batch_start(
+        self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Start the clocks."""
+        if pl_module.device.type == 'cuda':
+            torch.cuda.synchronize()
+        self._start = (time.perf_counter(), time.process_time())
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any) -> None:
+        """Stop the clocks; measure memory once."""
+        if pl_module.device.type == 'cuda':
+            torch.cuda.synchronize()
+        self.wall.append(time.perf_counter() - self._start[0])
+        self.cpu.append(time.process_time() - self._start[1])
+        if not self.memory:
+            self.memory = state_bytes(pl_module, trainer.optimizers[0])
+
+
+def run_variant(args: argparse.Namespace) -> dict[str, Any]:
+    torch.set_num_threads(args.threads)
+    lightning.seed_everything(0, verbose=False)
+    task = VARIANTS[args.variant](
+        model=args.model,
+        img_size=args.img_size,
+        num_local_crops=args.local_crops,
+        warmup_steps=1,
+        freeze_last_layer_steps=0,
+    )
+    timer = Timer()
+    trainer = lightning.Trainer(
+        accelerator=args.device,
+        devices=1,
+        max_steps=args.steps,
+        precision=args.precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+    )
+    data = DataLoader(
+        RandomImages(args.batch * args.steps, args.img_size), batch_size=args.batch
+    )
+    trainer.fit(task, data)
+    wall, cpu = timer.wall[args.warmup :], timer.cpu[args.warmup :]
+    return {
+        'wall_s': statistics.median(wall),
+        'cpu_s': statistics.median(cpu),
+        'memory': timer.memory,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--model', default='explora_vitb_dino')
+    parser.add_argument('--img-size', type=int, default=112)
+    parser.add_argument('--batch', type=int, default=4)
+    parser.add_argument('--local-crops', type=int, default=4)
+    parser.add_argument('--steps', type=int, default=6)
+    parser.add_argument('--warmup', type=int, default=2)
+    parser.add_argument('--repeats', type=int, default=2)
+    parser.add_argument('--precision', default='bf16-mixed')
+    parser.add_argument('--threads', type=int, default=1)
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--variant', choices=sorted(VARIANTS), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.variant:
+        print(json.dumps(run_variant(args)))
+        return
+
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in VARIANTS}
+    for _ in range(args.repeats):
+        for name in VARIANTS:
+            cmd = [sys.executable, __file__, *sys.argv[1:], '--variant', name]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            results[name].append(json.loads(out.strip().splitlines()[-1]))
+
+    print(
+        f'machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, '
+        f'lightning {lightning.__version__}, threads {args.threads}, device {args.device}'
+    )
+    print(
+        f'{args.model}, {args.img_size} px, batch {args.batch}, 2 global + '
+        f'{args.local_crops} local crops, {args.precision}'
+    )
+    rows = {}
+    for name, runs in results.items():
+        rows[name] = {
+            'memory_MiB': runs[0]['memory']['total'] / 2**20,
+            'wall_s': statistics.median(r['wall_s'] for r in runs),
+            'cpu_s': statistics.median(r['cpu_s'] for r in runs),
+        }
+        print(
+            f'{name:9s} params+buffers+AdamW {rows[name]["memory_MiB"]:8.1f} MiB  '
+            f'step {rows[name]["wall_s"]:.3f} s wall, {rows[name]["cpu_s"]:.3f} s CPU'
+        )
+    s, d = rows['shared'], rows['deepcopy']
+    print(
+        f'ratio shared/deepcopy: memory {s["memory_MiB"] / d["memory_MiB"]:.3f}, '
+        f'throughput (wall) {d["wall_s"] / s["wall_s"]:.3f}, (CPU) {d["cpu_s"] / s["cpu_s"]:.3f}'
+    )
+    print(
+        f'ratio shared/deepcopy of params+buffers alone: '
+        f'{results["shared"][0]["memory"]["module"] / results["deepcopy"][0]["memory"]["module"]:.3f}'
+    )
+    paper = paper_configuration()
+    shared, deep = paper['shared'], paper['deepcopy']
+    frozen = shared['module'] - 2 * shared['trainable']
+    print(
+        'ViT-L/14 D-[L]-r64, 65536 prototypes (fp32): '
+        f'shared {shared["total"] / 2**30:.3f} GiB, deepcopy {deep["total"] / 2**30:.3f} GiB, '
+        f'ratio {shared["total"] / deep["total"]:.3f} (params+buffers alone '
+        f'{shared["module"] / deep["module"]:.3f}); frozen {frozen / 2**30:.3f} GiB, '
+        f'trainable {shared["trainable"] / 2**30:.3f} GiB'
+    )
+
+
+if __name__ == '__main__':
+    main()
