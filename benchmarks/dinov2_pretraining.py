@@ -27,7 +27,8 @@ jobs on a shared machine distort least with ``--threads 1``).
 
 Usage: ``python benchmarks/dinov2_pretraining.py [--model explora_vitb_dino]
 [--img-size 112] [--batch 4] [--local-crops 4] [--steps 6] [--repeats 2]
-[--precision bf16-mixed] [--threads 1] [--device cpu|cuda]``
+[--precision bf16-mixed] [--threads 1] [--device cpu|cuda]``; ``--repeats 0``
+prints only the ViT-L figures.
 """
 
 import argparse
@@ -224,25 +225,8 @@ def run_variant(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--model', default='explora_vitb_dino')
-    parser.add_argument('--img-size', type=int, default=112)
-    parser.add_argument('--batch', type=int, default=4)
-    parser.add_argument('--local-crops', type=int, default=4)
-    parser.add_argument('--steps', type=int, default=6)
-    parser.add_argument('--warmup', type=int, default=2)
-    parser.add_argument('--repeats', type=int, default=2)
-    parser.add_argument('--precision', default='bf16-mixed')
-    parser.add_argument('--threads', type=int, default=1)
-    parser.add_argument('--device', default='cpu')
-    parser.add_argument('--variant', choices=sorted(VARIANTS), help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    if args.variant:
-        print(json.dumps(run_variant(args)))
-        return
-
+def side_by_side(args: argparse.Namespace) -> None:
+    """Run both variants in fresh processes, alternating, and print the comparison."""
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in VARIANTS}
     for _ in range(args.repeats):
         for name in VARIANTS:
@@ -250,10 +234,6 @@ def main() -> None:
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             results[name].append(json.loads(out.strip().splitlines()[-1]))
 
-    print(
-        f'machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, '
-        f'lightning {lightning.__version__}, threads {args.threads}, device {args.device}'
-    )
     print(
         f'{args.model}, {args.img_size} px, batch {args.batch}, 2 global + '
         f'{args.local_crops} local crops, {args.precision}'
@@ -278,6 +258,33 @@ def main() -> None:
         f'ratio shared/deepcopy of params+buffers alone: '
         f'{results["shared"][0]["memory"]["module"] / results["deepcopy"][0]["memory"]["module"]:.3f}'
     )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--model', default='explora_vitb_dino')
+    parser.add_argument('--img-size', type=int, default=112)
+    parser.add_argument('--batch', type=int, default=4)
+    parser.add_argument('--local-crops', type=int, default=4)
+    parser.add_argument('--steps', type=int, default=6)
+    parser.add_argument('--warmup', type=int, default=2)
+    parser.add_argument('--repeats', type=int, default=2)
+    parser.add_argument('--precision', default='bf16-mixed')
+    parser.add_argument('--threads', type=int, default=1)
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--variant', choices=sorted(VARIANTS), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.variant:
+        print(json.dumps(run_variant(args)))
+        return
+
+    print(
+        f'machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, '
+        f'lightning {lightning.__version__}, threads {args.threads}, device {args.device}'
+    )
+    if args.repeats > 0:
+        side_by_side(args)
     paper = paper_configuration()
     shared, deep = paper['shared'], paper['deepcopy']
     frozen = shared['module'] - 2 * shared['trainable']
@@ -287,6 +294,11 @@ def main() -> None:
         f'ratio {shared["total"] / deep["total"]:.3f} (params+buffers alone '
         f'{shared["module"] / deep["module"]:.3f}); frozen {frozen / 2**30:.3f} GiB, '
         f'trainable {shared["trainable"] / 2**30:.3f} GiB'
+    )
+    update = paper_update_times()
+    print(
+        'ViT-L/14 paper config, one EMA update (encoder + head): '
+        + ', '.join(f'{k} {v * 1e3:.0f} ms' for k, v in update.items())
     )
 
 

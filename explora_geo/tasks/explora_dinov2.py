@@ -484,16 +484,16 @@ class ExPLoRADINOv2(ExPLoRAPretrainingTask):
                 'EMA teacher evaluates them with swapped tensors), but found nested '
                 f'FSDP units at {nested[:5]}; drop the auto_wrap_policy or use DDP'
             )
+        super().on_fit_start()
 
     def on_train_start(self) -> None:
-        """Log how many values train: in the encoder (the paper's count) and in all."""
-        for name, module in (
-            ('trainable_params', self),
-            ('trainable_params_encoder', self.encoder),
-        ):
-            self.log(
-                name, float(count_trainable_parameters(module)), rank_zero_only=True
-            )
+        """Log how many values train, in all and in the encoder (the paper's count)."""
+        super().on_train_start()
+        self.log(
+            'trainable_params_encoder',
+            float(count_trainable_parameters(self.encoder)),
+            rank_zero_only=True,
+        )
 
     # Training ----------------------------------------------------------------
 
@@ -673,11 +673,6 @@ class ExPLoRADINOv2(ExPLoRAPretrainingTask):
         Returns:
             Optimizer and per-step scheduler.
         """
-        # The batch-size scaling of the learning rate reads the training
-        # dataloader, which Lightning loads only after this hook (and not at
-        # all for estimated_stepping_batches when max_steps is set).
-        if self.trainer.train_dataloader is None:
-            self.trainer.fit_loop.setup_data()
         config = cast(dict[str, Any], super().configure_optimizers())
         optimizer: Optimizer = config['optimizer']
         base = config['lr_scheduler']['scheduler'].lr_lambdas[0]
