@@ -51,21 +51,7 @@ from .tasks.explora_mae import ExPLoRAMAE
 
 #: Land-cover classes of the demo's chip labels.
 CLASSES = ('water', 'dense vegetation', 'marsh / sparse vegetation', 'bare / built')
-SCENE_BANDS = (
-    'B1',
-    'B2',
-    'B3',
-    'B4',
-    'B5',
-    'B6',
-    'B7',
-    'B8',
-    'B8A',
-    'B9',
-    'B10',
-    'B11',
-    'B12',
-)
+SCENE_BANDS = FMoWSentinel.all_bands
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
@@ -83,9 +69,9 @@ class DemoConfig:
     decoder_dim: int = 64
     decoder_depth: int = 2
     decoder_heads: int = 4
-    source_steps: int = 500
+    source_steps: int = 800
     source_lr: float = 1.5e-3
-    explora_steps: int = 300
+    explora_steps: int = 700
     explora_lr: float = 1e-3
     lora_rank: int = 8
     batch_size: int = 48
@@ -168,7 +154,7 @@ def rgb_from_scene(scene: np.ndarray) -> np.ndarray:
 
 
 class ChipGrid:
-    """Non-overlapping chips of the scene with a spatial train / held-out split.
+    """Chips of the scene with a spatial train / held-out split.
 
     The scene is divided into blocks of ``block`` pixels; a diagonal pattern of
     a quarter of the blocks is held out, so that the held-out chips cover every
@@ -192,10 +178,20 @@ class ChipGrid:
         #: Pixels of the held-out blocks.
         self.test_mask = (rows[:, None] + cols[None, :]) % 4 == 0
         pixel_labels = land_cover_labels(scene)
+        # Half-overlapping chips; a chip is held out when it lies in held-out
+        # blocks, used for training when it avoids them, and dropped otherwise.
+        stride = chip // 2
+        held = self.test_mask
+        cells = [
+            (y, x)
+            for y in range(0, height - chip + 1, stride)
+            for x in range(0, width - chip + 1, stride)
+        ]
         self.cells = [
             (y, x)
-            for y in range(0, height - chip + 1, chip)
-            for x in range(0, width - chip + 1, chip)
+            for y, x in cells
+            if held[y : y + chip, x : x + chip].all()
+            or not held[y : y + chip, x : x + chip].any()
         ]
         self.labels = torch.tensor(
             [
