@@ -200,3 +200,16 @@ def test_torchgeo_classification_by_name() -> None:
     task = Classification(model='explora_vitb_mae', num_classes=3, in_channels=4)
     out = task(torch.randn(1, 4, 224, 224))
     assert out.shape == (1, 3)
+
+
+def test_torchgeo_semantic_segmentation_dpt_timm_universal_encoder() -> None:
+    from torchgeo.tasks import SemanticSegmentation
+
+    # smp's DPT decoder needs a power-of-two patch size (MAE ViTs, patch 16);
+    # for the patch-14 DinoV2 ViTs use explora_geo.tasks.SemanticSegmentationTask.
+    task = SemanticSegmentation(
+        model='dpt', backbone='tu-explora_vitb_mae', num_classes=3, in_channels=3
+    )
+    with torch.no_grad():
+        out = task(torch.randn(1, 3, 224, 224))
+    assert out.shape == (1, 3, 224, 224)
