@@ -412,24 +412,26 @@ def linear_probe(
 
 def finetune_accuracy(
     weights: str | None,
+    model: str,
+    model_kwargs: dict[str, Any],
     config: DemoConfig,
     data: tuple[Tensor, Tensor, Tensor, Tensor],
     out: Path,
     name: str,
     seed: int,
 ) -> float:
-    """LoRA-r8 fine-tuning of the group-channel ViT on the chip labels; test accuracy."""
+    """LoRA-r8 fine-tuning of a group-channel ViT on the chip labels; test accuracy."""
     lightning.seed_everything(seed, verbose=False)
     train_x, train_y, test_x, test_y = data
     task = ClassificationTask(
-        model='explora_vitb_satmae_group',
+        model=model,
         weights=weights,
         in_channels=len(SCENE_BANDS),
         num_classes=len(CLASSES),
         finetune='lora',
         lora_rank=8,
         lr=3e-3,
-        model_kwargs=group_encoder_kwargs(config),
+        model_kwargs={**model_kwargs, 'img_size': config.chip},
     )
     # Every 6th training chip validates (TorchGeo's schedulers monitor val_loss);
     # the held-out chips are only used for the final accuracy.
@@ -523,7 +525,7 @@ def run_demo(
         }
     else:
         source_weights = weights
-        model_kwargs, decoder_kwargs = {}, {}
+        model_kwargs, decoder_kwargs = {'img_size': config.chip}, {}
         group_model, rgb_model, img_size = (
             'explora_vitl_satmae_group',
             'explora_vitl_mae',
@@ -667,12 +669,27 @@ def run_demo(
         initial_ckpt,
     )
     data = (train_ms, train_y, test_ms, test_y)
+    ft_kwargs = {k: v for k, v in model_kwargs.items() if k != 'img_size'}
     results['lora_finetune_accuracy'] = {
         'source blocks (before ExPLoRA)': finetune_accuracy(
-            str(initial_ckpt), config, data, output, 'ft_source', seed
+            str(initial_ckpt),
+            group_model,
+            ft_kwargs,
+            config,
+            data,
+            output,
+            'ft_source',
+            seed,
         ),
         'ExPLoRA merged encoder': finetune_accuracy(
-            str(encoder_ckpt), config, data, output, 'ft_explora', seed
+            str(encoder_ckpt),
+            group_model,
+            ft_kwargs,
+            config,
+            data,
+            output,
+            'ft_explora',
+            seed,
         ),
     }
     results['outputs'] = {
