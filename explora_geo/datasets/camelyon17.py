@@ -1,18 +1,15 @@
 """Camelyon17-WILDS tumour classification of histopathology patches."""
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import ClassVar, Literal
 
 import numpy as np
 import pandas as pd
-import torch
-from matplotlib.figure import Figure
 from torchgeo.datasets.utils import Path, Sample
 
 from .image_table import OnError, integer_labels, read_table
-from .plot import plot_classification
-from .wilds import WILDSImageDataset
+from .wilds import WILDSClassificationDataset, WILDSUnlabeledDataset
 
 #: Hospital (``center``) whose slides form the out-of-distribution validation split.
 VAL_CENTER = 1
@@ -69,7 +66,7 @@ def _official_splits(table: pd.DataFrame) -> np.ndarray:
     )
 
 
-class Camelyon17(WILDSImageDataset):
+class Camelyon17(WILDSClassificationDataset):
     """Camelyon17-WILDS dataset (v1.0).
 
     96 x 96 px patches of lymph-node histopathology slides from five hospitals,
@@ -94,7 +91,7 @@ class Camelyon17(WILDSImageDataset):
     """
 
     splits: ClassVar[tuple[str, ...]] = ('train', 'id_val', 'val', 'test')
-    classes: ClassVar[tuple[str, ...]] = ('normal', 'tumor')
+    classes: Sequence[str] = ('normal', 'tumor')
 
     def __init__(
         self,
@@ -150,39 +147,8 @@ class Camelyon17(WILDSImageDataset):
         )
         self._set_records(records, problems)
 
-    def _load_sample(self, index: int) -> Sample:
-        """Load a sample.
 
-        Args:
-            index: Index of the sample.
-
-        Returns:
-            The patch and its label.
-        """
-        image = self._read_rgb(index)
-        label = torch.tensor(self.records['label'].iat[index], dtype=torch.long)
-        return {'image': image, 'label': label}
-
-    def plot(
-        self, sample: Sample, show_titles: bool = True, suptitle: str | None = None
-    ) -> Figure:
-        """Plot a sample from the dataset.
-
-        Args:
-            sample: A sample returned by :meth:`__getitem__`.
-            show_titles: Flag indicating whether to show titles above each panel.
-            suptitle: Optional string to use as a suptitle.
-
-        Returns:
-            A matplotlib Figure with the rendered sample.
-
-        Raises:
-            RGBBandsMissingError: If the image is not a three-channel RGB image.
-        """
-        return plot_classification(self.classes, sample, show_titles, suptitle)
-
-
-class Camelyon17Unlabeled(WILDSImageDataset):
+class Camelyon17Unlabeled(WILDSUnlabeledDataset):
     """Camelyon17 patches without labels, for self-supervised pre-training.
 
     Reads the WILDS unlabeled release (``<root>/camelyon17_unlabeled_v1.0/``, same
@@ -262,29 +228,3 @@ class Camelyon17Unlabeled(WILDSImageDataset):
             }
         )
         self._set_records(records)
-
-    def _load_sample(self, index: int) -> Sample:
-        """Load a sample.
-
-        Args:
-            index: Index of the sample.
-
-        Returns:
-            The patch.
-        """
-        return {'image': self._read_rgb(index)}
-
-    def plot(self, sample: Sample, suptitle: str | None = None) -> Figure:
-        """Plot a sample from the dataset.
-
-        Args:
-            sample: A sample returned by :meth:`__getitem__`.
-            suptitle: Optional string to use as a suptitle.
-
-        Returns:
-            A matplotlib Figure with the rendered sample.
-
-        Raises:
-            RGBBandsMissingError: If the image is not a three-channel RGB image.
-        """
-        return plot_classification(None, sample, False, suptitle)

@@ -12,8 +12,8 @@ from matplotlib.figure import Figure
 from torchgeo.datasets.utils import Path, Sample
 
 from .image_table import InvalidSampleError, OnError, read_table
-from .plot import plot_classification, plot_detection
-from .wilds import WILDSImageDataset
+from .plot import plot_detection
+from .wilds import WILDSImageDataset, WILDSUnlabeledDataset
 
 #: Value of ``BoxesString`` for an image without any wheat head.
 NO_BOX = 'no_box'
@@ -193,7 +193,7 @@ class GlobalWheat(WILDSImageDataset):
         return plot_detection(sample, show_titles, suptitle)
 
 
-class GlobalWheatUnlabeled(WILDSImageDataset):
+class GlobalWheatUnlabeled(WILDSUnlabeledDataset):
     """GlobalWheat images without boxes, for self-supervised pre-training.
 
     Reads the WILDS unlabeled release (``<root>/globalwheat_unlabeled_v1.0/``:
@@ -265,32 +265,6 @@ class GlobalWheatUnlabeled(WILDSImageDataset):
             }
         )
         self._set_records(records)
-
-    def _load_sample(self, index: int) -> Sample:
-        """Load a sample.
-
-        Args:
-            index: Index of the sample.
-
-        Returns:
-            The image.
-        """
-        return {'image': self._read_rgb(index)}
-
-    def plot(self, sample: Sample, suptitle: str | None = None) -> Figure:
-        """Plot a sample from the dataset.
-
-        Args:
-            sample: A sample returned by :meth:`__getitem__`.
-            suptitle: Optional string to use as a suptitle.
-
-        Returns:
-            A matplotlib Figure with the rendered sample.
-
-        Raises:
-            RGBBandsMissingError: If the image is not a three-channel RGB image.
-        """
-        return plot_classification(None, sample, False, suptitle)
 
 
 def _image_paths(data_dir: str, table: pd.DataFrame) -> list[str]:

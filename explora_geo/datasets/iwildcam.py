@@ -6,13 +6,10 @@ from typing import ClassVar, Literal
 
 import numpy as np
 import pandas as pd
-import torch
-from matplotlib.figure import Figure
 from torchgeo.datasets.utils import Path, Sample
 
 from .image_table import OnError, integer_labels, read_table
-from .plot import plot_classification
-from .wilds import WILDSImageDataset
+from .wilds import WILDSClassificationDataset, WILDSUnlabeledDataset
 
 
 def _filenames(table: pd.DataFrame, column: str) -> tuple[pd.Series, pd.Series]:
@@ -31,7 +28,7 @@ def _filenames(table: pd.DataFrame, column: str) -> tuple[pd.Series, pd.Series]:
     return table[column].where(~empty, '').astype(str), problems
 
 
-class IWildCam(WILDSImageDataset):
+class IWildCam(WILDSClassificationDataset):
     """iWildCam2020-WILDS dataset (v2.0).
 
     Camera-trap photographs from 323 locations, each labelled with one of 182
@@ -139,39 +136,8 @@ class IWildCam(WILDSImageDataset):
             )
         return [str(name) for name in table.sort_values('y')['name']]
 
-    def _load_sample(self, index: int) -> Sample:
-        """Load a sample.
 
-        Args:
-            index: Index of the sample.
-
-        Returns:
-            The image and its label.
-        """
-        image = self._read_rgb(index)
-        label = torch.tensor(self.records['label'].iat[index], dtype=torch.long)
-        return {'image': image, 'label': label}
-
-    def plot(
-        self, sample: Sample, show_titles: bool = True, suptitle: str | None = None
-    ) -> Figure:
-        """Plot a sample from the dataset.
-
-        Args:
-            sample: A sample returned by :meth:`__getitem__`.
-            show_titles: Flag indicating whether to show titles above each panel.
-            suptitle: Optional string to use as a suptitle.
-
-        Returns:
-            A matplotlib Figure with the rendered sample.
-
-        Raises:
-            RGBBandsMissingError: If the image is not a three-channel RGB image.
-        """
-        return plot_classification(self.classes, sample, show_titles, suptitle)
-
-
-class IWildCamUnlabeled(WILDSImageDataset):
+class IWildCamUnlabeled(WILDSUnlabeledDataset):
     """iWildCam images without labels, for self-supervised pre-training.
 
     Reads either the WILDS unlabeled release (``split='extra_unlabeled'``:
@@ -237,29 +203,3 @@ class IWildCamUnlabeled(WILDSImageDataset):
             {'path': paths, 'table': table_path, 'line': table.index.to_numpy() + 2}
         )
         self._set_records(records, problems)
-
-    def _load_sample(self, index: int) -> Sample:
-        """Load a sample.
-
-        Args:
-            index: Index of the sample.
-
-        Returns:
-            The image.
-        """
-        return {'image': self._read_rgb(index)}
-
-    def plot(self, sample: Sample, suptitle: str | None = None) -> Figure:
-        """Plot a sample from the dataset.
-
-        Args:
-            sample: A sample returned by :meth:`__getitem__`.
-            suptitle: Optional string to use as a suptitle.
-
-        Returns:
-            A matplotlib Figure with the rendered sample.
-
-        Raises:
-            RGBBandsMissingError: If the image is not a three-channel RGB image.
-        """
-        return plot_classification(None, sample, False, suptitle)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 from PIL import Image
 from torch import Tensor
 from torchgeo.datasets import DatasetNotFoundError
@@ -19,6 +20,7 @@ from torchgeo.datasets.errors import DependencyNotFoundError
 from torchgeo.datasets.utils import Path, Sample
 
 from .image_table import ImageTableDataset, InvalidSampleError, OnError
+from .plot import plot_classification
 
 
 class WILDSImageDataset(ImageTableDataset):
@@ -148,3 +150,77 @@ class WILDSImageDataset(ImageTableDataset):
                 f'Cannot decode image {self._where(index)}: {e}'
             ) from e
         return torch.from_numpy(array.transpose(2, 0, 1).astype(np.float32))
+
+
+class WILDSClassificationDataset(WILDSImageDataset):
+    """A labelled WILDS image-classification split: image and class index.
+
+    .. versionadded:: 0.1
+    """
+
+    #: Class names, in label order.
+    classes: Sequence[str]
+
+    def _load_sample(self, index: int) -> Sample:
+        """Load a sample.
+
+        Args:
+            index: Index of the sample.
+
+        Returns:
+            The image and its label.
+        """
+        image = self._read_rgb(index)
+        label = torch.tensor(self.records['label'].iat[index], dtype=torch.long)
+        return {'image': image, 'label': label}
+
+    def plot(
+        self, sample: Sample, show_titles: bool = True, suptitle: str | None = None
+    ) -> Figure:
+        """Plot a sample from the dataset.
+
+        Args:
+            sample: A sample returned by :meth:`__getitem__`.
+            show_titles: Flag indicating whether to show titles above each panel.
+            suptitle: Optional string to use as a suptitle.
+
+        Returns:
+            A matplotlib Figure with the rendered sample.
+
+        Raises:
+            RGBBandsMissingError: If the image is not a three-channel RGB image.
+        """
+        return plot_classification(self.classes, sample, show_titles, suptitle)
+
+
+class WILDSUnlabeledDataset(WILDSImageDataset):
+    """WILDS images without labels, for self-supervised pre-training.
+
+    .. versionadded:: 0.1
+    """
+
+    def _load_sample(self, index: int) -> Sample:
+        """Load a sample.
+
+        Args:
+            index: Index of the sample.
+
+        Returns:
+            The image.
+        """
+        return {'image': self._read_rgb(index)}
+
+    def plot(self, sample: Sample, suptitle: str | None = None) -> Figure:
+        """Plot a sample from the dataset.
+
+        Args:
+            sample: A sample returned by :meth:`__getitem__`.
+            suptitle: Optional string to use as a suptitle.
+
+        Returns:
+            A matplotlib Figure with the rendered sample.
+
+        Raises:
+            RGBBandsMissingError: If the image is not a three-channel RGB image.
+        """
+        return plot_classification(None, sample, False, suptitle)
