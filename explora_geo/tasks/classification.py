@@ -22,7 +22,7 @@ with the segmentation and detection tasks.
 
 import dataclasses
 import fnmatch
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Self, get_args
 
 import torch
@@ -50,6 +50,20 @@ FinetuneMode = Literal['lora', 'linear_probe', 'full']
 
 #: Features a classification head reads.
 Pooling = Literal['token', 'avg', 'token+avg']
+
+
+def finetune_mode(hparams: Mapping[str, Any]) -> str:
+    """The effective fine-tuning mode of a downstream task.
+
+    Args:
+        hparams: The task's hyperparameters (``finetune``, ``freeze_backbone``).
+
+    Returns:
+        ``hparams['finetune']``, or ``'linear_probe'`` when the backbone is frozen.
+    """
+    if hparams['freeze_backbone']:
+        return 'linear_probe'
+    return str(hparams['finetune'])
 
 
 def configure_finetune(
@@ -280,9 +294,7 @@ class ClassificationTask(Classification):
     @property
     def finetune(self) -> str:
         """The effective fine-tuning mode (``freeze_backbone`` means linear probing)."""
-        if self.hparams['freeze_backbone']:
-            return 'linear_probe'
-        return str(self.hparams['finetune'])
+        return finetune_mode(self.hparams)
 
     @property
     def uses_timm_head(self) -> bool:

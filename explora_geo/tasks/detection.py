@@ -27,7 +27,12 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ..models.feature_pyramid import SimpleFeaturePyramid, ViTFeatureMaps
 from ..models.weights import create_model
-from .classification import FinetuneMode, configure_finetune, trainable_adamw
+from .classification import (
+    FinetuneMode,
+    configure_finetune,
+    finetune_mode,
+    trainable_adamw,
+)
 
 __all__ = ('ObjectDetectionTask', 'ViTDetBackbone')
 
@@ -165,9 +170,7 @@ class ObjectDetectionTask(ObjectDetection):
     @property
     def finetune(self) -> str:
         """The effective fine-tuning mode (``freeze_backbone`` means a frozen ViT)."""
-        if self.hparams['freeze_backbone']:
-            return 'linear_probe'
-        return str(self.hparams['finetune'])
+        return finetune_mode(self.hparams)
 
     def configure_models(self) -> None:
         """Build the ViT, the pyramid and Faster R-CNN; load weights; set what trains."""

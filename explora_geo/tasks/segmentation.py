@@ -33,7 +33,12 @@ from torchvision.models._api import WeightsEnum
 
 from ..models.feature_pyramid import SimpleFeaturePyramid, ViTFeatureMaps
 from ..models.weights import create_model
-from .classification import FinetuneMode, configure_finetune, trainable_adamw
+from .classification import (
+    FinetuneMode,
+    configure_finetune,
+    finetune_mode,
+    trainable_adamw,
+)
 
 __all__ = ('SemanticSegmentationTask', 'ViTDPT', 'ViTUPerNet')
 
@@ -281,9 +286,7 @@ class SemanticSegmentationTask(SemanticSegmentation):
     @property
     def finetune(self) -> str:
         """The effective fine-tuning mode (``freeze_backbone`` means a frozen ViT)."""
-        if self.hparams['freeze_backbone']:
-            return 'linear_probe'
-        return str(self.hparams['finetune'])
+        return finetune_mode(self.hparams)
 
     def configure_models(self) -> None:
         """Build the ViT and the head, load the weights and set what trains."""
