@@ -300,3 +300,65 @@ def get_sensor(name: str) -> Sensor:
         return SENSORS[name]
     except KeyError:
         raise KeyError(f'unknown sensor {name!r}; known: {sorted(SENSORS)}') from None
+
+
+#: Key under which checkpoints and exports store their :class:`InputSpec`.
+INPUT_SPEC_KEY = 'explora_geo_inputs'
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a trained model expects as input and what its outputs mean.
+
+    Written into every checkpoint and export (under :data:`INPUT_SPEC_KEY`, as
+    :meth:`to_dict`) so that prediction needs to be told nothing.
+
+    Attributes:
+        normalization: Bands in order and how raw values are normalised; None if
+            unknown.
+        img_size: Input size the model was trained at, in pixels.
+        patch_size: Patch size of the ViT.
+        classes: Class names in label order, for classifiers and segmenters.
+
+    .. versionadded:: 0.1
+    """
+
+    normalization: Normalization | None = None
+    img_size: int | None = None
+    patch_size: int | None = None
+    classes: tuple[str, ...] | None = None
+
+    @property
+    def bands(self) -> tuple[str, ...] | None:
+        """Band names in the order the model takes them, if known."""
+        return None if self.normalization is None else self.normalization.bands
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form (JSON-compatible)."""
+        return {
+            'normalization': None
+            if self.normalization is None
+            else self.normalization.to_dict(),
+            'img_size': self.img_size,
+            'patch_size': self.patch_size,
+            'classes': None if self.classes is None else list(self.classes),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> 'InputSpec':
+        """Inverse of :meth:`to_dict`.
+
+        Args:
+            data: A mapping as written by :meth:`to_dict`.
+
+        Returns:
+            The input spec.
+        """
+        norm = data.get('normalization')
+        classes = data.get('classes')
+        return cls(
+            normalization=None if norm is None else Normalization.from_dict(norm),
+            img_size=data.get('img_size'),
+            patch_size=data.get('patch_size'),
+            classes=None if classes is None else tuple(classes),
+        )

@@ -56,3 +56,14 @@ def test_errors_name_what_is_wrong() -> None:
     with pytest.raises(KeyError, match='known:'):
         get_sensor('landsat9')
     assert get_sensor('sentinel2') is SENTINEL2
+
+
+def test_input_spec_round_trip() -> None:
+    from explora_geo.sensors import InputSpec
+
+    spec = InputSpec(
+        SENTINEL2.normalization('satmae', ['B2', 'B3']), 96, 8, ('water', 'land')
+    )
+    assert InputSpec.from_dict(spec.to_dict()) == spec
+    assert spec.bands == ('B2', 'B3')
+    assert InputSpec.from_dict(InputSpec().to_dict()) == InputSpec()
