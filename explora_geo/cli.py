@@ -72,10 +72,11 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _merge(args: argparse.Namespace) -> int:
     import timm
+    import torch
 
+    from .atomic import write_atomic
     from .models.weights import load_weights
     from .peft import apply_delta, load_delta
-    from .tasks.pretraining import write_atomic
 
     _, _, meta = load_delta(args.delta)
     name = args.model or meta.get('model')
@@ -91,13 +92,11 @@ def _merge(args: argparse.Namespace) -> int:
     weights = args.weights if args.weights is not None else meta.get('weights')
     load_weights(model, weights)
     apply_delta(model, args.delta, merge=True)
-    out = write_atomic(
-        {
-            'hyper_parameters': {'model': name, **meta},
-            'state_dict': {f'model.{k}': v for k, v in model.state_dict().items()},
-        },
-        Path(args.output),
-    )
+    checkpoint = {
+        'hyper_parameters': {'model': name, **meta},
+        'state_dict': {f'model.{k}': v for k, v in model.state_dict().items()},
+    }
+    out = write_atomic(args.output, lambda tmp: torch.save(checkpoint, tmp))
     print(f'merged encoder written to {out}')
     return 0
 

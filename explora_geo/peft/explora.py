@@ -13,7 +13,6 @@ import dataclasses
 import fnmatch
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any, Self
 import safetensors.torch
 from torch import Tensor, nn
 
+from ..atomic import write_atomic
 from .lora import QKVLoRA
 
 #: Normalisation layers made trainable by ``train_norms``.
@@ -363,17 +363,9 @@ def save_delta(
         'explora_config': json.dumps(config.to_dict()),
         'metadata': json.dumps(metadata or {}),
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    os.close(fd)
-    try:
-        safetensors.torch.save_file(tensors, tmp, metadata=header)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(
+        path, lambda tmp: safetensors.torch.save_file(tensors, tmp, metadata=header)
+    )
 
 
 def load_delta(

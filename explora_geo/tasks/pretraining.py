@@ -19,7 +19,6 @@ and implement ``training_step``. This base provides:
 import copy
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +31,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchgeo.tasks import BaseTask
 from torchvision.models._api import WeightsEnum
 
+from ..atomic import write_atomic
 from ..models.weights import create_model
 from ..peft import (
     ExPLoRAConfig,
@@ -67,28 +67,6 @@ def warmup_cosine(
         return (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def write_atomic(obj: Any, path: Path) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then rename.
-
-    Args:
-        obj: What to save.
-        path: Destination.
-
-    Returns:
-        *path*.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 class ExPLoRAPretrainingTask(BaseTask):
@@ -326,12 +304,12 @@ class ExPLoRAPretrainingTask(BaseTask):
             'model_kwargs': h['model_kwargs'] or {},
         }
         merged = self.merged_encoder()
+        checkpoint = {
+            'hyper_parameters': {'model': h['model'], **meta},
+            'state_dict': {f'model.{k}': v for k, v in merged.state_dict().items()},
+        }
         encoder_path = write_atomic(
-            {
-                'hyper_parameters': {'model': h['model'], **meta},
-                'state_dict': {f'model.{k}': v for k, v in merged.state_dict().items()},
-            },
-            dirpath / f'{tag}_encoder.ckpt',
+            dirpath / f'{tag}_encoder.ckpt', lambda tmp: torch.save(checkpoint, tmp)
         )
         source = copy.deepcopy(self.export_source()).float().cpu()
         delta_path = save_delta(
