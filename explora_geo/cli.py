@@ -71,32 +71,15 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _merge(args: argparse.Namespace) -> int:
-    import timm
-    import torch
+    from .export import merge_delta
 
-    from .atomic import write_atomic
-    from .models.weights import load_weights
-    from .peft import apply_delta, load_delta
-
-    _, _, meta = load_delta(args.delta)
-    name = args.model or meta.get('model')
-    if not name:
-        print(f'{args.delta}: no model name stored; pass --model', file=sys.stderr)
+    try:
+        out = merge_delta(
+            args.delta, args.output, weights=args.weights, model=args.model
+        )
+    except ValueError as err:
+        print(f'{err}; pass --model', file=sys.stderr)
         return 2
-    kwargs = dict(meta.get('model_kwargs') or {})
-    if meta.get('img_size'):
-        kwargs['img_size'] = meta['img_size']
-    if meta.get('in_chans'):
-        kwargs['in_chans'] = meta['in_chans']
-    model = timm.create_model(name, num_classes=0, **kwargs)
-    weights = args.weights if args.weights is not None else meta.get('weights')
-    load_weights(model, weights)
-    apply_delta(model, args.delta, merge=True)
-    checkpoint = {
-        'hyper_parameters': {'model': name, **meta},
-        'state_dict': {f'model.{k}': v for k, v in model.state_dict().items()},
-    }
-    out = write_atomic(args.output, lambda tmp: torch.save(checkpoint, tmp))
     print(f'merged encoder written to {out}')
     return 0
 

@@ -45,9 +45,11 @@ from tqdm.auto import tqdm
 from .datasets.fmow_sentinel import FMoWSentinel
 from .models.mae import MaskedAutoencoder, create_mae
 from .models.weights import create_model, get_weight
+from .peft import ExPLoRAConfig
 from .tasks.callbacks import ExPLoRAExport
 from .tasks.classification import ClassificationTask
 from .tasks.explora_mae import ExPLoRAMAE
+from .tasks.pretraining import OptimizationConfig
 
 #: Land-cover classes of the demo's chip labels.
 CLASSES = ('water', 'dense vegetation', 'marsh / sparse vegetation', 'bare / built')
@@ -542,14 +544,19 @@ def run_demo(
         weights=source_weights,
         in_channels=len(SCENE_BANDS),
         img_size=img_size,
-        unfrozen_blocks=(0, -1),
-        lora_rank=config.lora_rank,
-        train_patch_embed=True,
-        train_pos_embed=True,
-        lr=config.explora_lr,
-        lr_scaling='none',
-        min_lr=1e-5,
-        warmup_steps=max(1, config.explora_steps // 10),
+        adapter=ExPLoRAConfig(
+            unfrozen_blocks=(0, -1),
+            rank=config.lora_rank,
+            train_patch_embed=True,
+            train_pos_embed=True,
+        ),
+        optimization=OptimizationConfig(
+            lr=config.explora_lr,
+            lr_scaling='none',
+            min_lr=1e-5,
+            warmup_steps=max(1, config.explora_steps // 10),
+            betas=(0.9, 0.95),
+        ),
         decoder_lora_rank=config.lora_rank,
         decoder_kwargs=decoder_kwargs,
         model_kwargs={k: v for k, v in model_kwargs.items() if k != 'img_size'},

@@ -57,7 +57,7 @@ def test_round_trip(trained: tuple[ExPLoRAMAE, Path, Path], tmp_path: Path) -> N
         for n, p in task.named_parameters()
         if p.requires_grad and n.startswith('model.encoder.')
     }
-    assert config == task.explora_config
+    assert config == task.adapter
     merged = create_model(TINY, weights=files['encoder'], num_classes=0).eval()
     rebuilt = apply_delta(
         create_model(TINY, weights=meta['weights'], num_classes=0), files['delta']

@@ -6,7 +6,11 @@ from .detection import ObjectDetectionTask
 from .explora_dinov2 import ExPLoRADINOv2
 from .explora_mae import ExPLoRAMAE
 from .knn_probe import KNNProbe
-from .pretraining import ExPLoRAPretrainingTask, NonFiniteLossError
+from .pretraining import (
+    ExPLoRAPretrainingTask,
+    NonFiniteLossError,
+    OptimizationConfig,
+)
 from .segmentation import SemanticSegmentationTask
 
 __all__ = (
@@ -18,5 +22,6 @@ __all__ = (
     'KNNProbe',
     'NonFiniteLossError',
     'ObjectDetectionTask',
+    'OptimizationConfig',
     'SemanticSegmentationTask',
 )

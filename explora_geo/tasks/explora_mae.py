@@ -1,7 +1,8 @@
 """ExPLoRA with the MAE objective (M-ExPLoRA).
 
 The source MAE (encoder *and* decoder, e.g. ``mae_visualize_vit_large.pth``)
-continues pre-training on target-domain images. The encoder gets the ExPLoRA
+continues pre-training on target-domain images with the objective of
+:class:`~explora_geo.ssl.mae.MAEObjective`. The encoder gets the ExPLoRA
 adapter (unfrozen blocks, LoRA on Q and V elsewhere, trainable norms and class
 token); the decoder stays frozen except its norms, LoRA of rank
 ``decoder_lora_rank`` on its attention Q and V, and whatever the model lists in
@@ -14,17 +15,15 @@ token is frozen. Only the encoder is exported.
 
 import fnmatch
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
-import torch
-from lightning.pytorch.utilities.types import OptimizerLRScheduler
 from torch import Tensor, nn
-from torchgeo.tasks.mae import mae_augmentation
 from torchvision.models._api import WeightsEnum
 
 from ..models.mae import MaskedAutoencoder, create_mae
-from ..peft import apply_explora, inject_qkv_lora
-from .pretraining import ExPLoRAPretrainingTask
+from ..peft import ExPLoRAConfig, inject_qkv_lora
+from ..ssl.mae import MAEConfig, MAEObjective
+from .pretraining import ExPLoRAPretrainingTask, OptimizationConfig, as_config
 
 
 def freeze_decoder(
@@ -59,18 +58,16 @@ class ExPLoRAMAE(ExPLoRAPretrainingTask):
 
     Works for every model registered in :data:`explora_geo.models.mae.MAE_MODELS`
     (RGB MAE, SatMAE group-channel and temporal MAEs). Batches are dicts with
-    ``'image'``; keys in :attr:`extra_inputs` (``'timestamps'``) are passed
-    to the model as keyword arguments.
+    ``'image'``; keys in :attr:`~explora_geo.ssl.mae.MAEObjective.extra_inputs`
+    (``'timestamps'``) are passed to the model as keyword arguments.
 
     .. versionadded:: 0.1
     """
 
     ignore = ('weights', 'transform')
 
-    #: Batch keys passed on to the model besides the image.
-    extra_inputs: tuple[str, ...] = ('timestamps',)
-
     model: MaskedAutoencoder
+    objective: MAEObjective
 
     def __init__(
         self,
@@ -78,26 +75,19 @@ class ExPLoRAMAE(ExPLoRAPretrainingTask):
         weights: WeightsEnum | str | bool | None = None,
         in_channels: int = 3,
         img_size: int = 224,
-        unfrozen_blocks: Sequence[int] = (0, -1),
-        lora_rank: int = 32,
-        lora_alpha: float = 1.0,
-        lora_targets: Sequence[str] = ('q', 'v'),
-        train_patch_embed: bool = False,
-        train_pos_embed: bool = False,
-        lr: float = 4.5e-4,
-        lr_scaling: Literal['sqrt', 'linear', 'none'] = 'linear',
-        reference_batch_size: int = 256,
-        min_lr: float = 0.0,
-        weight_decay: float = 0.0,
-        warmup_steps: int = 0,
-        patch_embed_lr_mult: float = 1.0,
+        adapter: ExPLoRAConfig = ExPLoRAConfig(unfrozen_blocks=(0, -1), rank=32),
+        optimization: OptimizationConfig = OptimizationConfig(
+            lr=4.5e-4,
+            lr_scaling='linear',
+            reference_batch_size=256,
+            min_lr=0.0,
+            betas=(0.9, 0.95),
+        ),
+        objective: MAEConfig = MAEConfig(),
         model_kwargs: dict[str, Any] | None = None,
-        mask_ratio: float = 0.75,
-        norm_pix_loss: bool = True,
         decoder_lora_rank: int = 32,
         decoder_lora_alpha: float = 1.0,
         decoder_kwargs: dict[str, Any] | None = None,
-        betas: tuple[float, float] = (0.9, 0.95),
         transform: nn.Module | None = None,
     ) -> None:
         """Initialize a new ExPLoRAMAE instance.
@@ -109,120 +99,67 @@ class ExPLoRAMAE(ExPLoRAPretrainingTask):
                 (``mae_visualize_vit_*.pth``), or ``None`` for random weights.
             in_channels: Input channels.
             img_size: Input size after augmentation.
-            unfrozen_blocks: Encoder blocks trained in full (default ``[1, L]``).
-            lora_rank: LoRA rank of the other encoder blocks.
-            lora_alpha: LoRA alpha (scaling alpha / rank).
-            lora_targets: Projections of ``qkv`` with LoRA (encoder and decoder).
-            train_patch_embed: Also train the patch embedding(s).
-            train_pos_embed: Also train position / group encodings.
-            lr: Base learning rate (MAE's ``blr``) for *reference_batch_size*.
-            lr_scaling: Scaling of *lr* with the effective batch size (MAE:
-                ``'linear'``, ``lr = blr * batch / 256``).
-            reference_batch_size: Batch size *lr* is given for.
-            min_lr: Final learning rate of the cosine schedule.
-            weight_decay: AdamW weight decay.
-            warmup_steps: Optimiser steps of linear warm-up (MAE: one epoch).
-            patch_embed_lr_mult: Learning-rate multiplier of the patch embedding.
+            adapter: What trains in the encoder (default M-[1,L]-r32: first and
+                last blocks unfrozen, LoRA r32 on Q and V of the others).
+            optimization: AdamW and its schedule (MAE's: ``blr`` 4.5e-4 scaled
+                linearly per 256 images, betas ``(0.9, 0.95)``; warm-up of about
+                one epoch is the recipe's to set).
+            objective: Masking ratio and loss.
             model_kwargs: Extra arguments of the encoder (timm ``create_model``).
-            mask_ratio: Fraction of patches removed.
-            norm_pix_loss: Normalise each target patch (MAE's ``--norm_pix_loss``).
-            decoder_lora_rank: LoRA rank on the decoder attention (0: none).
+            decoder_lora_rank: LoRA rank on the decoder attention (0: none),
+                on the adapter's ``targets``.
             decoder_lora_alpha: LoRA alpha of the decoder.
             decoder_kwargs: Decoder sizes (``decoder_embed_dim``,
                 ``decoder_depth``, ``decoder_num_heads``) if not the model's.
-            betas: AdamW betas (MAE: ``(0.9, 0.95)``).
             transform: Augmentation applied on the device to ``(B, C, H, W)``
                 images; default: TorchGeo's MAE augmentation (random resized
                 crop to *img_size*, horizontal and vertical flips). Pass
                 ``nn.Identity()`` to train on the images as they come.
         """
+        self.objective_config = as_config(MAEConfig, objective)
         super().__init__(
             model=model,
             weights=weights,
             in_channels=in_channels,
             img_size=img_size,
-            unfrozen_blocks=unfrozen_blocks,
-            lora_rank=lora_rank,
-            lora_alpha=lora_alpha,
-            lora_targets=lora_targets,
-            train_patch_embed=train_patch_embed,
-            train_pos_embed=train_pos_embed,
-            lr=lr,
-            lr_scaling=lr_scaling,
-            reference_batch_size=reference_batch_size,
-            min_lr=min_lr,
-            weight_decay=weight_decay,
-            warmup_steps=warmup_steps,
-            patch_embed_lr_mult=patch_embed_lr_mult,
+            adapter=adapter,
+            optimization=optimization,
             model_kwargs=model_kwargs,
         )
-        self.transform = (
-            transform if transform is not None else mae_augmentation(img_size)
-        )
+        if transform is not None:
+            self.objective.transform = transform
 
-    def configure_models(self) -> None:
-        """Build the MAE, load the source weights and apply both adapters."""
+    def build_source(self) -> MaskedAutoencoder:
+        """The source MAE with W_S, its decoder frozen but for the decoder adapter.
+
+        Returns:
+            The masked autoencoder.
+        """
         h = self.hparams
         mae = create_mae(
             h['model'],
             weights=self.weights,
-            img_size=h['img_size'],
-            in_chans=h['in_channels'],
-            norm_pix_loss=h['norm_pix_loss'],
+            norm_pix_loss=self.objective_config.norm_pix_loss,
             **(h['decoder_kwargs'] or {}),
-            **(h['model_kwargs'] or {}),
+            **self.source_kwargs(),
         )
-        apply_explora(mae.encoder, self.explora_config)
         freeze_decoder(
-            mae, h['decoder_lora_rank'], h['decoder_lora_alpha'], h['lora_targets']
+            mae, h['decoder_lora_rank'], h['decoder_lora_alpha'], self.adapter.targets
         )
-        self.model = mae
+        return mae
 
-    # A property, not a second registered submodule: the encoder's tensors
-    # appear once in checkpoints, under ``model.encoder.``.
+    def build_objective(self) -> MAEObjective:
+        """The MAE objective on the adapted network.
+
+        Returns:
+            The objective.
+        """
+        return MAEObjective(self.model, self.objective_config, self.hparams['img_size'])
+
     @property
-    def encoder(self) -> nn.Module:  # type: ignore[override]
-        """The adapted encoder (``model.encoder``), what gets exported."""
+    def encoder(self) -> nn.Module:
+        """The adapted encoder inside the MAE (``model.encoder``), what gets exported."""
         return self.model.encoder
-
-    def configure_optimizers(self) -> OptimizerLRScheduler:
-        """AdamW with MAE's betas, warm-up and cosine per step.
-
-        Returns:
-            Optimizer and per-step scheduler.
-        """
-        config = super().configure_optimizers()
-        assert isinstance(config, dict)
-        for group in config['optimizer'].param_groups:
-            group['betas'] = tuple(self.hparams['betas'])
-        return config
-
-    def augment(self, images: Tensor) -> Tensor:
-        """Apply :attr:`transform`; the time steps of ``(B, T, C, H, W)`` share it.
-
-        Args:
-            images: ``(B, C, H, W)`` or ``(B, T, C, H, W)`` images.
-
-        Returns:
-            Augmented float images of the same layout.
-        """
-        images = images.float()
-        with torch.no_grad():
-            if images.ndim == 5:
-                b, t, c, h, w = images.shape
-                out = self.transform(images.reshape(b, t * c, h, w))
-                return out.reshape(b, t, c, *out.shape[-2:])
-            out = self.transform(images)
-        assert isinstance(out, Tensor)
-        return out
-
-    def _step(self, batch: dict[str, Any], augment: bool) -> tuple[Tensor, int]:
-        images = batch['image']
-        extra = {k: batch[k] for k in self.extra_inputs if k in batch}
-        if augment:
-            images = self.augment(images)
-        out = self.model(images.float(), mask_ratio=self.hparams['mask_ratio'], **extra)
-        return out.loss, images.shape[0]
 
     def training_step(
         self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
@@ -240,9 +177,14 @@ class ExPLoRAMAE(ExPLoRAPretrainingTask):
         Raises:
             NonFiniteLossError: If the loss is NaN or infinite.
         """
-        loss, batch_size = self._step(batch, augment=True)
-        loss = self.check_finite(loss)
-        self.log('train_loss', loss, on_step=True, on_epoch=True, batch_size=batch_size)
+        loss = self.check_finite(self.objective(batch).loss)
+        self.log(
+            'train_loss',
+            loss,
+            on_step=True,
+            on_epoch=True,
+            batch_size=batch['image'].shape[0],
+        )
         return loss
 
     def validation_step(
@@ -255,5 +197,5 @@ class ExPLoRAMAE(ExPLoRAPretrainingTask):
             batch_idx: Index of the batch.
             dataloader_idx: Index of the dataloader.
         """
-        loss, batch_size = self._step(batch, augment=False)
-        self.log('val_loss', loss, batch_size=batch_size)
+        loss = self.objective(batch, augment=False).loss
+        self.log('val_loss', loss, batch_size=batch['image'].shape[0])

@@ -1,45 +1,61 @@
 """What every ExPLoRA pre-training task shares: adapter, optimiser, guards, exports.
 
-Subclasses (the DinoV2 and MAE objectives) build their networks in
-``configure_models`` by calling :meth:`ExPLoRAPretrainingTask.build_encoder`,
-and implement ``training_step``. This base provides:
+A pre-training task is a source network, an adapter and an objective. The
+network is built in one place, :meth:`ExPLoRAPretrainingTask.configure_models`:
 
-* the adapted encoder (source weights + :class:`~explora_geo.peft.ExPLoRAConfig`);
+1. the subclass's :meth:`~ExPLoRAPretrainingTask.build_source` returns the
+   source network with the weights W_S loaded (the ViT itself for DinoV2, the
+   ViT with its decoder for MAE); it becomes ``self.model``;
+2. the adapter (:class:`~explora_geo.peft.ExPLoRAConfig`) is applied to its
+   ViT, :attr:`~ExPLoRAPretrainingTask.encoder`;
+3. the subclass's :meth:`~ExPLoRAPretrainingTask.build_objective` returns the
+   objective module (:mod:`explora_geo.ssl`), which owns its augmentation,
+   forward pass and loss; it becomes ``self.objective``.
+
+Subclasses then implement ``training_step``. This base provides the rest:
+
 * AdamW over the trainable tensors with linear warm-up then cosine decay per
-  optimiser step, batch-size learning-rate scaling and a patch-embedding lr
-  multiplier;
+  optimiser step, batch-size learning-rate scaling, a patch-embedding lr
+  multiplier and gradient-norm clipping (:class:`OptimizationConfig`);
 * a guard that stops training on a non-finite loss, naming the step;
 * exports: the merged encoder as a checkpoint loadable by ``weights=<path>``
-  (TorchGeo tasks and :func:`explora_geo.load_weights`), and the compact Δ_T
-  file.
+  (TorchGeo tasks and :func:`explora_geo.load_weights`) and the compact Δ_T
+  file, both recording the :class:`~explora_geo.sensors.InputSpec` (bands and
+  normalisation taken from the datamodule when it declares them).
+
+The adapter, the optimisation and the objective are each one argument holding
+a frozen dataclass, so a YAML recipe sets any of their fields
+(``adapter: {rank: 32, dropout: 0.1}``) and subclasses restate no field.
+Checkpoints store them as plain mappings.
 
 .. versionadded:: 0.1
 """
 
 import copy
+import dataclasses
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from lightning.pytorch.utilities.types import OptimizerLRScheduler
 from torch import Tensor, nn
-from torch.optim import AdamW
+from torch.optim import AdamW, Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 from torchgeo.tasks import BaseTask
 from torchvision.models._api import WeightsEnum
 
-from ..atomic import write_atomic
-from ..models.weights import create_model
+from ..export import ExportRecord, write_export
 from ..peft import (
     ExPLoRAConfig,
     apply_explora,
     count_trainable_parameters,
     merge_and_unload,
-    save_delta,
 )
+from ..sensors import INPUT_SPEC_KEY, InputSpec, Normalization
 
 
 class NonFiniteLossError(RuntimeError):
@@ -69,6 +85,96 @@ def warmup_cosine(
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+@dataclass(frozen=True)
+class OptimizationConfig:
+    """How the trainable tensors of a pre-training task are optimised.
+
+    Attributes:
+        lr: Base learning rate for *reference_batch_size*.
+        lr_scaling: Scale *lr* with the effective batch size (per-device batch
+            x accumulation x devices): ``'sqrt'`` (DinoV2), ``'linear'`` (MAE,
+            ``lr = blr * batch / 256``) or ``'none'``.
+        reference_batch_size: Effective batch size *lr* is given for.
+        min_lr: Final learning rate of the cosine schedule.
+        weight_decay: AdamW weight decay.
+        warmup_steps: Optimiser steps of linear warm-up.
+        patch_embed_lr_mult: Learning-rate multiplier of the patch embedding.
+        betas: AdamW betas.
+        clip_grad: Maximum gradient norm of each network the objective names
+            (DinoV2: encoder and head separately); 0 disables. Lightning's
+            ``Trainer(gradient_clip_val=...)`` applies in addition if set.
+
+    .. versionadded:: 0.1
+    """
+
+    lr: float = 1e-3
+    lr_scaling: Literal['sqrt', 'linear', 'none'] = 'sqrt'
+    reference_batch_size: int = 1024
+    min_lr: float = 1e-6
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    patch_embed_lr_mult: float = 1.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    clip_grad: float = 0.0
+
+    def __post_init__(self) -> None:
+        """Check the fields.
+
+        Raises:
+            ValueError: If a value is out of range.
+        """
+        object.__setattr__(self, 'betas', tuple(self.betas))
+        if self.lr_scaling not in ('sqrt', 'linear', 'none'):
+            raise ValueError(
+                f"lr_scaling must be 'sqrt', 'linear' or 'none', got {self.lr_scaling!r}"
+            )
+        if self.reference_batch_size < 1 or self.warmup_steps < 0:
+            raise ValueError(
+                'reference_batch_size must be >= 1 and warmup_steps >= 0, got '
+                f'{self.reference_batch_size} and {self.warmup_steps}'
+            )
+        if len(self.betas) != 2 or self.clip_grad < 0:
+            raise ValueError(
+                f'betas must hold 2 values and clip_grad be >= 0, got {self.betas} '
+                f'and {self.clip_grad}'
+            )
+
+
+def as_config[C](cls: type[C], value: C | Mapping[str, Any]) -> C:
+    """A config dataclass from itself or from its mapping (as checkpoints store it).
+
+    Args:
+        cls: The dataclass.
+        value: An instance, or a mapping of its fields.
+
+    Returns:
+        The instance.
+
+    Raises:
+        ValueError: If the mapping has fields *cls* does not know.
+        TypeError: If *value* is neither.
+    """
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, Mapping):
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(
+                f'unknown {cls.__name__} fields {unknown}; known: {sorted(known)}'
+            )
+        return cls(**value)
+    raise TypeError(f'expected a {cls.__name__} or a mapping, got {value!r}')
+
+
+def config_dict(config: Any) -> dict[str, Any]:
+    """Plain data of a config dataclass (tuples as lists), for checkpoints and YAML."""
+    return {
+        k: list(v) if isinstance(v, tuple) else v
+        for k, v in dataclasses.asdict(config).items()
+    }
+
+
 class ExPLoRAPretrainingTask(BaseTask):
     """Base class of the ExPLoRA pre-training tasks.
 
@@ -78,28 +184,19 @@ class ExPLoRAPretrainingTask(BaseTask):
     ignore: Sequence[str] | str | None = ('weights',)
     monitor = 'train_loss'
 
-    #: The adapted encoder being pre-trained.
-    encoder: nn.Module
+    #: The source network being adapted (the ViT, or the ViT with a decoder).
+    model: nn.Module
+    #: The self-supervised objective.
+    objective: nn.Module
 
     def __init__(
         self,
-        model: str = 'explora_vitl_dino',
+        model: str,
         weights: WeightsEnum | str | bool | None = None,
         in_channels: int = 3,
         img_size: int = 224,
-        unfrozen_blocks: Sequence[int] = (-1,),
-        lora_rank: int = 64,
-        lora_alpha: float = 1.0,
-        lora_targets: Sequence[str] = ('q', 'v'),
-        train_patch_embed: bool = False,
-        train_pos_embed: bool = False,
-        lr: float = 1e-3,
-        lr_scaling: Literal['sqrt', 'linear', 'none'] = 'sqrt',
-        reference_batch_size: int = 1024,
-        min_lr: float = 1e-6,
-        weight_decay: float = 0.0,
-        warmup_steps: int = 0,
-        patch_embed_lr_mult: float = 1.0,
+        adapter: ExPLoRAConfig | Mapping[str, Any] = ExPLoRAConfig(),
+        optimization: OptimizationConfig | Mapping[str, Any] = OptimizationConfig(),
         model_kwargs: dict[str, Any] | None = None,
     ) -> None:
         """Initialize a new ExPLoRAPretrainingTask instance.
@@ -110,58 +207,61 @@ class ExPLoRAPretrainingTask(BaseTask):
                 model's default, or ``None`` for random initialisation.
             in_channels: Input channels.
             img_size: Input size of the encoder (its position grid).
-            unfrozen_blocks: Blocks trained in full (0-based, negatives from the end).
-            lora_rank: LoRA rank of the other blocks (0: no LoRA).
-            lora_alpha: LoRA alpha (scaling alpha / rank).
-            lora_targets: Projections of ``qkv`` with LoRA.
-            train_patch_embed: Also train the patch embedding.
-            train_pos_embed: Also train position / group encodings.
-            lr: Base learning rate for *reference_batch_size*.
-            lr_scaling: Scale *lr* with the effective batch size: ``'sqrt'``
-                (DinoV2), ``'linear'`` (MAE) or ``'none'``.
-            reference_batch_size: Effective batch size *lr* is given for.
-            min_lr: Final learning rate of the cosine schedule.
-            weight_decay: AdamW weight decay.
-            warmup_steps: Optimiser steps of linear warm-up.
-            patch_embed_lr_mult: Learning-rate multiplier of the patch embedding.
+            adapter: What the adapter trains (or its mapping).
+            optimization: Optimiser, schedule and clipping (or its mapping).
             model_kwargs: Extra arguments for :func:`timm.create_model`.
         """
         self.weights = weights
+        self.adapter = as_config(ExPLoRAConfig, adapter)
+        self.optimization = as_config(OptimizationConfig, optimization)
+        self.input_spec: InputSpec | None = None
         super().__init__()
+        # Checkpoints are read with weights_only=True: store plain data.
+        for name in ('_hparams', '_hparams_initial'):
+            hparams = cast(dict[str, Any], getattr(self, name))
+            for key, value in hparams.items():
+                if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                    hparams[key] = config_dict(value)
 
-    @property
-    def explora_config(self) -> ExPLoRAConfig:
-        """The adapter configuration built from the hyperparameters."""
+    # Building -----------------------------------------------------------------
+
+    def source_kwargs(self) -> dict[str, Any]:
+        """Arguments of the source network's builder: input size, channels, extras."""
         h = self.hparams
-        return ExPLoRAConfig(
-            unfrozen_blocks=tuple(h['unfrozen_blocks']),
-            rank=h['lora_rank'],
-            alpha=h['lora_alpha'],
-            targets=tuple(h['lora_targets']),
-            train_patch_embed=h['train_patch_embed'],
-            train_pos_embed=h['train_pos_embed'],
-        )
+        return {
+            'img_size': h['img_size'],
+            'in_chans': h['in_channels'],
+            **(h['model_kwargs'] or {}),
+        }
 
-    def build_encoder(self, **kwargs: Any) -> nn.Module:
-        """Build the source ViT with W_S loaded and the adapter applied.
-
-        Args:
-            **kwargs: Extra :func:`timm.create_model` arguments (override
-                ``model_kwargs``).
+    def build_source(self) -> nn.Module:
+        """The source network with W_S loaded, before the adapter.
 
         Returns:
-            The adapted encoder (no classifier head).
+            The network; its ViT is :attr:`encoder`.
         """
-        h = self.hparams
-        encoder = create_model(
-            h['model'],
-            weights=self.weights,
-            num_classes=0,
-            in_chans=h['in_channels'],
-            img_size=h['img_size'],
-            **{**(h['model_kwargs'] or {}), **kwargs},
-        )
-        return apply_explora(encoder, self.explora_config)
+        raise NotImplementedError
+
+    def build_objective(self) -> nn.Module:
+        """The objective, built once the encoder is adapted.
+
+        Returns:
+            The objective module.
+        """
+        raise NotImplementedError
+
+    def configure_models(self) -> None:
+        """Build the source network, adapt its encoder, then build the objective."""
+        self.model = self.build_source()
+        apply_explora(self.encoder, self.adapter)
+        self.objective = self.build_objective()
+
+    @property
+    def encoder(self) -> nn.Module:
+        """The adapted ViT, what gets exported (by default the whole network)."""
+        return self.model
+
+    # Training -----------------------------------------------------------------
 
     def on_train_start(self) -> None:
         """Log how many values train."""
@@ -171,7 +271,7 @@ class ExPLoRAPretrainingTask(BaseTask):
         )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Record the task class and the source weights in Lightning checkpoints.
+        """Record the task class, the source weights and the input in checkpoints.
 
         ``weights`` is not a saved hyperparameter (resuming must not load it
         again), but exports name it as the source of Δ_T.
@@ -184,15 +284,19 @@ class ExPLoRAPretrainingTask(BaseTask):
         checkpoint['explora_source_weights'] = (
             None if self.weights is None else str(self.weights)
         )
+        checkpoint[INPUT_SPEC_KEY] = self.current_input_spec().to_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the name of the source weights.
+        """Restore the name of the source weights and the input spec.
 
         Args:
             checkpoint: The checkpoint being read.
         """
         if self.weights is None:
             self.weights = checkpoint.get('explora_source_weights')
+        spec = checkpoint.get(INPUT_SPEC_KEY)
+        if spec is not None:
+            self.input_spec = InputSpec.from_dict(spec)
 
     def check_finite(self, loss: Tensor) -> Tensor:
         """Stop with a clear error when *loss* is not finite.
@@ -214,11 +318,19 @@ class ExPLoRAPretrainingTask(BaseTask):
             )
         return loss
 
+    # Optimisation ---------------------------------------------------------------
+
+    def total_steps(self) -> int:
+        """Optimiser steps of the whole run (1 outside a trainer)."""
+        if self._trainer is None:
+            return 1
+        return max(1, int(self.trainer.estimated_stepping_batches))
+
     def effective_lr(self) -> float:
         """The base learning rate scaled to the effective batch size."""
-        h = self.hparams
-        if h['lr_scaling'] == 'none' or self._trainer is None:
-            return float(h['lr'])
+        opt = self.optimization
+        if opt.lr_scaling == 'none' or self._trainer is None:
+            return float(opt.lr)
         trainer = self.trainer
         # Lightning builds optimisers before it loads the training data; load it
         # now (Lightning reuses it) so that the scaling sees the batch size.
@@ -227,13 +339,12 @@ class ExPLoRAPretrainingTask(BaseTask):
         loader = getattr(trainer, 'train_dataloader', None)
         batch_size = getattr(loader, 'batch_size', None) or 1
         effective = batch_size * trainer.accumulate_grad_batches * trainer.world_size
-        ratio = effective / h['reference_batch_size']
-        scale = math.sqrt(ratio) if h['lr_scaling'] == 'sqrt' else ratio
-        return float(h['lr']) * scale
+        ratio = effective / opt.reference_batch_size
+        scale = math.sqrt(ratio) if opt.lr_scaling == 'sqrt' else ratio
+        return float(opt.lr) * scale
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Trainable tensors grouped by learning-rate multiplier."""
-        mult = self.hparams['patch_embed_lr_mult']
         base: list[nn.Parameter] = []
         patch: list[nn.Parameter] = []
         for name, param in self.named_parameters():
@@ -241,8 +352,26 @@ class ExPLoRAPretrainingTask(BaseTask):
                 (patch if 'patch_embed' in name else base).append(param)
         groups = [{'params': base, 'lr_mult': 1.0}]
         if patch:
-            groups.append({'params': patch, 'lr_mult': mult})
+            groups.append(
+                {'params': patch, 'lr_mult': self.optimization.patch_embed_lr_mult}
+            )
         return groups
+
+    def lr_factor(self, group: Mapping[str, Any]) -> Callable[[int], float]:
+        """The learning-rate factor per optimiser step of a parameter group.
+
+        Args:
+            group: A group of :meth:`parameter_groups`.
+
+        Returns:
+            ``step -> factor``: warm-up then cosine (subclasses may hold some
+            groups at zero for a while).
+        """
+        opt = self.optimization
+        total = self.total_steps()
+        lr = self.effective_lr()
+        min_ratio = min(1.0, opt.min_lr / lr) if lr > 0 else 0.0
+        return lambda step: warmup_cosine(step, opt.warmup_steps, total, min_ratio)
 
     def configure_optimizers(self) -> OptimizerLRScheduler:
         """AdamW on the trainable tensors with warm-up + cosine per step.
@@ -250,22 +379,75 @@ class ExPLoRAPretrainingTask(BaseTask):
         Returns:
             Optimizer and per-step scheduler.
         """
-        h = self.hparams
+        opt = self.optimization
         lr = self.effective_lr()
         groups = self.parameter_groups()
         for group in groups:
             group['lr'] = lr * group['lr_mult']
-        optimizer = AdamW(groups, lr=lr, weight_decay=h['weight_decay'])
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        min_ratio = min(1.0, h['min_lr'] / lr) if lr > 0 else 0.0
-        scheduler = LambdaLR(
-            optimizer,
-            lambda step: warmup_cosine(step, h['warmup_steps'], total, min_ratio),
-        )
+        optimizer = AdamW(groups, lr=lr, weight_decay=opt.weight_decay, betas=opt.betas)
+        scheduler = LambdaLR(optimizer, [self.lr_factor(g) for g in groups])
         return {
             'optimizer': optimizer,
             'lr_scheduler': {'scheduler': scheduler, 'interval': 'step'},
         }
+
+    def clip_groups(self) -> list[list[nn.Parameter]]:
+        """Tensors whose gradient norms are clipped together (default: all)."""
+        return [[p for p in self.parameters() if p.requires_grad]]
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: Optimizer,
+        gradient_clip_val: int | float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip each of :meth:`clip_groups` to ``optimization.clip_grad``.
+
+        Args:
+            optimizer: The optimiser.
+            gradient_clip_val: Lightning's ``gradient_clip_val``, applied after.
+            gradient_clip_algorithm: Lightning's ``gradient_clip_algorithm``.
+        """
+        clip = float(self.optimization.clip_grad)
+        if clip > 0:
+            for params in self.clip_groups():
+                grads = [p for p in params if p.grad is not None]
+                if grads:
+                    nn.utils.clip_grad_norm_(grads, clip)
+        super().configure_gradient_clipping(
+            optimizer, gradient_clip_val, gradient_clip_algorithm
+        )
+
+    # Exports --------------------------------------------------------------------
+
+    def input_normalization(self, data: Normalization) -> Normalization:
+        """What the encoder's input is, given what the datamodule delivers.
+
+        Args:
+            data: The datamodule's normalisation.
+
+        Returns:
+            *data*; objectives that normalise again (DinoV2) compose theirs.
+        """
+        return data
+
+    def current_input_spec(self) -> InputSpec:
+        """The input the encoder was trained on.
+
+        The normalisation comes from the trainer's datamodule when it declares
+        one (``datamodule.normalization``), else from a loaded checkpoint.
+        """
+        norm = None if self.input_spec is None else self.input_spec.normalization
+        datamodule = getattr(self._trainer, 'datamodule', None)
+        data = getattr(datamodule, 'normalization', None)
+        if isinstance(data, Normalization):
+            norm = self.input_normalization(data)
+        patch = getattr(getattr(self.encoder, 'patch_embed', None), 'patch_size', None)
+        return InputSpec(
+            normalization=norm,
+            img_size=int(self.hparams['img_size']),
+            patch_size=None if patch is None else int(next(iter(patch))),
+        )
 
     def export_source(self) -> nn.Module:
         """The adapted encoder whose merge is the product (DinoV2: the teacher)."""
@@ -279,12 +461,7 @@ class ExPLoRAPretrainingTask(BaseTask):
     def export(
         self, dirpath: str | os.PathLike[str], tag: str = 'last'
     ) -> dict[str, Path]:
-        """Write the merged encoder and Δ_T.
-
-        ``<tag>_encoder.ckpt`` uses the layout TorchGeo reads for
-        ``weights=<path>`` (``hyper_parameters.model`` and ``state_dict`` keys
-        under ``model.``); ``<tag>_delta.safetensors`` holds only the trainable
-        tensors plus the metadata to rebuild them on the source weights.
+        """Write the merged encoder and Δ_T (see :func:`explora_geo.export.write_export`).
 
         Args:
             dirpath: Output folder.
@@ -293,26 +470,15 @@ class ExPLoRAPretrainingTask(BaseTask):
         Returns:
             Paths of the files written, by kind.
         """
-        dirpath = Path(dirpath)
         h = self.hparams
-        meta = {
-            'model': h['model'],
-            'weights': str(self.weights) if self.weights is not None else None,
-            'in_chans': h['in_channels'],
-            'img_size': h['img_size'],
-            'global_step': int(self.global_step),
-            'model_kwargs': h['model_kwargs'] or {},
-        }
-        merged = self.merged_encoder()
-        checkpoint = {
-            'hyper_parameters': {'model': h['model'], **meta},
-            'state_dict': {f'model.{k}': v for k, v in merged.state_dict().items()},
-        }
-        encoder_path = write_atomic(
-            dirpath / f'{tag}_encoder.ckpt', lambda tmp: torch.save(checkpoint, tmp)
+        record = ExportRecord(
+            model=h['model'],
+            weights=None if self.weights is None else str(self.weights),
+            in_chans=h['in_channels'],
+            img_size=h['img_size'],
+            global_step=int(self.global_step),
+            model_kwargs=h['model_kwargs'] or {},
+            input_spec=self.current_input_spec(),
         )
-        source = copy.deepcopy(self.export_source()).float().cpu()
-        delta_path = save_delta(
-            source, dirpath / f'{tag}_delta.safetensors', metadata=meta
-        )
-        return {'encoder': encoder_path, 'delta': delta_path}
+        adapted = copy.deepcopy(self.export_source()).float().cpu()
+        return write_export(adapted, Path(dirpath), tag, record)

@@ -12,6 +12,7 @@ from explora_geo.models.satmae_temporal import (
     load_temporal_checkpoint,
     time_encoding,
 )
+from explora_geo.peft import ExPLoRAConfig
 from explora_geo.tasks.explora_mae import ExPLoRAMAE
 from tests.data.checkpoints import layouts
 
@@ -260,7 +261,7 @@ def test_explora_mae_task_passes_timestamps() -> None:
         model='explora_vitl_satmae_temporal',
         in_channels=3,
         img_size=32,
-        lora_rank=4,
+        adapter=ExPLoRAConfig(unfrozen_blocks=(0, -1), rank=4),
         decoder_lora_rank=4,
         model_kwargs={k: v for k, v in TINY.items() if k != 'img_size'},
         decoder_kwargs=TINY_DECODER,

@@ -13,9 +13,10 @@ import torch.multiprocessing as mp
 from torch import Tensor, nn
 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
+from explora_geo.ssl.dinov2 import vit_tokens
 from explora_geo.ssl.dinov2_losses import sinkhorn_knopp
 from explora_geo.ssl.teacher import EMATeacher
-from explora_geo.tasks.explora_dinov2 import ExPLoRADINOv2, vit_tokens
+from explora_geo.tasks.explora_dinov2 import ExPLoRADINOv2
 from tests.data.checkpoints import layouts
 from tests.tasks.test_explora_dinov2 import loader, task_kwargs
 
@@ -60,7 +61,7 @@ def _worker(rank: int, port: int, source: str) -> None:
     task = ExPLoRADINOv2(**task_kwargs(weights=source))
     crops = torch.randn(2 * WORLD * b, 3, 56, 56)  # crop 0 of all images, then crop 1
     masks = torch.rand(2 * WORLD * b, 16) < 0.3
-    full_global, full_patch = task.teacher_targets(crops, masks, 0.04)
+    full_global, full_patch = task.objective.teacher_targets(crops, masks, 0.04)
     rows = slice(rank * 2 * b, (rank + 1) * 2 * b)
     local_only = sinkhorn_knopp(logits[rows], 0.04)
 
@@ -82,7 +83,9 @@ def _worker(rank: int, port: int, source: str) -> None:
     # The task: 2 ranks x b images give the targets of 1 rank x 2 b images.
     images = torch.arange(rank * b, (rank + 1) * b)
     local = torch.cat((images, WORLD * b + images))
-    got_global, got_patch = task.teacher_targets(crops[local], masks[local], 0.04)
+    got_global, got_patch = task.objective.teacher_targets(
+        crops[local], masks[local], 0.04
+    )
     torch.testing.assert_close(got_global, full_global[local])
     owner = masks.nonzero()[:, 0]
     assert full_patch is not None and got_patch is not None
@@ -158,7 +161,7 @@ class _CheckRanksAgree(lightning.Callback):
         gathered: list[Any] = [None] * WORLD
         dist.all_gather_object(gathered, state)
         assert gathered[0] == gathered[1]
-        assert any(k.startswith('teacher_encoder.') for k in state)
+        assert any(k.startswith('objective.teacher_encoder.') for k in state)
         # lr scaled by the global batch: 2 ranks x 2 images.
         lr = trainer.optimizers[0].param_groups[0]['initial_lr']
         assert lr == pytest.approx(1e-3 * (4 / 1024) ** 0.5)
@@ -166,7 +169,9 @@ class _CheckRanksAgree(lightning.Callback):
 
 def test_ddp_spawn_fit(source: Path) -> None:
     task = ExPLoRADINOv2(**task_kwargs(weights=str(source)))
-    before = {k: v.clone() for k, v in task.teacher_encoder.ema_tensors().items()}
+    before = {
+        k: v.clone() for k, v in task.objective.teacher_encoder.ema_tensors().items()
+    }
     trainer = lightning.Trainer(
         accelerator='cpu',
         devices=WORLD,
@@ -182,5 +187,5 @@ def test_ddp_spawn_fit(source: Path) -> None:
     trainer.fit(task, loader(n=8, batch_size=2))
     assert torch.isfinite(trainer.callback_metrics['train_loss'])
     # The trained weights (rank 0's) come back, EMA included.
-    after = task.teacher_encoder.ema_tensors()
+    after = task.objective.teacher_encoder.ema_tensors()
     assert any(not torch.equal(before[k], after[k]) for k in before)

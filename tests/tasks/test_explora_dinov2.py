@@ -1,3 +1,4 @@
+import inspect
 import math
 from pathlib import Path
 from typing import Any
@@ -11,26 +12,27 @@ from torch.utils.data import DataLoader, Dataset
 
 from explora_geo import apply_delta, create_model
 from explora_geo.peft import count_trainable_parameters, load_delta
+from explora_geo.ssl.dinov2 import vit_tokens
 from explora_geo.ssl.schedules import cosine_schedule
-from explora_geo.tasks.explora_dinov2 import (
-    ExPLoRADINOv2,
-    source_mask_token,
-    vit_tokens,
-)
+from explora_geo.tasks.explora_dinov2 import ExPLoRADINOv2, source_mask_token
 from explora_geo.tasks.knn_probe import KNNProbe
 from explora_geo.tasks.pretraining import NonFiniteLossError
 from tests.data.checkpoints import layouts
+from tests.tasks.grouping import grouped
 
 TINY_VIT = {'depth': 2, 'embed_dim': 64, 'num_heads': 2}
 
 
 def task_kwargs(**overrides: Any) -> dict[str, Any]:
-    """D-[L]-r4 on a 2-block, 64-wide ViT/14 at 56 px, 128 prototypes."""
-    return {
+    """D-[L]-r4 on a 2-block, 64-wide ViT/14 at 56 px, 128 prototypes.
+
+    Fields of the adapter, optimisation and objective configs may be given flat.
+    """
+    flat = {
         'model': 'explora_vitb_dino',
         'img_size': 56,
         'model_kwargs': dict(TINY_VIT),
-        'lora_rank': 4,
+        'rank': 4,
         'head_hidden_dim': 32,
         'head_bottleneck_dim': 16,
         'num_prototypes': 128,
@@ -41,6 +43,13 @@ def task_kwargs(**overrides: Any) -> dict[str, Any]:
         'augmentation_seed': 0,
         **overrides,
     }
+    defaults = inspect.signature(ExPLoRADINOv2).parameters
+    return grouped(
+        flat,
+        defaults['adapter'].default,
+        defaults['optimization'].default,
+        defaults['objective'].default,
+    )
 
 
 class Images(Dataset[dict[str, Tensor]]):
@@ -96,21 +105,34 @@ def source(tmp_path: Path) -> Path:
 def test_defaults_are_the_papers() -> None:
     with torch.device('meta'):
         task = ExPLoRADINOv2()
-    h = task.hparams
+    h, adapter, opt, objective = (
+        task.hparams,
+        task.adapter,
+        task.optimization,
+        task.objective_config,
+    )
     assert h['model'] == 'explora_vitl_dino'
-    assert tuple(h['unfrozen_blocks']) == (-1,) and h['lora_rank'] == 64
-    assert (h['lr'], h['lr_scaling'], h['min_lr'], h['patch_embed_lr_mult']) == (
+    assert tuple(adapter.unfrozen_blocks) == (-1,) and adapter.rank == 64
+    assert (opt.lr, opt.lr_scaling, opt.min_lr, opt.patch_embed_lr_mult) == (
         1e-3,
         'sqrt',
         1e-6,
         0.2,
     )
-    assert (h['clip_grad'], h['freeze_last_layer_steps'], h['koleo_loss_weight']) == (
+    assert (
+        opt.clip_grad,
+        objective.freeze_last_layer_steps,
+        objective.koleo_loss_weight,
+    ) == (
         3.0,
         3000,
         0.1,
     )
-    assert (h['momentum_teacher'], h['warmup_teacher_temp'], h['teacher_temp']) == (
+    assert (
+        objective.momentum_teacher,
+        objective.warmup_teacher_temp,
+        objective.teacher_temp,
+    ) == (
         0.994,
         0.04,
         0.07,
@@ -118,16 +140,21 @@ def test_defaults_are_the_papers() -> None:
     # D-[L]-r64 on ViT-L: 18.7M trainable encoder values (paper).
     assert count_trainable_parameters(task.encoder) == 18_724_864
     # Head: D -> 2048 -> 2048 -> 256 -> 65536 prototypes (gain frozen).
-    assert count_trainable_parameters(task.head) == (
+    assert count_trainable_parameters(task.objective.head) == (
         1024 * 2048 + 2048 + 2048 * 2048 + 2048 + 2048 * 256 + 256 + 256 * 65536
     )
     # The teacher only holds the trainable tensors.
-    assert sum(b.numel() for b in task.teacher_encoder.buffers()) == 18_724_864
-    assert task.multicrop.global1[0].flags['size'] == (224, 224)
-    assert task.multicrop.local[0].flags['size'] == (98, 98)
-    assert task.multicrop.num_local_crops == 8
-    assert task.grid == (16, 16)
-    assert task.masking is not None and task.masking.mask_ratio == (0.1, 0.5)
+    assert (
+        sum(b.numel() for b in task.objective.teacher_encoder.buffers()) == 18_724_864
+    )
+    assert task.objective.multicrop.global1[0].flags['size'] == (224, 224)
+    assert task.objective.multicrop.local[0].flags['size'] == (98, 98)
+    assert task.objective.multicrop.num_local_crops == 8
+    assert task.objective.grid == (16, 16)
+    assert task.objective.masking is not None and task.objective.masking.mask_ratio == (
+        0.1,
+        0.5,
+    )
 
 
 def test_vit_tokens(source: Path) -> None:
@@ -166,10 +193,12 @@ def test_vit_tokens(source: Path) -> None:
 def test_mask_token_from_source(source: Path) -> None:
     expected = torch.load(source, weights_only=True)['mask_token']
     task = ExPLoRADINOv2(**task_kwargs(weights=str(source)))
-    torch.testing.assert_close(task.mask_token, expected)
-    assert not task.mask_token.requires_grad
+    torch.testing.assert_close(task.objective.mask_token, expected)
+    assert not task.objective.mask_token.requires_grad
     assert source_mask_token(None) is None
-    assert torch.equal(ExPLoRADINOv2(**task_kwargs()).mask_token, torch.zeros(1, 64))
+    assert torch.equal(
+        ExPLoRADINOv2(**task_kwargs()).objective.mask_token, torch.zeros(1, 64)
+    )
 
 
 def test_fit_bf16_logs_losses_and_counts() -> None:
@@ -218,22 +247,23 @@ def test_last_layer_frozen_for_the_first_steps() -> None:
     initial = trainable_state(task)
     record = Record()
     trainer(max_steps=3, callbacks=[record]).fit(task, loader(n=6))
-    last = 'head.last_layer.weight_v'
+    last = 'objective.head.last_layer.weight_v'
     # Steps 1 and 2: the prototypes stay; step 3: they move.
     assert torch.equal(record.states[0][last], initial[last])
     assert torch.equal(record.states[1][last], initial[last])
     assert not torch.equal(record.states[2][last], initial[last])
     # Everything else trains from the first step.
-    lora = 'encoder.blocks.0.attn.qkv.lora_B'
+    lora = 'model.blocks.0.attn.qkv.lora_B'
     assert not torch.equal(record.states[0][lora], initial[lora])
     assert not torch.equal(
-        record.states[0]['head.layers.0.weight'], initial['head.layers.0.weight']
+        record.states[0]['objective.head.layers.0.weight'],
+        initial['objective.head.layers.0.weight'],
     )
     # The prototype layer is its own parameter group with a zero rate meanwhile.
     groups = task.trainer.optimizers[0].param_groups
     # (No patch-embedding group: it is frozen in this configuration.)
     assert [g.get('last_layer', False) for g in groups] == [False, True]
-    assert groups[1]['params'] == [task.head.last_layer.weight_v]
+    assert groups[1]['params'] == [task.objective.head.last_layer.weight_v]
     assert record.lrs[0][1] == 0.0 and record.lrs[0][0] > 0
     assert record.lrs[2][1] == record.lrs[2][0] > 0
 
@@ -250,8 +280,14 @@ def test_ema_per_optimizer_step_with_accumulation_and_lr_scaling() -> None:
     assert m == pytest.approx(0.994)
     student = trainable_state(task)
     ema = {
-        **{f'encoder.{k}': v for k, v in task.teacher_encoder.ema_tensors().items()},
-        **{f'head.{k}': v for k, v in task.teacher_head.ema_tensors().items()},
+        **{
+            f'model.{k}': v
+            for k, v in task.objective.teacher_encoder.ema_tensors().items()
+        },
+        **{
+            f'objective.head.{k}': v
+            for k, v in task.objective.teacher_head.ema_tensors().items()
+        },
     }
     assert set(ema) == set(student)
     moved = 0
@@ -264,7 +300,7 @@ def test_ema_per_optimizer_step_with_accumulation_and_lr_scaling() -> None:
 
 def test_teacher_schedules() -> None:
     task = ExPLoRADINOv2(**task_kwargs(teacher_temp_warmup_steps=3))
-    assert [task.teacher_temperature(i) for i in range(4)] == pytest.approx(
+    assert [task.objective.teacher_temperature(i) for i in range(4)] == pytest.approx(
         [0.04, 0.055, 0.07, 0.07]
     )
     t = trainer(max_steps=10)
@@ -295,7 +331,7 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
     assert set(a) == set(b)
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
-    assert any(k.startswith('teacher_encoder.') for k in a)
+    assert any(k.startswith('objective.teacher_encoder.') for k in a)
 
 
 def test_export_is_the_teacher(tmp_path: Path, source: Path) -> None:
@@ -303,7 +339,7 @@ def test_export_is_the_teacher(tmp_path: Path, source: Path) -> None:
     trainer(max_steps=2).fit(task, loader())
     paths = task.export(tmp_path, tag='dino')
     tensors, config, meta = load_delta(paths['delta'])
-    ema = task.teacher_encoder.ema_tensors()
+    ema = task.objective.teacher_encoder.ema_tensors()
     student = dict(task.encoder.named_parameters())
     assert (
         set(tensors) == set(ema) == {n for n, p in student.items() if p.requires_grad}
@@ -325,7 +361,7 @@ def test_export_is_the_teacher(tmp_path: Path, source: Path) -> None:
         **TINY_VIT,
     )
     rebuilt = apply_delta(rebuilt, paths['delta']).eval()
-    normalize = task.multicrop.normalize
+    normalize = task.objective.multicrop.normalize
     with torch.no_grad():
         torch.testing.assert_close(
             rebuilt.forward_features(normalize(x))[:, 0], expected, rtol=1e-4, atol=1e-5
@@ -356,7 +392,7 @@ def test_gradient_clipping_per_network() -> None:
         if p.requires_grad:
             p.grad = torch.full_like(p, 10.0)
     small = {}
-    for n, p in task.head.named_parameters():
+    for n, p in task.objective.head.named_parameters():
         if p.requires_grad:
             p.grad = torch.full_like(p, 1e-4)
             small[n] = p.grad.clone()
@@ -371,7 +407,7 @@ def test_gradient_clipping_per_network() -> None:
         )
     )
     assert float(norm) == pytest.approx(3.0, rel=1e-4)
-    for n, p in task.head.named_parameters():
+    for n, p in task.objective.head.named_parameters():
         if p.requires_grad:
             assert torch.equal(p.grad, small[n])
 
@@ -425,7 +461,7 @@ def test_configuration_errors() -> None:
         ExPLoRADINOv2(**task_kwargs(img_size=28))
     # Without iBOT the small grid is fine.
     task = ExPLoRADINOv2(**task_kwargs(img_size=28, ibot_loss_weight=0.0))
-    assert task.masking is None
+    assert task.objective.masking is None
 
 
 def test_bad_inputs_are_reported() -> None:
@@ -434,6 +470,6 @@ def test_bad_inputs_are_reported() -> None:
         task.training_step({'image': torch.rand(2, 3, 64, 64) * 255}, 0)
     bad = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
-        task.head.layers[0].weight.fill_(float('nan'))
+        task.objective.head.layers[0].weight.fill_(float('nan'))
     with pytest.raises(NonFiniteLossError, match='non-finite training loss'):
         task.training_step({'image': bad}, 0)

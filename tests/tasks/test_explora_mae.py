@@ -202,7 +202,7 @@ class TestFit:
     def test_augment_keeps_time_steps_aligned(self) -> None:
         task = ExPLoRAMAE(**task_kwargs())
         frames = torch.rand(2, 1, 3, IMG, IMG).repeat(1, 3, 1, 1, 1)
-        out = task.augment(frames)
+        out = task.objective.augment(frames)
         assert out.shape == frames.shape
         assert torch.equal(out[:, 0], out[:, 2])
 

@@ -19,6 +19,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from explora_geo.models.mae import MAEOutput, MaskedAutoencoderViT, register_mae
+from explora_geo.peft import ExPLoRAConfig
+from explora_geo.ssl.mae import MAEConfig
+from explora_geo.tasks.pretraining import OptimizationConfig
+from tests.tasks.grouping import grouped
 
 TINY = 'explora_test_tiny_vit'
 TINY_TEMPORAL = 'explora_test_tiny_vit_temporal'
@@ -116,16 +120,31 @@ def loader(batch_size: int = 4, **kwargs: Any) -> DataLoader[dict[str, Tensor]]:
 
 
 def task_kwargs(**overrides: Any) -> dict[str, Any]:
-    """ExPLoRAMAE arguments for the tiny model: M-[1,L] with LoRA r4 in between."""
-    return {
+    """ExPLoRAMAE arguments for the tiny model: M-[L] with LoRA r4 in between.
+
+    Fields of the adapter, optimisation and objective configs may be given flat.
+    """
+    flat = {
         'model': TINY,
         'img_size': IMG,
         'unfrozen_blocks': (-1,),
-        'lora_rank': 4,
+        'rank': 4,
         'decoder_lora_rank': 4,
         'decoder_kwargs': dict(DECODER_KWARGS),
         **overrides,
     }
+    return grouped(
+        flat,
+        ExPLoRAConfig(),
+        OptimizationConfig(
+            lr=4.5e-4,
+            lr_scaling='linear',
+            reference_batch_size=256,
+            min_lr=0.0,
+            betas=(0.9, 0.95),
+        ),
+        MAEConfig(),
+    )
 
 
 @pytest.fixture(autouse=True)
