@@ -82,8 +82,9 @@ class DeepCopyDINOv2(ExPLoRADINOv2):
     def configure_models(self) -> None:
         """Build the task, then replace both teachers by full copies."""
         super().configure_models()
-        self.teacher_encoder = DeepCopyTeacher(self.encoder)  # type: ignore[assignment]
-        self.teacher_head = DeepCopyTeacher(self.head)  # type: ignore[assignment]
+        objective = self.objective
+        objective.teacher_encoder = DeepCopyTeacher(self.encoder)  # type: ignore[assignment]
+        objective.teacher_head = DeepCopyTeacher(objective.head)  # type: ignore[assignment]
 
 
 VARIANTS = {'shared': ExPLoRADINOv2, 'deepcopy': DeepCopyDINOv2}
@@ -157,8 +158,7 @@ def paper_update_times(repeats: int = 3) -> dict[str, float]:
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
-            task.teacher_encoder.update(0.994)
-            task.teacher_head.update(0.994)
+            task.objective.update_teacher(0.994)
             times.append(time.perf_counter() - start)
         out[name] = statistics.median(times)
         del task

@@ -68,7 +68,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     from torch.utils.flop_counter import FlopCounterMode
     from torchgeo.tasks import MAE
 
-    from explora_geo.peft import count_trainable_parameters
+    from explora_geo.peft import ExPLoRAConfig, count_trainable_parameters
     from explora_geo.tasks.explora_mae import ExPLoRAMAE
 
     torch.set_num_threads(args.threads)
@@ -90,8 +90,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         task: lightning.LightningModule = ExPLoRAMAE(
             model=explora_name,
             img_size=args.img,
-            unfrozen_blocks=(0, -1),
-            lora_rank=32,
+            adapter=ExPLoRAConfig(unfrozen_blocks=(0, -1), rank=32),
             decoder_lora_rank=32,
             decoder_kwargs=decoder,
         )
