@@ -12,7 +12,60 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from .pretraining import ExPLoRAPretrainingTask
 
 
-class ExPLoRAExport(Callback):
+class StepSchedule(Callback):
+    """A callback that acts every ``every_n_steps`` optimiser steps.
+
+    With gradient accumulation several batches end on the same optimiser
+    step; the action runs once per step. Subclasses implement
+    :meth:`on_scheduled_step`.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self, every_n_steps: int | None) -> None:
+        """Initialize a new StepSchedule instance.
+
+        Args:
+            every_n_steps: Act every this many optimiser steps (0 or ``None``:
+                never).
+        """
+        self.every_n_steps = every_n_steps
+        self._last_step = -1
+
+    def on_scheduled_step(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Act; called when an optimiser step lands on the schedule.
+
+        Args:
+            trainer: The trainer.
+            pl_module: The module being trained.
+        """
+        raise NotImplementedError
+
+    def on_train_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        """Act when an optimiser step lands on the schedule.
+
+        Args:
+            trainer: The trainer.
+            pl_module: The module being trained.
+            outputs: Output of the training step.
+            batch: The batch.
+            batch_idx: Index of the batch.
+        """
+        step = trainer.global_step
+        n = self.every_n_steps
+        if n and step > 0 and step % n == 0 and step != self._last_step:
+            self._last_step = step
+            self.on_scheduled_step(trainer, pl_module)
+
+
+class ExPLoRAExport(StepSchedule):
     """Call ``task.export(dirpath, tag)`` every N optimiser steps and at the end.
 
     Step exports are tagged ``step<global_step>`` (zero-padded to 8 digits),
@@ -39,10 +92,9 @@ class ExPLoRAExport(Callback):
         """
         if every_n_steps < 0:
             raise ValueError(f'every_n_steps must be >= 0, got {every_n_steps}')
+        super().__init__(every_n_steps)
         self.dirpath = Path(dirpath) if dirpath is not None else None
-        self.every_n_steps = every_n_steps
         self.export_on_train_end = export_on_train_end
-        self._last_step = -1
         #: Files written so far, by tag.
         self.exported: dict[str, dict[str, Path]] = {}
 
@@ -73,32 +125,14 @@ class ExPLoRAExport(Callback):
         assert self.dirpath is not None
         self.exported[tag] = pl_module.export(self.dirpath, tag)
 
-    def on_train_batch_end(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-    ) -> None:
-        """Export when an optimiser step lands on the schedule.
+    def on_scheduled_step(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Export ``step<global_step>``.
 
         Args:
             trainer: The trainer.
             pl_module: The task.
-            outputs: Output of the training step.
-            batch: The batch.
-            batch_idx: Index of the batch.
         """
-        step = trainer.global_step
-        # With gradient accumulation several batches end on the same step.
-        if (
-            self.every_n_steps
-            and step > 0
-            and step % self.every_n_steps == 0
-            and step != self._last_step
-        ):
-            self._export(trainer, pl_module, f'step{step:08d}')
+        self._export(trainer, pl_module, f'step{trainer.global_step:08d}')
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Export ``last``.

@@ -146,15 +146,8 @@ class ExPLoRADINOv2(ExPLoRAPretrainingTask):
                 an uninterrupted one. ``None`` uses the global random state.
         """
         self.objective_config = as_config(DINOv2Config, objective)
-        super().__init__(
-            model=model,
-            weights=weights,
-            in_channels=in_channels,
-            img_size=img_size,
-            adapter=adapter,
-            optimization=optimization,
-            model_kwargs=model_kwargs,
-        )
+        shared = (model, weights, in_channels, img_size, adapter, optimization)
+        super().__init__(*shared, model_kwargs)
 
     def build_source(self) -> nn.Module:
         """The source ViT with W_S; it interpolates its positions for local crops.
@@ -209,12 +202,6 @@ class ExPLoRADINOv2(ExPLoRAPretrainingTask):
 
     # Distributed helpers -----------------------------------------------------
 
-    def _fsdp_root(self) -> FullyShardedDataParallel | None:
-        if self._trainer is None:
-            return None
-        model = self.trainer.strategy.model
-        return model if isinstance(model, FullyShardedDataParallel) else None
-
     @contextmanager
     def full_parameters(self) -> Iterator[None]:
         """Context in which the student's parameters are whole tensors.
@@ -222,7 +209,7 @@ class ExPLoRADINOv2(ExPLoRAPretrainingTask):
         A no-op except under FSDP, where the sharded parameters are gathered
         (every rank must enter it).
         """
-        root = self._fsdp_root()
+        root = self.fsdp_root()
         context = (
             FullyShardedDataParallel.summon_full_params(root, writeback=False)
             if root is not None
@@ -341,30 +328,8 @@ class ExPLoRADINOv2(ExPLoRAPretrainingTask):
         self.update_teacher()
 
     def clip_groups(self) -> list[list[nn.Parameter]]:
-        """The encoder and the head separately; all at once under FSDP."""
-        if self._fsdp_root() is not None:
-            return []
+        """The encoder and the head, clipped separately (DinoV2)."""
         return self.objective.clip_groups()
-
-    def configure_gradient_clipping(
-        self,
-        optimizer: Optimizer,
-        gradient_clip_val: int | float | None = None,
-        gradient_clip_algorithm: str | None = None,
-    ) -> None:
-        """Clip per network (DinoV2); under FSDP the norm of all gradients together.
-
-        Args:
-            optimizer: The optimiser.
-            gradient_clip_val: Lightning's ``gradient_clip_val``, applied after.
-            gradient_clip_algorithm: Lightning's ``gradient_clip_algorithm``.
-        """
-        root = self._fsdp_root()
-        if root is not None and self.optimization.clip_grad > 0:
-            root.clip_grad_norm_(self.optimization.clip_grad)
-        super().configure_gradient_clipping(
-            optimizer, gradient_clip_val, gradient_clip_algorithm
-        )
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Trainable tensors by learning-rate multiplier; the prototype layer apart."""

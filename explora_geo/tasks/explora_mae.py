@@ -117,15 +117,8 @@ class ExPLoRAMAE(ExPLoRAPretrainingTask):
                 ``nn.Identity()`` to train on the images as they come.
         """
         self.objective_config = as_config(MAEConfig, objective)
-        super().__init__(
-            model=model,
-            weights=weights,
-            in_channels=in_channels,
-            img_size=img_size,
-            adapter=adapter,
-            optimization=optimization,
-            model_kwargs=model_kwargs,
-        )
+        shared = (model, weights, in_channels, img_size, adapter, optimization)
+        super().__init__(*shared, model_kwargs)
         if transform is not None:
             self.objective.transform = transform
 
@@ -178,13 +171,8 @@ class ExPLoRAMAE(ExPLoRAPretrainingTask):
             NonFiniteLossError: If the loss is NaN or infinite.
         """
         loss = self.check_finite(self.objective(batch).loss)
-        self.log(
-            'train_loss',
-            loss,
-            on_step=True,
-            on_epoch=True,
-            batch_size=batch['image'].shape[0],
-        )
+        size = batch['image'].shape[0]
+        self.log('train_loss', loss, on_step=True, on_epoch=True, batch_size=size)
         return loss
 
     def validation_step(

@@ -20,11 +20,13 @@ from typing import Any, cast
 import torch
 import torch.nn.functional as F
 from lightly.utils.benchmarking import knn_predict
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 
+from .callbacks import StepSchedule
 
-class KNNProbe(Callback):
+
+class KNNProbe(StepSchedule):
     """Log the k-NN top-1 accuracy of the current representation.
 
     The module must have ``embed(images) -> (B, D)`` and may have a
@@ -69,14 +71,13 @@ class KNNProbe(Callback):
                 'num_classes, k and every_n_steps must be >= 1, got '
                 f'{num_classes}, {k}, {every_n_steps}'
             )
+        super().__init__(every_n_steps)
         self.train_loader = train_loader
         self.val_loader = val_loader
         self.num_classes = num_classes
         self.k = k
         self.temperature = temperature
-        self.every_n_steps = every_n_steps
         self.name = name
-        self._last_step = -1
 
     @staticmethod
     def _features(
@@ -136,32 +137,14 @@ class KNNProbe(Callback):
             pl_module.log(self.name, value, rank_zero_only=True)
         trainer.strategy.barrier('knn_probe')
 
-    def on_train_batch_end(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-    ) -> None:
+    def on_scheduled_step(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Probe every ``every_n_steps`` optimiser steps.
 
         Args:
             trainer: The trainer.
             pl_module: The module being trained.
-            outputs: Outputs of the training step.
-            batch: The mini-batch.
-            batch_idx: Its index.
         """
-        step = trainer.global_step
-        if (
-            self.every_n_steps is not None
-            and step != self._last_step
-            and step > 0
-            and step % self.every_n_steps == 0
-        ):
-            self._last_step = step
-            self.probe(trainer, pl_module)
+        self.probe(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Probe at the end of each epoch when no step interval is set.

@@ -43,6 +43,7 @@ from typing import Any, Literal, cast
 import torch
 from lightning.pytorch.utilities.types import OptimizerLRScheduler
 from torch import Tensor, nn
+from torch.distributed.fsdp import FullyShardedDataParallel
 from torch.optim import AdamW, Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 from torchgeo.tasks import BaseTask
@@ -391,6 +392,13 @@ class ExPLoRAPretrainingTask(BaseTask):
             'lr_scheduler': {'scheduler': scheduler, 'interval': 'step'},
         }
 
+    def fsdp_root(self) -> FullyShardedDataParallel | None:
+        """The FSDP unit wrapping this task, if training runs under FSDP."""
+        if self._trainer is None:
+            return None
+        model = self.trainer.strategy.model
+        return model if isinstance(model, FullyShardedDataParallel) else None
+
     def clip_groups(self) -> list[list[nn.Parameter]]:
         """Tensors whose gradient norms are clipped together (default: all)."""
         return [[p for p in self.parameters() if p.requires_grad]]
@@ -403,13 +411,19 @@ class ExPLoRAPretrainingTask(BaseTask):
     ) -> None:
         """Clip each of :meth:`clip_groups` to ``optimization.clip_grad``.
 
+        Under FSDP the norm of all gradients together is clipped instead.
+
         Args:
             optimizer: The optimiser.
             gradient_clip_val: Lightning's ``gradient_clip_val``, applied after.
             gradient_clip_algorithm: Lightning's ``gradient_clip_algorithm``.
         """
         clip = float(self.optimization.clip_grad)
-        if clip > 0:
+        root = self.fsdp_root()
+        if clip > 0 and root is not None:
+            # Sharded gradients: one norm over all of them.
+            root.clip_grad_norm_(clip)
+        elif clip > 0:
             for params in self.clip_groups():
                 grads = [p for p in params if p.grad is not None]
                 if grads:
