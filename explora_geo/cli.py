@@ -47,12 +47,23 @@ def _inspect(args: argparse.Namespace) -> int:
                 f'  tensors: {len(tensors)}, values: {sum(t.numel() for t in tensors.values()):,}'
             )
             return 0
+        from .export import read_record
         from .models.checkpoints import read_checkpoint, unwrap_state_dict
 
         state = unwrap_state_dict(read_checkpoint(path))
         print(
             f'checkpoint {path}: {len(state)} tensors, {sum(t.numel() for t in state.values()):,} values'
         )
+        try:
+            record = read_record(path)
+        except (ValueError, KeyError):
+            record = None
+        if record is not None:
+            spec = None if record.input_spec is None else record.input_spec.to_dict()
+            print(
+                f'  encoder export of {record.model}, source weights {record.weights}'
+            )
+            print(f'  input: {json.dumps(spec)}')
         for key in list(state)[: args.show]:
             print(f'  {key} {tuple(state[key].shape)}')
         return 0

@@ -64,6 +64,8 @@ def test_merge_and_inspect_files(tmp_path, capsys: pytest.CaptureFixture[str]) -
     assert main(['inspect', str(out)]) == 0
     printed = capsys.readouterr().out
     assert 'model.pos_embed' not in printed and 'pos_embed (1, 5, 32)' in printed
+    assert 'encoder export of explora_vitb_dino, source weights' in printed
+    assert str(weights) in printed and 'input: null' in printed
 
 
 def test_console_script_help() -> None:
