@@ -41,7 +41,7 @@ from ..models.weights import create_model, get_weight
 from ..peft import ExPLoRAConfig, count_trainable_parameters
 from ..sensors import Normalization
 from ..ssl.dinov2 import DINOv2Config, DINOv2Objective
-from .pretraining import ExPLoRAPretrainingTask, OptimizationConfig, as_config
+from .pretraining import ExPLoRAPretrainingTask, OptimizationConfig
 
 
 def source_mask_token(
@@ -101,6 +101,8 @@ class ExPLoRADINOv2(ExPLoRAPretrainingTask):
     """
 
     objective: DINOv2Objective
+    objective_config_type = DINOv2Config
+    objective_config: DINOv2Config
 
     def __init__(
         self,
@@ -145,9 +147,8 @@ class ExPLoRADINOv2(ExPLoRAPretrainingTask):
                 index), so that a resumed run sees exactly the augmentations of
                 an uninterrupted one. ``None`` uses the global random state.
         """
-        self.objective_config = as_config(DINOv2Config, objective)
         shared = (model, weights, in_channels, img_size, adapter, optimization)
-        super().__init__(*shared, model_kwargs)
+        super().__init__(*shared, objective, model_kwargs)
 
     def build_source(self) -> nn.Module:
         """The source ViT with W_S; it interpolates its positions for local crops.

@@ -23,7 +23,7 @@ from torchvision.models._api import WeightsEnum
 from ..models.mae import MaskedAutoencoder, create_mae
 from ..peft import ExPLoRAConfig, inject_qkv_lora
 from ..ssl.mae import MAEConfig, MAEObjective
-from .pretraining import ExPLoRAPretrainingTask, OptimizationConfig, as_config
+from .pretraining import ExPLoRAPretrainingTask, OptimizationConfig
 
 
 def freeze_decoder(
@@ -68,6 +68,8 @@ class ExPLoRAMAE(ExPLoRAPretrainingTask):
 
     model: MaskedAutoencoder
     objective: MAEObjective
+    objective_config_type = MAEConfig
+    objective_config: MAEConfig
 
     def __init__(
         self,
@@ -116,9 +118,8 @@ class ExPLoRAMAE(ExPLoRAPretrainingTask):
                 crop to *img_size*, horizontal and vertical flips). Pass
                 ``nn.Identity()`` to train on the images as they come.
         """
-        self.objective_config = as_config(MAEConfig, objective)
         shared = (model, weights, in_channels, img_size, adapter, optimization)
-        super().__init__(*shared, model_kwargs)
+        super().__init__(*shared, objective, model_kwargs)
         if transform is not None:
             self.objective.transform = transform
 

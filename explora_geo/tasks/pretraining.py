@@ -35,10 +35,11 @@ import copy
 import dataclasses
 import math
 import os
+from abc import abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, ClassVar, Literal, cast
 
 import torch
 from lightning.pytorch.utilities.types import OptimizerLRScheduler
@@ -189,6 +190,8 @@ class ExPLoRAPretrainingTask(BaseTask):
     model: nn.Module
     #: The self-supervised objective.
     objective: nn.Module
+    #: The dataclass of the objective's hyperparameters.
+    objective_config_type: ClassVar[type[Any]]
 
     def __init__(
         self,
@@ -198,6 +201,7 @@ class ExPLoRAPretrainingTask(BaseTask):
         img_size: int = 224,
         adapter: ExPLoRAConfig | Mapping[str, Any] = ExPLoRAConfig(),
         optimization: OptimizationConfig | Mapping[str, Any] = OptimizationConfig(),
+        objective: Any = None,
         model_kwargs: dict[str, Any] | None = None,
     ) -> None:
         """Initialize a new ExPLoRAPretrainingTask instance.
@@ -210,11 +214,18 @@ class ExPLoRAPretrainingTask(BaseTask):
             img_size: Input size of the encoder (its position grid).
             adapter: What the adapter trains (or its mapping).
             optimization: Optimiser, schedule and clipping (or its mapping).
+            objective: The objective's hyperparameters, an instance of
+                :attr:`objective_config_type` (or its mapping); ``None`` for its
+                defaults.
             model_kwargs: Extra arguments for :func:`timm.create_model`.
         """
         self.weights = weights
         self.adapter = as_config(ExPLoRAConfig, adapter)
         self.optimization = as_config(OptimizationConfig, optimization)
+        config_type = self.objective_config_type
+        self.objective_config = as_config(
+            config_type, config_type() if objective is None else objective
+        )
         self.input_spec: InputSpec | None = None
         super().__init__()
         # Checkpoints are read with weights_only=True: store plain data.
@@ -235,21 +246,21 @@ class ExPLoRAPretrainingTask(BaseTask):
             **(h['model_kwargs'] or {}),
         }
 
+    @abstractmethod
     def build_source(self) -> nn.Module:
         """The source network with W_S loaded, before the adapter.
 
         Returns:
             The network; its ViT is :attr:`encoder`.
         """
-        raise NotImplementedError
 
+    @abstractmethod
     def build_objective(self) -> nn.Module:
         """The objective, built once the encoder is adapted.
 
         Returns:
             The objective module.
         """
-        raise NotImplementedError
 
     def configure_models(self) -> None:
         """Build the source network, adapt its encoder, then build the objective."""
