@@ -21,12 +21,15 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import safetensors.torch
 import torch
 from timm.models import adapt_input_conv
 from timm.models.vision_transformer import checkpoint_filter_fn as timm_vit_filter
 from torch import Tensor, nn
+
+from .pos_embed import check_resample_rule, resample_pos_embed
 
 StateDict = dict[str, Tensor]
 
@@ -181,13 +184,42 @@ def normalize_vit_keys(state_dict: Mapping[str, Tensor]) -> StateDict:
     return out
 
 
+def fit_pos_embed(pos_embed: Tensor, model: nn.Module) -> Tensor:
+    """Resample a checkpoint's position table to *model*'s patch grid.
+
+    The rule is the model's ``pos_embed_resample`` attribute (``'dinov2'``,
+    ``'mae'`` or ``'timm'``, see :mod:`explora_geo.models.pos_embed`); models
+    without one are resampled as timm does. A table that already has the
+    model's length is returned as it is.
+
+    Args:
+        pos_embed: ``(1, prefix + H*W, D)`` table of a square grid.
+        model: A ViT with ``pos_embed``, ``patch_embed.grid_size`` and
+            ``num_prefix_tokens``.
+
+    Returns:
+        The table for the model's grid.
+    """
+    own = getattr(model, 'pos_embed', None)
+    if own is None or own.shape[1] == pos_embed.shape[1]:
+        return pos_embed
+    no_embed_class = bool(getattr(model, 'no_embed_class', False))
+    prefix = 0 if no_embed_class else int(getattr(model, 'num_prefix_tokens', 1))
+    patch_embed: Any = model.patch_embed
+    grid = tuple(patch_embed.grid_size)
+    rule = check_resample_rule(getattr(model, 'pos_embed_resample', 'timm'))
+    return resample_pos_embed(pos_embed, grid, num_prefix_tokens=prefix, rule=rule)
+
+
 def convert_state_dict(checkpoint: Mapping[str, object], model: nn.Module) -> StateDict:
     """Convert any supported checkpoint to *model*'s timm names and shapes.
 
-    Position embeddings are resampled to the model's grid and the patch
-    embedding to its patch size (timm's filter); a different number of input
-    channels is adapted with timm's ``adapt_input_conv``; a classifier head
-    whose shape differs from the model's is dropped.
+    The position table is resampled to the model's grid by the model's
+    ``pos_embed_resample`` rule (timm's for models without one, see
+    :func:`fit_pos_embed`), the patch embedding to its patch size (timm's
+    filter); a different number of input channels is adapted with timm's
+    ``adapt_input_conv``; a classifier head whose shape differs from the
+    model's is dropped.
 
     Args:
         checkpoint: A file's top-level mapping or a bare state dict.
@@ -197,7 +229,10 @@ def convert_state_dict(checkpoint: Mapping[str, object], model: nn.Module) -> St
         A state dict for ``model.load_state_dict``.
     """
     state_dict = normalize_vit_keys(unwrap_state_dict(checkpoint))
+    pos_embed = state_dict.pop('pos_embed', None)
     state_dict = timm_vit_filter(state_dict, model)  # type: ignore[arg-type]
+    if pos_embed is not None:
+        state_dict['pos_embed'] = fit_pos_embed(pos_embed, model)
     target = model.state_dict()
     key = 'patch_embed.proj.weight'
     if key in state_dict and key in target:

@@ -31,7 +31,6 @@ import timm
 import torch
 from lightly.models import utils as lightly_utils
 from lightly.models.modules.masked_vision_transformer_timm import init_weights
-from timm.layers import resample_abs_pos_embed
 from timm.models import checkpoint_seq
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
@@ -45,6 +44,7 @@ from .checkpoints import (
     split_mae_decoder,
     unwrap_state_dict,
 )
+from .pos_embed import resample_pos_embed
 from .weights import ExPLoRAViTB16MAEWeights, ExPLoRAViTL16MAEWeights, get_weight
 
 __all__ = (
@@ -336,7 +336,8 @@ class MaskedAutoencoder(nn.Module):
     def convert_source_decoder(self, state_dict: StateDict) -> StateDict:
         """Fit the decoder tensors of a source checkpoint to this model.
 
-        Decoder position tables of another grid size are resampled.
+        Decoder position tables of another grid size are resampled as MAE
+        resamples position tables (bicubic, no antialiasing).
 
         Args:
             state_dict: ``decoder_*`` and ``mask_token`` tensors.
@@ -355,9 +356,7 @@ class MaskedAutoencoder(nn.Module):
                 and own[key].shape[1] != value.shape[1]
             ):
                 grid = round((own[key].shape[1] - 1) ** 0.5)
-                state_dict[key] = resample_abs_pos_embed(
-                    value, new_size=(grid, grid), num_prefix_tokens=1
-                )
+                state_dict[key] = resample_pos_embed(value, grid, rule='mae')
         return state_dict
 
     def load_source_checkpoint(self, checkpoint: Mapping[str, Any]) -> None:

@@ -30,7 +30,7 @@ import timm
 import torch
 from lightly.models import utils as lightly_utils
 from lightly.models.modules.masked_vision_transformer_timm import init_weights
-from timm.layers import PatchEmbed, resample_abs_pos_embed
+from timm.layers import PatchEmbed
 from timm.models import (
     build_model_with_cfg,
     checkpoint_seq,
@@ -44,6 +44,7 @@ from torchvision.models._api import Weights, WeightsEnum
 
 from .checkpoints import (
     StateDict,
+    fit_pos_embed,
     load_into,
     normalize_vit_keys,
     unwrap_state_dict,
@@ -58,6 +59,7 @@ from .mae import (
     sincos_pos_embed_2d,
     unshuffle_tokens,
 )
+from .pos_embed import PosEmbedResample, check_resample_rule
 from .weights import (
     WEIGHT_ENUMS,
     ExPLoRAViTB16MAEWeights,
@@ -325,6 +327,7 @@ class GroupChannelViT(VisionTransformer):
         channel_embed_dim: int = CHANNEL_EMBED_DIM,
         learnable_encodings: bool = True,
         global_pool: Literal['', 'avg', 'token', 'max', 'avgmax'] = 'avg',
+        pos_embed_resample: PosEmbedResample = 'mae',
         **kwargs: Any,
     ) -> None:
         """Initialize a new GroupChannelViT instance.
@@ -341,12 +344,15 @@ class GroupChannelViT(VisionTransformer):
             learnable_encodings: Train the position/group encodings (classifier)
                 or keep them fixed (MAE).
             global_pool: Pooling for the head.
+            pos_embed_resample: Rule for resampling a checkpoint's position
+                table (``'mae'``: SatMAE's; or ``'dinov2'``, ``'timm'``).
             **kwargs: timm ``VisionTransformer`` arguments (``embed_dim``,
                 ``depth``, ``num_heads``, ``num_classes``, ``drop_path_rate``...).
 
         Raises:
             ValueError: If the bands, groups or widths are inconsistent.
         """
+        self.pos_embed_resample = check_resample_rule(pos_embed_resample)
         for unsupported in ('dynamic_img_size', 'no_embed_class', 'reg_tokens'):
             if kwargs.pop(unsupported, False):
                 raise ValueError(
@@ -646,7 +652,8 @@ def convert_group_state_dict(
     checkpoint cannot provide (``channel_cls_embed``, a fresh ``fc_norm``, and
     for RGB sources the embeddings) are filled with the model's current
     values, so the result loads strictly. A grid of another size is resampled
-    (bicubic, as SatMAE's ``interpolate_pos_embed``).
+    by the model's ``pos_embed_resample`` rule (``'mae'``: bicubic without
+    antialiasing, as SatMAE's ``interpolate_pos_embed``).
 
     Args:
         checkpoint: A file's top-level mapping or a bare state dict.
@@ -667,11 +674,8 @@ def convert_group_state_dict(
             sd.pop(key, None)
         fresh = _FRESH + _FRESH_FROM_RGB
     sd = fit_pooling_keys(sd, model)
-    pos = sd.get('pos_embed')
-    if pos is not None and pos.shape != target['pos_embed'].shape:
-        sd['pos_embed'] = resample_abs_pos_embed(
-            pos, new_size=list(model.patch_embed.grid_size), num_prefix_tokens=1
-        )
+    if 'pos_embed' in sd:
+        sd['pos_embed'] = fit_pos_embed(sd['pos_embed'], model)
     for key, value in target.items():
         if key not in sd and key.startswith(fresh):
             sd[key] = value

@@ -26,7 +26,6 @@ import timm
 import torch
 from lightly.models import utils as lightly_utils
 from lightly.models.modules.masked_vision_transformer_timm import init_weights
-from timm.layers import resample_abs_pos_embed
 from timm.models import (
     build_model_with_cfg,
     checkpoint_seq,
@@ -37,7 +36,7 @@ from timm.models._features import feature_take_indices
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
-from .checkpoints import StateDict, load_into
+from .checkpoints import StateDict, fit_pos_embed, load_into
 from .mae import (
     MAEOutput,
     MaskedAutoencoder,
@@ -49,6 +48,7 @@ from .mae import (
     sincos_pos_embed_2d,
     unshuffle_tokens,
 )
+from .pos_embed import PosEmbedResample, check_resample_rule
 from .satmae_group import (
     encoder_state_dict,
     fit_pooling_keys,
@@ -152,6 +152,7 @@ class TemporalViT(VisionTransformer):
         year_offset: int = YEAR_OFFSET,
         learnable_encodings: bool = True,
         global_pool: Literal['', 'avg', 'token', 'max', 'avgmax'] = 'avg',
+        pos_embed_resample: PosEmbedResample = 'mae',
         **kwargs: Any,
     ) -> None:
         """Initialize a new TemporalViT instance.
@@ -165,11 +166,14 @@ class TemporalViT(VisionTransformer):
             learnable_encodings: Train the position table (classifier) or keep
                 it fixed (MAE).
             global_pool: Pooling for the head.
+            pos_embed_resample: Rule for resampling a checkpoint's position
+                table (``'mae'``: SatMAE's; or ``'dinov2'``, ``'timm'``).
             **kwargs: timm ``VisionTransformer`` arguments.
 
         Raises:
             ValueError: If the widths do not fit or an unsupported option is set.
         """
+        self.pos_embed_resample = check_resample_rule(pos_embed_resample)
         for unsupported in ('dynamic_img_size', 'no_embed_class', 'reg_tokens'):
             if kwargs.pop(unsupported, False):
                 raise ValueError(
@@ -399,11 +403,7 @@ def convert_temporal_state_dict(
     pos = sd.get('pos_embed')
     if pos is not None and pos.shape[-1] != target['pos_embed'].shape[-1]:
         pos = None  # an RGB ViT's table: no time encodings
-    if pos is not None and pos.shape != target['pos_embed'].shape:
-        pos = resample_abs_pos_embed(
-            pos, new_size=list(model.patch_embed.grid_size), num_prefix_tokens=1
-        )
-    sd['pos_embed'] = target['pos_embed'] if pos is None else pos
+    sd['pos_embed'] = target['pos_embed'] if pos is None else fit_pos_embed(pos, model)
     if 'fc_norm.weight' in target and 'fc_norm.weight' not in sd:
         sd['fc_norm.weight'] = target['fc_norm.weight']
         sd['fc_norm.bias'] = target['fc_norm.bias']
