@@ -34,6 +34,7 @@ __all__ = (
     'DINOV2_INTERPOLATE_OFFSET',
     'PosEmbedResample',
     'check_resample_rule',
+    'position_dims',
     'resample_pos_embed',
     'sincos_1d',
     'sincos_pos_embed_2d',
@@ -137,6 +138,36 @@ def resample_pos_embed(
         )
     out = out.permute(0, 2, 3, 1).reshape(1, new[0] * new[1], dim)
     return torch.cat([prefix, out.to(pos_embed.dtype)], dim=1)
+
+
+def position_dims(
+    width_name: str, width: int, name: str, dim: int, copies: int = 1
+) -> int:
+    """Width left for the 2D position table when *copies* encodings of *dim* share the tokens.
+
+    SatMAE's tokens concatenate a 2D sin-cos position table with other sin-cos
+    encodings (band group, acquisition time).
+
+    Args:
+        width_name: Name of the token width argument, for the error message.
+        width: Token width.
+        name: Name of the other encodings' width argument.
+        dim: Width of each other encoding.
+        copies: Number of other encodings.
+
+    Returns:
+        ``width - copies * dim``.
+
+    Raises:
+        ValueError: If that is not a positive multiple of 4 or *dim* is odd.
+    """
+    pos_dim = width - copies * dim
+    if pos_dim <= 0 or pos_dim % 4 or dim % 2:
+        raise ValueError(
+            f'{width_name}={width} and {name}={dim} leave {pos_dim} position dims; '
+            f'need a positive multiple of 4 (and an even {name})'
+        )
+    return pos_dim
 
 
 def sincos_1d(dim: int, positions: Tensor) -> Tensor:

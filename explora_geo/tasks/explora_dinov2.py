@@ -32,7 +32,6 @@ import os
 import random
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from pathlib import Path
 from typing import Any, Literal, cast
 
 import numpy as np
@@ -41,17 +40,16 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.types import OptimizerLRScheduler
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import checkpoint_seq
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 from torch.distributed.fsdp import FullyShardedDataParallel
-from torch.hub import load_state_dict_from_url
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 from torchvision.models._api import WeightsEnum
 
-from ..models.checkpoints import read_checkpoint, unwrap_state_dict
-from ..models.weights import get_weight
+from ..models.checkpoints import unwrap_state_dict
+from ..models.vit import encode_tokens
+from ..models.weights import resolve_weights
 from ..peft import count_trainable_parameters
 from ..ssl.dinov2_head import DINOv2Head
 from ..ssl.dinov2_losses import DINOv2Loss
@@ -104,15 +102,7 @@ def vit_tokens(
         x = torch.where(
             masks.view(*x.shape[:-1], 1), mask_token.to(x.dtype).view(-1), x
         )
-    x = encoder._pos_embed(x)
-    x = encoder.patch_drop(x)
-    x = encoder.norm_pre(x)
-    if getattr(encoder, 'grad_checkpointing', False) and torch.is_grad_enabled():
-        x = checkpoint_seq(encoder.blocks, x)
-    else:
-        x = encoder.blocks(x)
-    out: Tensor = encoder.norm(x)
-    return out
+    return encode_tokens(encoder, encoder.patch_drop(encoder._pos_embed(x)))
 
 
 def source_mask_token(
@@ -122,7 +112,7 @@ def source_mask_token(
     """DinoV2's trained mask token from the source checkpoint, if it has one.
 
     The encoder's converters drop ``mask_token`` (a timm ViT has none), so it
-    is read here from the same source.
+    is read here from the same source (a second read of the file).
 
     Args:
         weights: The task's ``weights`` argument.
@@ -132,24 +122,10 @@ def source_mask_token(
         The ``mask_token`` tensor, or ``None`` if there are no source weights
         or the checkpoint has none.
     """
-    if weights is None or weights is False:
+    resolved = resolve_weights(weights, pretrained_url, whole=True)
+    if resolved is None:
         return None
-    checkpoint: Any
-    if weights is True:
-        if not pretrained_url:
-            return None
-        checkpoint = load_state_dict_from_url(
-            pretrained_url, map_location='cpu', weights_only=True
-        )
-    elif isinstance(weights, WeightsEnum):
-        checkpoint = load_state_dict_from_url(
-            weights.url, map_location='cpu', weights_only=True
-        )
-    elif Path(weights).exists():
-        checkpoint = read_checkpoint(weights)
-    else:
-        return source_mask_token(get_weight(str(weights)))
-    return unwrap_state_dict(checkpoint).get('mask_token')
+    return unwrap_state_dict(resolved[0]).get('mask_token')
 
 
 class ExPLoRADINOv2(ExPLoRAPretrainingTask):

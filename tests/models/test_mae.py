@@ -13,8 +13,8 @@ from explora_geo.models.mae import (
     num_kept_tokens,
     random_masking,
     register_mae,
-    sincos_pos_embed_2d,
 )
+from explora_geo.models.pos_embed import sincos_pos_embed_2d
 from tests.data.checkpoints import layouts
 
 # A 2-block, 32-wide MAE ViT/8 on 32 px images with a 16-wide, 2-block decoder.

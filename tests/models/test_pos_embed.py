@@ -8,10 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from explora_geo.models import create_model
+from explora_geo.models import (
+    GroupChannelViT,
+    TemporalViT,
+    create_model,
+    load_checkpoint,
+)
 from explora_geo.models.pos_embed import resample_pos_embed
-from explora_geo.models.satmae_group import GroupChannelViT, load_group_checkpoint
-from explora_geo.models.satmae_temporal import TemporalViT, load_temporal_checkpoint
 from tests.data.checkpoints import layouts
 
 TINY_DINO = {'depth': 3, 'embed_dim': 32, 'num_heads': 2, 'num_classes': 0}
@@ -256,7 +259,7 @@ def test_satmae_group_grids_equal_satmae_interpolation(img_size: int) -> None:
     checkpoint['pos_embed'] = torch.randn(1, 1 + 12 * 12, 48)
     model = timm.create_model('explora_vitb_satmae_group', img_size=img_size, **args)
     assert isinstance(model, GroupChannelViT)
-    load_group_checkpoint(model, {'model': checkpoint})
+    load_checkpoint(model, {'model': checkpoint})
     expected = satmae_interpolate_pos_embed(checkpoint['pos_embed'], img_size // 8)
     assert (model.pos_embed.detach() - expected).abs().max() <= 1e-4
 
@@ -271,7 +274,7 @@ def test_satmae_temporal_grids_equal_satmae_interpolation(img_size: int) -> None
     checkpoint['pos_embed'] = torch.randn(1, 1 + 12 * 12, 40)
     model = timm.create_model('explora_vitl_satmae_temporal', img_size=img_size, **args)
     assert isinstance(model, TemporalViT)
-    load_temporal_checkpoint(model, {'model': checkpoint})
+    load_checkpoint(model, {'model': checkpoint})
     expected = satmae_interpolate_pos_embed(checkpoint['pos_embed'], img_size // 8)
     assert (model.pos_embed.detach() - expected).abs().max() <= 1e-4
 
@@ -287,7 +290,7 @@ def test_satmae_timm_option() -> None:
     model = timm.create_model(
         'explora_vitb_satmae_group', img_size=64, pos_embed_resample='timm', **args
     )
-    load_group_checkpoint(model, checkpoint)
+    load_checkpoint(model, checkpoint)
     torch.testing.assert_close(
         model.pos_embed.detach(),
         timm.layers.resample_abs_pos_embed(checkpoint['pos_embed'], [8, 8]),
