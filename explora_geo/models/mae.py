@@ -368,10 +368,21 @@ class MaskedAutoencoder(nn.Module):
     def init_decoder_encodings(self, dim: int) -> None:
         """Register the decoder's fixed encoding tables.
 
+        By default MAE's 2D sin-cos ``decoder_pos_embed`` of the encoder's
+        grid, a frozen parameter as in MAE.
+
         Args:
             dim: Decoder width.
         """
-        raise NotImplementedError
+        grid = int(self.encoder.patch_embed.grid_size[0])
+        self.decoder_pos_embed = nn.Parameter(
+            sincos_pos_embed_2d(dim, grid), requires_grad=False
+        )
+
+    @property
+    def in_chans(self) -> int:
+        """Channels of each image (encoders with one patch embedding)."""
+        return int(self.encoder.patch_embed.proj.in_channels)
 
     def make_decoder_pred(self, dim: int) -> nn.Module:
         """The decoder's prediction head(s).
@@ -380,9 +391,10 @@ class MaskedAutoencoder(nn.Module):
             dim: Decoder width.
 
         Returns:
-            The module registered as ``decoder_pred``.
+            The module registered as ``decoder_pred``: by default one linear
+            head predicting each patch's pixels, ``patch_size**2 * in_chans``.
         """
-        raise NotImplementedError
+        return nn.Linear(dim, self.patch_size**2 * self.in_chans)
 
     def check_inputs(self, x: Tensor, **inputs: Tensor) -> None:
         """Validate a batch before masking.
@@ -619,54 +631,24 @@ class MaskedAutoencoderViT(MaskedAutoencoder):
     here the ViT keeps its own names and weights (the adapter and exports
     rely on that) and the decoder uses the published key names.
 
+    Built as ``MaskedAutoencoderViT(encoder, decoder_embed_dim=512, ...)``
+    (the arguments of :class:`MaskedAutoencoder`).
+
     .. versionadded:: 0.1
     """
 
     encoder_type = VisionTransformer
     encoder_type_name = 'timm VisionTransformer'
 
-    def __init__(
-        self,
-        encoder: nn.Module,
-        decoder_embed_dim: int = 512,
-        decoder_depth: int = 8,
-        decoder_num_heads: int = 16,
-        decoder_mlp_ratio: float = 4.0,
-        norm_pix_loss: bool = True,
-    ) -> None:
-        """Initialize a new MaskedAutoencoderViT instance.
-
-        Args:
-            encoder: A timm ViT with a class token and a square patch grid.
-            decoder_embed_dim: Decoder width.
-            decoder_depth: Decoder blocks.
-            decoder_num_heads: Decoder attention heads.
-            decoder_mlp_ratio: Decoder MLP ratio.
-            norm_pix_loss: Normalise target patches before the loss.
-
-        Raises:
-            TypeError: If *encoder* is not a timm ``VisionTransformer``.
-            ValueError: If its patch grid is not square or it has no class
-                token or final norm.
-        """
-        super().__init__(
-            encoder,
-            decoder_embed_dim=decoder_embed_dim,
-            decoder_depth=decoder_depth,
-            decoder_num_heads=decoder_num_heads,
-            decoder_mlp_ratio=decoder_mlp_ratio,
-            norm_pix_loss=norm_pix_loss,
-        )
-
     def check_encoder(self, encoder: nn.Module) -> None:
-        """Require a timm ViT with one class token, a square grid and a final norm.
+        """Also require one class token and a square patch grid.
 
         Args:
             encoder: The encoder.
 
         Raises:
             TypeError: If *encoder* is not a timm ``VisionTransformer``.
-            ValueError: If its patch grid is not square or it has no class
+            ValueError: If its patch grid is not square, or it has no class
                 token or final norm.
         """
         super().check_encoder(encoder)
@@ -676,33 +658,6 @@ class MaskedAutoencoderViT(MaskedAutoencoder):
             raise ValueError(f'MAE needs a square patch grid, got {grid}')
         if encoder.cls_token is None or encoder.num_prefix_tokens != 1:
             raise ValueError('MAE needs a ViT with exactly one prefix (class) token')
-
-    @property
-    def in_chans(self) -> int:
-        """Input channels of the encoder."""
-        return int(self.encoder.patch_embed.proj.in_channels)
-
-    def init_decoder_encodings(self, dim: int) -> None:
-        """MAE's fixed 2D sin-cos ``decoder_pos_embed`` (a frozen parameter, as in MAE).
-
-        Args:
-            dim: Decoder width.
-        """
-        grid = int(self.encoder.patch_embed.grid_size[0])
-        self.decoder_pos_embed = nn.Parameter(
-            sincos_pos_embed_2d(dim, grid), requires_grad=False
-        )
-
-    def make_decoder_pred(self, dim: int) -> nn.Module:
-        """One linear head predicting each patch's pixels.
-
-        Args:
-            dim: Decoder width.
-
-        Returns:
-            ``nn.Linear(dim, patch_size**2 * in_chans)``.
-        """
-        return nn.Linear(dim, self.patch_size**2 * self.in_chans)
 
     def check_inputs(self, x: Tensor, **inputs: Tensor) -> None:
         """Require images with the encoder's channels.

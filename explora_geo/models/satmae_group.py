@@ -21,7 +21,7 @@ names are in :mod:`explora_geo.models.catalog`.
 
 from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from .checkpoints import StateDict
 from .convert import convert_group_state_dict
 from .group_patch_embed import GroupPatchEmbed
-from .pos_embed import PosEmbedResample, sincos_1d
+from .pos_embed import sincos_1d
 from .satmae_bands import SATMAE_BANDS, SATMAE_GROUPS, SENTINEL2_BANDS
 from .satmae_vit import SatMAEViT
 
@@ -72,9 +72,6 @@ class GroupChannelViT(SatMAEViT):
         groups: Sequence[Sequence[str]] = SATMAE_GROUPS,
         input_bands: Sequence[str] = SENTINEL2_BANDS,
         channel_embed_dim: int = CHANNEL_EMBED_DIM,
-        learnable_encodings: bool = True,
-        global_pool: Literal['', 'avg', 'token', 'max', 'avgmax'] = 'avg',
-        pos_embed_resample: PosEmbedResample = 'mae',
         **kwargs: Any,
     ) -> None:
         """Initialize a new GroupChannelViT instance.
@@ -88,13 +85,10 @@ class GroupChannelViT(SatMAEViT):
             groups: Band names of each group.
             input_bands: All bands, in the order of a full input.
             channel_embed_dim: Width of the group encoding.
-            learnable_encodings: Train the position/group encodings (classifier)
-                or keep them fixed (MAE).
-            global_pool: Pooling for the head.
-            pos_embed_resample: Rule for resampling a checkpoint's position
-                table (``'mae'``: SatMAE's; or ``'dinov2'``, ``'timm'``).
-            **kwargs: timm ``VisionTransformer`` arguments (``embed_dim``,
-                ``depth``, ``num_heads``, ``num_classes``, ``drop_path_rate``...).
+            **kwargs: :class:`~explora_geo.models.satmae_vit.SatMAEViT` arguments
+                (``learnable_encodings``, ``global_pool``, ``pos_embed_resample``)
+                and timm ``VisionTransformer`` ones (``embed_dim``, ``depth``,
+                ``num_heads``, ``num_classes``, ``drop_path_rate``...).
 
         Raises:
             ValueError: If the bands, groups or widths are inconsistent.
@@ -106,9 +100,6 @@ class GroupChannelViT(SatMAEViT):
             patch_size=patch_size,
             in_chans=in_chans,
             encoding=('channel_embed_dim', channel_embed_dim, 1),
-            learnable_encodings=learnable_encodings,
-            global_pool=global_pool,
-            pos_embed_resample=pos_embed_resample,
             embed_layer=partial(
                 GroupPatchEmbed, groups=groups, bands=bands, input_bands=input_bands
             ),
@@ -123,7 +114,7 @@ class GroupChannelViT(SatMAEViT):
             nn.Parameter(
                 torch.zeros(1, 1, channel_embed_dim, device=self.pos_embed.device)
             )
-            if learnable_encodings
+            if self.learnable_encodings
             else None
         )
         reduction = self.patch_embed.feat_ratio()
@@ -171,91 +162,28 @@ class GroupChannelViT(SatMAEViT):
         )
         return torch.cat([self.pos_embed[:, :1], cls_channel], dim=-1), patches
 
-    def _pos_embed(self, x: Tensor) -> Tensor:
-        """Add encodings to ``(B, G, L, D)`` tokens and prepend the class token."""
+    def embed_tokens(self, x: Tensor, **inputs: Any) -> Tensor:
+        """Embed every group's patches, add the encodings, prepend the class token.
+
+        Args:
+            x: ``(B, C, H, W)`` images, ``C`` = all input bands or the kept ones.
+            **inputs: None are taken.
+
+        Returns:
+            ``(B, 1 + G*L, D)`` tokens, group-major.
+
+        Raises:
+            TypeError: If *inputs* is not empty.
+        """
+        if inputs:
+            raise TypeError(
+                f'{type(self).__name__} takes no inputs besides the images, got '
+                f'{sorted(inputs)}'
+            )
         cls_enc, patch_enc = self.token_encodings()
-        x = (x + patch_enc).flatten(1, 2)
-        assert self.cls_token is not None
-        cls = (self.cls_token + cls_enc).expand(x.shape[0], -1, -1)
-        return cast(Tensor, self.pos_drop(torch.cat([cls, x], dim=1)))
-
-    def tokens_to_map(self, tokens: Tensor) -> Tensor:
-        """Rearrange group-major patch tokens into a feature map.
-
-        Args:
-            tokens: ``(B, G*L, D)`` patch tokens (no class token).
-
-        Returns:
-            ``(B, G*D, H, W)``; channels ``g*D:(g+1)*D`` hold group g.
-        """
-        h, w = self.patch_embed.grid_size
-        return (
-            tokens.unflatten(1, (self.num_groups, h, w))
-            .permute(0, 1, 4, 2, 3)
-            .flatten(1, 2)
-            .contiguous()
-        )
-
-    def forward_intermediates(
-        self,
-        x: Tensor,
-        indices: int | list[int] | None = None,
-        return_prefix_tokens: bool = False,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = 'NCHW',
-        intermediates_only: bool = False,
-        output_dict: bool = False,
-        attn_mask: Tensor | None = None,
-        is_causal: bool = False,
-    ) -> Any:
-        """Run timm's ``forward_intermediates`` with group-aware ``NCHW`` maps.
-
-        Args:
-            x: ``(B, C, H, W)`` input.
-            indices: Blocks to return (last n if int, all if None).
-            return_prefix_tokens: Also return the class tokens.
-            norm: Apply the final norm to the intermediates.
-            stop_early: Stop after the last requested block.
-            output_fmt: ``'NCHW'`` (maps of ``G*D`` channels) or ``'NLC'``.
-            intermediates_only: Return only the intermediates.
-            output_dict: Return a dict as timm does.
-            attn_mask: Attention mask, as timm's.
-            is_causal: Causal attention, as timm's.
-
-        Returns:
-            As timm's ``VisionTransformer.forward_intermediates``.
-        """
-        out: Any = super().forward_intermediates(
-            x,
-            indices,
-            return_prefix_tokens=return_prefix_tokens,
-            norm=norm,
-            stop_early=stop_early,
-            output_fmt='NLC',
-            intermediates_only=intermediates_only,
-            output_dict=output_dict,
-            attn_mask=attn_mask,
-            is_causal=is_causal,
-        )
-        if output_fmt == 'NLC':
-            return out
-
-        def convert(items: list[Any]) -> list[Any]:
-            return [
-                (self.tokens_to_map(i[0]), i[1])
-                if isinstance(i, tuple)
-                else self.tokens_to_map(i)
-                for i in items
-            ]
-
-        if output_dict:
-            out['image_intermediates'] = convert(out['image_intermediates'])
-            return out
-        if intermediates_only:
-            return convert(out)
-        final, intermediates = out
-        return final, convert(intermediates)
+        patches = (self.patch_embed(x) + patch_enc).flatten(1, 2)
+        cls = (cast(Tensor, self.cls_token) + cls_enc).expand(x.shape[0], -1, -1)
+        return torch.cat([cls, patches], dim=1)
 
     def convert_checkpoint(self, checkpoint: Mapping[str, object]) -> StateDict:
         """This model's state dict from a checkpoint (see :func:`convert_group_state_dict`).

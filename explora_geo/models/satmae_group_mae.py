@@ -68,13 +68,11 @@ class GroupChannelMAE(MaskedAutoencoder):
     def __init__(
         self,
         encoder: GroupChannelViT,
+        *,
         decoder_embed_dim: int = 512,
-        decoder_depth: int = 8,
-        decoder_num_heads: int = 16,
-        decoder_mlp_ratio: float = 4.0,
         decoder_channel_embed_dim: int = 128,
-        norm_pix_loss: bool = True,
         spatial_mask: bool = False,
+        **kwargs: Any,
     ) -> None:
         """Initialize a new GroupChannelMAE instance.
 
@@ -82,12 +80,10 @@ class GroupChannelMAE(MaskedAutoencoder):
             encoder: The group-channel ViT (with its final ``norm``: build it
                 with ``global_pool='token'``).
             decoder_embed_dim: Decoder width.
-            decoder_depth: Decoder blocks.
-            decoder_num_heads: Decoder attention heads.
-            decoder_mlp_ratio: Decoder MLP ratio.
             decoder_channel_embed_dim: Width of the decoder's group encoding.
-            norm_pix_loss: Normalise target patches before the loss.
             spatial_mask: Mask the same locations in every group.
+            **kwargs: The other decoder sizes and ``norm_pix_loss`` (see
+                :class:`~explora_geo.models.mae.MaskedAutoencoder`).
 
         Raises:
             TypeError: If *encoder* is not a :class:`GroupChannelViT`.
@@ -101,14 +97,7 @@ class GroupChannelMAE(MaskedAutoencoder):
         )
         self.decoder_channel_embed_dim = decoder_channel_embed_dim
         self.spatial_mask = self.shared_mask = spatial_mask
-        super().__init__(
-            encoder,
-            decoder_embed_dim=decoder_embed_dim,
-            decoder_depth=decoder_depth,
-            decoder_num_heads=decoder_num_heads,
-            decoder_mlp_ratio=decoder_mlp_ratio,
-            norm_pix_loss=norm_pix_loss,
-        )
+        super().__init__(encoder, decoder_embed_dim=decoder_embed_dim, **kwargs)
         embed = encoder.patch_embed
         # Position of each kept band in the group-after-group order.
         order = [embed.bands.index(b) for g in embed.groups for b in g]
@@ -179,6 +168,18 @@ class GroupChannelMAE(MaskedAutoencoder):
             raise ValueError(
                 f'expected images (B, C, H, W), got shape {tuple(x.shape)}'
             )
+
+    def encoder_tokens(self, x: Tensor, **inputs: Tensor) -> Tensor:
+        """The encoder's tokens of every group, class token first.
+
+        Args:
+            x: Images ``(B, C, H, W)``.
+            **inputs: Not used by this model.
+
+        Returns:
+            ``(B, 1 + G*L, D)``.
+        """
+        return self.encoder.embed_tokens(x)
 
     def token_groups(self, x: Tensor) -> int:
         """The band groups: each location has one token per group.

@@ -20,17 +20,15 @@ names are in :mod:`explora_geo.models.catalog`.
 """
 
 from collections.abc import Mapping
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import torch
-from timm.models._features import feature_take_indices
 from torch import Tensor
 
 from .checkpoints import StateDict
 from .convert import convert_temporal_state_dict
-from .pos_embed import PosEmbedResample, sincos_1d
+from .pos_embed import sincos_1d
 from .satmae_vit import SatMAEViT
-from .vit import encode_tokens
 
 __all__ = ('YEAR_OFFSET', 'TemporalViT', 'check_timestamps', 'time_encoding')
 
@@ -127,9 +125,6 @@ class TemporalViT(SatMAEViT):
         *,
         time_embed_dim: int = 128,
         year_offset: int = YEAR_OFFSET,
-        learnable_encodings: bool = True,
-        global_pool: Literal['', 'avg', 'token', 'max', 'avgmax'] = 'avg',
-        pos_embed_resample: PosEmbedResample = 'mae',
         **kwargs: Any,
     ) -> None:
         """Initialize a new TemporalViT instance.
@@ -140,12 +135,9 @@ class TemporalViT(SatMAEViT):
             in_chans: Channels of each image.
             time_embed_dim: Width of each of the year/month/hour encodings.
             year_offset: Subtracted from the year before encoding.
-            learnable_encodings: Train the position table (classifier) or keep
-                it fixed (MAE).
-            global_pool: Pooling for the head.
-            pos_embed_resample: Rule for resampling a checkpoint's position
-                table (``'mae'``: SatMAE's; or ``'dinov2'``, ``'timm'``).
-            **kwargs: timm ``VisionTransformer`` arguments.
+            **kwargs: :class:`~explora_geo.models.satmae_vit.SatMAEViT` arguments
+                (``learnable_encodings``, ``global_pool``, ``pos_embed_resample``)
+                and timm ``VisionTransformer`` ones.
 
         Raises:
             ValueError: If the widths do not fit or an unsupported option is set.
@@ -155,28 +147,33 @@ class TemporalViT(SatMAEViT):
             patch_size=patch_size,
             in_chans=in_chans,
             encoding=('time_embed_dim', time_embed_dim, 3),
-            learnable_encodings=learnable_encodings,
-            global_pool=global_pool,
-            pos_embed_resample=pos_embed_resample,
             **kwargs,
         )
         self.time_embed_dim = time_embed_dim
         self.year_offset = year_offset
 
-    def embed_tokens(self, x: Tensor, timestamps: Tensor | None) -> Tensor:
+    def embed_tokens(self, x: Tensor, **inputs: Any) -> Tensor:
         """Patch-embed every image, add the encodings and prepend the class token.
 
         Args:
             x: ``(B, T, C, H, W)``.
-            timestamps: ``(B, T, 3)`` calendar values.
+            **inputs: ``timestamps``: ``(B, T, 3)`` calendar values.
 
         Returns:
-            ``(B, 1 + T*L, D)`` tokens.
+            ``(B, 1 + T*L, D)`` tokens, image-major.
 
         Raises:
             ValueError: If the timestamps are missing or do not fit *x*.
+            TypeError: If other inputs are given.
         """
-        timestamps = check_timestamps(timestamps, x, type(self).__name__)
+        timestamps = check_timestamps(
+            inputs.pop('timestamps', None), x, type(self).__name__
+        )
+        if inputs:
+            raise TypeError(
+                f'{type(self).__name__} takes timestamps besides the images, got '
+                f'{sorted(inputs)}'
+            )
         b, t = x.shape[:2]
         patches = self.patch_embed(x.flatten(0, 1)).unflatten(0, (b, t))
         time = time_encoding(timestamps, self.time_embed_dim, self.year_offset)
@@ -195,50 +192,6 @@ class TemporalViT(SatMAEViT):
         cls = (cast(Tensor, self.cls_token) + cls_enc).expand(b, -1, -1)
         return torch.cat([cls, (patches + encodings).flatten(1, 2)], dim=1)
 
-    def forward_features(
-        self,
-        x: Tensor,
-        attn_mask: Tensor | None = None,
-        is_causal: bool = False,
-        *,
-        timestamps: Tensor | None = None,
-    ) -> Tensor:
-        """Encode a time series of images.
-
-        Args:
-            x: ``(B, T, C, H, W)``.
-            attn_mask: Attention mask, as timm's.
-            is_causal: Causal attention, as timm's.
-            timestamps: ``(B, T, 3)`` calendar ``(year, month, hour)``.
-
-        Returns:
-            ``(B, 1 + T*L, D)`` normed tokens.
-        """
-        tokens = self.pos_drop(self.embed_tokens(x, timestamps))
-        return encode_tokens(self, self.patch_drop(tokens), attn_mask, is_causal)
-
-    def forward(
-        self,
-        x: Tensor,
-        attn_mask: Tensor | None = None,
-        is_causal: bool = False,
-        *,
-        timestamps: Tensor | None = None,
-    ) -> Tensor:
-        """Classify a time series of images.
-
-        Args:
-            x: ``(B, T, C, H, W)``.
-            attn_mask: Attention mask, as timm's.
-            is_causal: Causal attention, as timm's.
-            timestamps: ``(B, T, 3)`` calendar ``(year, month, hour)``.
-
-        Returns:
-            ``(B, num_classes)`` logits (pooled features if ``num_classes=0``).
-        """
-        features = self.forward_features(x, attn_mask, is_causal, timestamps=timestamps)
-        return self.forward_head(features)
-
     def convert_checkpoint(self, checkpoint: Mapping[str, object]) -> StateDict:
         """This model's state dict from a checkpoint (see :func:`~explora_geo.models.convert.convert_temporal_state_dict`).
 
@@ -249,69 +202,3 @@ class TemporalViT(SatMAEViT):
             Tensors for ``load_state_dict``.
         """
         return convert_temporal_state_dict(checkpoint, self)
-
-    def forward_intermediates(
-        self,
-        x: Tensor,
-        indices: int | list[int] | None = None,
-        return_prefix_tokens: bool = False,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = 'NCHW',
-        intermediates_only: bool = False,
-        output_dict: bool = False,
-        attn_mask: Tensor | None = None,
-        is_causal: bool = False,
-        *,
-        timestamps: Tensor | None = None,
-    ) -> Any:
-        """Outputs of selected blocks, as timm's ``forward_intermediates``.
-
-        Args:
-            x: ``(B, T, C, H, W)``.
-            indices: Blocks to return (last n if int, all if None).
-            return_prefix_tokens: Also return the class tokens.
-            norm: Apply the final norm to the intermediates.
-            stop_early: Stop after the last requested block.
-            output_fmt: ``'NCHW'`` (maps of ``T * D`` channels, the images'
-                tokens of one location side by side) or ``'NLC'`` (patch tokens).
-            intermediates_only: Return only the intermediates.
-            output_dict: Return a dict as timm does.
-            attn_mask: Attention mask, as timm's.
-            is_causal: Causal attention, as timm's.
-            timestamps: ``(B, T, 3)`` calendar values.
-
-        Returns:
-            The intermediates, ``(final tokens, intermediates)``, or timm's dict.
-        """
-        take, max_index = feature_take_indices(len(self.blocks), indices)
-        tokens = self.norm_pre(self.embed_tokens(x, timestamps))
-        blocks = self.blocks[: max_index + 1] if stop_early else self.blocks
-        out, prefix = [], []
-        for i, block in enumerate(blocks):
-            if attn_mask is not None or is_causal:
-                tokens = block(tokens, attn_mask=attn_mask, is_causal=is_causal)
-            else:
-                tokens = block(tokens)
-            if i in take:
-                y = self.norm(tokens) if norm else tokens
-                prefix.append(y[:, :1])
-                y = y[:, 1:]
-                if output_fmt == 'NCHW':
-                    h, w = self.patch_embed.grid_size
-                    y = y.unflatten(1, (x.shape[1], h, w)).permute(0, 1, 4, 2, 3)
-                    y = y.flatten(1, 2).contiguous()
-                out.append(y)
-        if output_dict:
-            result: dict[str, Any] = {'image_intermediates': out}
-            if return_prefix_tokens:
-                result['image_intermediates_prefix'] = prefix
-            if not intermediates_only:
-                result['image_features'] = self.norm(tokens)
-            return result
-        items: list[Any] = (
-            list(zip(out, prefix, strict=True)) if return_prefix_tokens else out
-        )
-        if intermediates_only:
-            return items
-        return self.norm(tokens), items

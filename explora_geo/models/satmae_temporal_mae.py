@@ -7,7 +7,7 @@ from typing import Any, cast
 
 import torch
 from lightly.models import utils as lightly_utils
-from torch import Tensor, nn
+from torch import Tensor
 
 from .checkpoints import StateDict
 from .convert import convert_temporal_decoder, convert_temporal_state_dict
@@ -40,13 +40,11 @@ class TemporalMAE(MaskedAutoencoder):
     def __init__(
         self,
         encoder: TemporalViT,
+        *,
         decoder_embed_dim: int = 512,
-        decoder_depth: int = 8,
-        decoder_num_heads: int = 16,
-        decoder_mlp_ratio: float = 4.0,
         decoder_time_embed_dim: int = 64,
-        norm_pix_loss: bool = True,
         same_mask: bool = False,
+        **kwargs: Any,
     ) -> None:
         """Initialize a new TemporalMAE instance.
 
@@ -54,12 +52,10 @@ class TemporalMAE(MaskedAutoencoder):
             encoder: The temporal ViT (build it with ``global_pool='token'`` so
                 it keeps its final norm).
             decoder_embed_dim: Decoder width.
-            decoder_depth: Decoder blocks.
-            decoder_num_heads: Decoder attention heads.
-            decoder_mlp_ratio: Decoder MLP ratio.
             decoder_time_embed_dim: Width of each decoder time encoding.
-            norm_pix_loss: Normalise target patches before the loss.
             same_mask: Mask the same locations in every image.
+            **kwargs: The other decoder sizes and ``norm_pix_loss`` (see
+                :class:`~explora_geo.models.mae.MaskedAutoencoder`).
 
         Raises:
             TypeError: If *encoder* is not a :class:`TemporalViT`.
@@ -74,19 +70,7 @@ class TemporalMAE(MaskedAutoencoder):
         )
         self.decoder_time_embed_dim = decoder_time_embed_dim
         self.same_mask = self.shared_mask = same_mask
-        super().__init__(
-            encoder,
-            decoder_embed_dim=decoder_embed_dim,
-            decoder_depth=decoder_depth,
-            decoder_num_heads=decoder_num_heads,
-            decoder_mlp_ratio=decoder_mlp_ratio,
-            norm_pix_loss=norm_pix_loss,
-        )
-
-    @property
-    def in_chans(self) -> int:
-        """Channels of each image."""
-        return int(self.encoder.patch_embed.proj.in_channels)
+        super().__init__(encoder, decoder_embed_dim=decoder_embed_dim, **kwargs)
 
     def init_decoder_encodings(self, dim: int) -> None:
         """The fixed 2D position table (the time encodings are computed per batch).
@@ -100,17 +84,6 @@ class TemporalMAE(MaskedAutoencoder):
         self.register_buffer(
             'decoder_pos_embed', sincos_pos_embed_2d(pos_dim, grid).to(device)
         )
-
-    def make_decoder_pred(self, dim: int) -> nn.Module:
-        """One linear head predicting each patch's pixels.
-
-        Args:
-            dim: Decoder width.
-
-        Returns:
-            ``nn.Linear(dim, patch_size**2 * in_chans)``.
-        """
-        return nn.Linear(dim, self.patch_size**2 * self.in_chans)
 
     def check_inputs(self, x: Tensor, **inputs: Tensor) -> None:
         """Require images of one place and their timestamps.
@@ -134,7 +107,7 @@ class TemporalMAE(MaskedAutoencoder):
         Returns:
             ``(B, 1 + T*L, D)``.
         """
-        return self.encoder.embed_tokens(x, inputs.get('timestamps'))
+        return self.encoder.embed_tokens(x, **inputs)
 
     def token_groups(self, x: Tensor) -> int:
         """The images: each location has one token per image.

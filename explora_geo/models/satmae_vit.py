@@ -2,9 +2,11 @@
 
 Both are timm ``VisionTransformer`` models whose tokens concatenate a fixed 2D
 sin-cos position table (``pos_embed``, narrower than the tokens) with other
-sin-cos encodings (band group, acquisition time), behind one class token.
-:class:`SatMAEViT` holds the checks, the tables and their initialisation; the
-subclasses add their encodings and token layout.
+sin-cos encodings (band group, acquisition time), behind one class token, and
+whose tokens come in groups of one full patch grid (band groups, images).
+:class:`SatMAEViT` holds the checks, the tables and their initialisation and
+timm's forward methods (with timm's signatures plus model-specific keyword
+inputs such as ``timestamps``); a subclass provides :meth:`SatMAEViT.embed_tokens`.
 
 .. versionadded:: 0.1
 """
@@ -12,10 +14,12 @@ subclasses add their encodings and token layout.
 from typing import Any, Literal
 
 import torch
+from timm.models._features import feature_take_indices
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .pos_embed import PosEmbedResample, position_dims, sincos_pos_embed_2d
-from .vit import SourceViT
+from .vit import SourceViT, encode_tokens
 
 __all__ = ('SatMAEViT',)
 
@@ -126,6 +130,144 @@ class SatMAEViT(SourceViT):
             self.pos_embed.shape[-1], self.patch_embed.grid_size[0]
         )
         self.pos_embed.copy_(table.to(self.pos_embed.device))
+
+    def embed_tokens(self, x: Tensor, **inputs: Any) -> Tensor:
+        """Patch-embed *x*, add the encodings and prepend the class token.
+
+        Args:
+            x: The input.
+            **inputs: Model-specific inputs (e.g. ``timestamps``).
+
+        Returns:
+            ``(B, 1 + n*L, D)`` tokens: class token, then ``n`` groups of the
+            ``L`` patches of the grid.
+        """
+        raise NotImplementedError
+
+    def tokens_to_map(self, tokens: Tensor) -> Tensor:
+        """Rearrange grouped patch tokens into a feature map.
+
+        Args:
+            tokens: ``(B, n*L, D)`` patch tokens (no class token).
+
+        Returns:
+            ``(B, n*D, H, W)``; channels ``g*D:(g+1)*D`` hold group g, so the
+            tokens of one location sit side by side.
+        """
+        h, w = self.patch_embed.grid_size
+        return (
+            tokens.unflatten(1, (-1, h, w))
+            .permute(0, 1, 4, 2, 3)
+            .flatten(1, 2)
+            .contiguous()
+        )
+
+    def forward_features(
+        self,
+        x: Tensor,
+        attn_mask: Tensor | None = None,
+        is_causal: bool = False,
+        **inputs: Any,
+    ) -> Tensor:
+        """Encode *x*.
+
+        Args:
+            x: The input.
+            attn_mask: Attention mask, as timm's.
+            is_causal: Causal attention, as timm's.
+            **inputs: Model-specific inputs (e.g. ``timestamps``).
+
+        Returns:
+            ``(B, 1 + n*L, D)`` normed tokens.
+        """
+        tokens = self.pos_drop(self.embed_tokens(x, **inputs))
+        return encode_tokens(self, self.patch_drop(tokens), attn_mask, is_causal)
+
+    def forward(
+        self,
+        x: Tensor,
+        attn_mask: Tensor | None = None,
+        is_causal: bool = False,
+        **inputs: Any,
+    ) -> Tensor:
+        """Classify *x*.
+
+        Args:
+            x: The input.
+            attn_mask: Attention mask, as timm's.
+            is_causal: Causal attention, as timm's.
+            **inputs: Model-specific inputs (e.g. ``timestamps``).
+
+        Returns:
+            ``(B, num_classes)`` logits (pooled features if ``num_classes=0``).
+        """
+        features = self.forward_features(x, attn_mask, is_causal, **inputs)
+        return self.forward_head(features)
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | list[int] | None = None,
+        return_prefix_tokens: bool = False,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = 'NCHW',
+        intermediates_only: bool = False,
+        output_dict: bool = False,
+        attn_mask: Tensor | None = None,
+        is_causal: bool = False,
+        **inputs: Any,
+    ) -> Any:
+        """Outputs of selected blocks, as timm's ``forward_intermediates``.
+
+        Args:
+            x: The input.
+            indices: Blocks to return (last n if int, all if None).
+            return_prefix_tokens: Also return the class tokens.
+            norm: Apply the final norm to the intermediates.
+            stop_early: Stop after the last requested block.
+            output_fmt: ``'NCHW'`` (maps of ``n * D`` channels, see
+                :meth:`tokens_to_map`) or ``'NLC'`` (patch tokens).
+            intermediates_only: Return only the intermediates.
+            output_dict: Return a dict as timm does.
+            attn_mask: Attention mask, as timm's.
+            is_causal: Causal attention, as timm's.
+            **inputs: Model-specific inputs (e.g. ``timestamps``).
+
+        Returns:
+            The intermediates, ``(final tokens, intermediates)``, or timm's dict.
+        """
+        take, max_index = feature_take_indices(len(self.blocks), indices)
+        tokens = self.pos_drop(self.embed_tokens(x, **inputs))
+        tokens = self.norm_pre(self.patch_drop(tokens))
+        blocks = self.blocks[: max_index + 1] if stop_early else self.blocks
+        out, prefix = [], []
+        for i, block in enumerate(blocks):
+            if attn_mask is not None or is_causal:
+                tokens = block(tokens, attn_mask=attn_mask, is_causal=is_causal)
+            elif self.grad_checkpointing and torch.is_grad_enabled():
+                tokens = checkpoint(block, tokens, use_reentrant=False)
+            else:
+                tokens = block(tokens)
+            if i in take:
+                y = self.norm(tokens) if norm else tokens
+                prefix.append(y[:, :1])
+                out.append(
+                    self.tokens_to_map(y[:, 1:]) if output_fmt == 'NCHW' else y[:, 1:]
+                )
+        if output_dict:
+            result: dict[str, Any] = {'image_intermediates': out}
+            if return_prefix_tokens:
+                result['image_intermediates_prefix'] = prefix
+            if not intermediates_only:
+                result['image_features'] = self.norm(tokens)
+            return result
+        items: list[Any] = (
+            list(zip(out, prefix, strict=True)) if return_prefix_tokens else out
+        )
+        if intermediates_only:
+            return items
+        return self.norm(tokens), items
 
     def set_input_size(self, *args: Any, **kwargs: Any) -> None:
         """Not supported: build a new model with the wanted ``img_size``.

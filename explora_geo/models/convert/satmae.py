@@ -199,14 +199,15 @@ def convert_temporal_decoder(
     """Fit source decoder tensors to a temporal MAE's decoder.
 
     A position table of another width (an RGB MAE's) stays the model's; one of
-    the same width and another grid is resampled (``'mae'`` rule).
+    the same width and another grid is resampled (``'mae'`` rule), as are the
+    tables of :func:`~explora_geo.models.convert.vit.convert_mae_decoder`.
 
     Args:
-        state_dict: ``decoder_*`` and ``mask_token`` tensors.
-        own: The model's state dict.
+        state_dict: The source's ``decoder_*`` tensors and its mask token.
+        own: This temporal MAE's state dict.
 
     Returns:
-        Tensors keyed like the model's decoder.
+        The decoder tensors to load.
     """
     out = normalize_decoder_keys(state_dict)
     table = out.get('decoder_pos_embed')
