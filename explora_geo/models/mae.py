@@ -282,6 +282,8 @@ class MaskedAutoencoder(nn.Module):
     encoder: Any
     #: Decoder transformer blocks (timm ``Block`` with fused ``attn.qkv``).
     decoder_blocks: nn.ModuleList
+    #: The decoder's fixed 2D position table (class token row first).
+    decoder_pos_embed: Tensor
     #: Normalise target patches before the loss.
     norm_pix_loss: bool = True
     #: Weights loaded for ``weights=True``.
@@ -438,7 +440,7 @@ class MaskedAutoencoder(nn.Module):
         Returns:
             ``(1 or B, 1 + N, D_dec)`` (by default ``decoder_pos_embed``).
         """
-        return cast(Tensor, self.decoder_pos_embed)
+        return self.decoder_pos_embed
 
     def predict(self, x: Tensor) -> Any:
         """Apply the prediction head(s) to the normed decoder patch tokens.

@@ -183,26 +183,18 @@ class SatMAEViT(SourceViT):
         tokens = self.pos_drop(self.embed_tokens(x, **inputs))
         return encode_tokens(self, self.patch_drop(tokens), attn_mask, is_causal)
 
-    def forward(
-        self,
-        x: Tensor,
-        attn_mask: Tensor | None = None,
-        is_causal: bool = False,
-        **inputs: Any,
-    ) -> Tensor:
-        """Classify *x*.
+    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        """Classify *x*: :meth:`forward_features` then timm's ``forward_head``.
 
         Args:
             x: The input.
-            attn_mask: Attention mask, as timm's.
-            is_causal: Causal attention, as timm's.
-            **inputs: Model-specific inputs (e.g. ``timestamps``).
+            *args: :meth:`forward_features` arguments.
+            **kwargs: :meth:`forward_features` arguments (e.g. ``timestamps``).
 
         Returns:
             ``(B, num_classes)`` logits (pooled features if ``num_classes=0``).
         """
-        features = self.forward_features(x, attn_mask, is_causal, **inputs)
-        return self.forward_head(features)
+        return self.forward_head(self.forward_features(x, *args, **kwargs))
 
     def forward_intermediates(
         self,
