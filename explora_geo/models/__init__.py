@@ -1,39 +1,56 @@
-"""ViT backbones (registered with timm), checkpoint converters and weights."""
+"""ViT backbones (registered with timm), masked autoencoders, checkpoints and weights.
 
+Modules, one job each:
+
+* :mod:`.vit`: :class:`SourceViT` (timm's ViT resampling positions by its
+  source's rule) and the block loop :func:`~.vit.encode_tokens`;
+* :mod:`.pos_embed`: sin-cos tables and position-table resampling;
+* :mod:`.satmae_bands`, :mod:`.group_patch_embed`, :mod:`.satmae_vit`,
+  :mod:`.satmae_group`, :mod:`.satmae_temporal`: SatMAE's bands, group patch
+  embedding, shared ViT base, group-channel and temporal ViTs;
+* :mod:`.mae`: the masked-autoencoder template and the RGB MAE;
+  :mod:`.satmae_group_mae`, :mod:`.satmae_temporal_mae`: SatMAE's MAEs;
+* :mod:`.checkpoints`: reading files, shared key rules, the strict loader;
+  :mod:`.convert`: conversion per source layout;
+* :mod:`.weights`: the published weights, :func:`resolve_weights`,
+  :func:`load_weights`, :func:`create_model`;
+* :mod:`.catalog`: every registered model name (imported here, so importing
+  the package registers them).
+"""
+
+from . import catalog as catalog
 from . import mae as mae
 from . import satmae_group as satmae_group
 from . import satmae_temporal as satmae_temporal
-from . import vit as vit  # registers the timm model names
-from .checkpoints import convert_state_dict, load_into, read_checkpoint
-from .mae import MAEOutput, MaskedAutoencoder, create_mae, register_mae
-from .satmae_group import (
-    SATMAE_BANDS,
-    SATMAE_GROUPS,
-    SENTINEL2_BANDS,
-    ExPLoRAViTL8SatMAEGroupWeights,
-    GroupChannelMAE,
-    GroupChannelViT,
-    GroupPatchEmbed,
+from . import vit as vit
+from .checkpoints import load_into, read_checkpoint
+from .convert import (
     convert_group_state_dict,
-    load_group_checkpoint,
-)
-from .satmae_temporal import (
-    TemporalMAE,
-    TemporalViT,
+    convert_state_dict,
     convert_temporal_state_dict,
-    load_temporal_checkpoint,
-    time_encoding,
 )
+from .group_patch_embed import GroupPatchEmbed
+from .mae import MAEOutput, MaskedAutoencoder, create_mae, register_mae
+from .pos_embed import resample_pos_embed
+from .satmae_bands import SATMAE_BANDS, SATMAE_GROUPS, SENTINEL2_BANDS
+from .satmae_group import GroupChannelViT
+from .satmae_group_mae import GroupChannelMAE
+from .satmae_temporal import TemporalViT, time_encoding
+from .satmae_temporal_mae import TemporalMAE
+from .vit import SourceViT
 from .weights import (
     ExPLoRAViTB14DINOv2Weights,
     ExPLoRAViTB16MAEWeights,
     ExPLoRAViTG14DINOv2Weights,
+    ExPLoRAViTL8SatMAEGroupWeights,
     ExPLoRAViTL14DINOv2Weights,
     ExPLoRAViTL16MAEWeights,
     ExPLoRAWeightsEnum,
     create_model,
     get_weight,
+    load_checkpoint,
     load_weights,
+    resolve_weights,
 )
 
 __all__ = (
@@ -52,6 +69,7 @@ __all__ = (
     'GroupPatchEmbed',
     'MAEOutput',
     'MaskedAutoencoder',
+    'SourceViT',
     'TemporalMAE',
     'TemporalViT',
     'convert_group_state_dict',
@@ -60,11 +78,12 @@ __all__ = (
     'create_mae',
     'create_model',
     'get_weight',
-    'load_group_checkpoint',
+    'load_checkpoint',
     'load_into',
-    'load_temporal_checkpoint',
     'load_weights',
     'read_checkpoint',
     'register_mae',
+    'resample_pos_embed',
+    'resolve_weights',
     'time_encoding',
 )

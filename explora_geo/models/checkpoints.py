@@ -1,6 +1,7 @@
-"""Reading the published checkpoint formats into timm ViT state dicts.
+"""Reading checkpoint files, the key rules every layout shares, and strict loading.
 
-Handled layouts (see the project docs for key names and shapes):
+:func:`normalize_vit_keys` brings the encoder keys of these layouts to timm's
+ViT names (see the project docs for key names and shapes):
 
 * DinoV2 ``dinov2_vit{s,b,l,g}14_pretrain.pth``: a bare state dict with a
   ``mask_token``; ViT-g's SwiGLU ``mlp.w12`` / ``mlp.w3`` become timm's
@@ -14,19 +15,24 @@ Handled layouts (see the project docs for key names and shapes):
 * Lightning checkpoints written by TorchGeo tasks and by explora_geo's exports
   (``{"state_dict": {"model.<key>": ...}}``).
 
+What differs between source layouts (timm ViTs, SatMAE's group-channel and
+temporal ViTs) lives in :mod:`explora_geo.models.convert`; every converted
+state dict is loaded by :func:`load_into`.
+
 .. versionadded:: 0.1
 """
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import safetensors.torch
 import torch
-from timm.models import adapt_input_conv
-from timm.models.vision_transformer import checkpoint_filter_fn as timm_vit_filter
 from torch import Tensor, nn
+
+from .pos_embed import check_resample_rule, resample_pos_embed
 
 StateDict = dict[str, Tensor]
 
@@ -181,31 +187,70 @@ def normalize_vit_keys(state_dict: Mapping[str, Tensor]) -> StateDict:
     return out
 
 
-def convert_state_dict(checkpoint: Mapping[str, object], model: nn.Module) -> StateDict:
-    """Convert any supported checkpoint to *model*'s timm names and shapes.
+def fit_pos_embed(pos_embed: Tensor, model: nn.Module) -> Tensor:
+    """Resample a checkpoint's position table to *model*'s patch grid.
 
-    Position embeddings are resampled to the model's grid and the patch
-    embedding to its patch size (timm's filter); a different number of input
-    channels is adapted with timm's ``adapt_input_conv``; a classifier head
-    whose shape differs from the model's is dropped.
+    The rule is the model's ``pos_embed_resample`` attribute (``'dinov2'``,
+    ``'mae'`` or ``'timm'``, see :mod:`explora_geo.models.pos_embed`); models
+    without one are resampled as timm does. A table that already has the
+    model's length is returned as it is.
 
     Args:
-        checkpoint: A file's top-level mapping or a bare state dict.
-        model: The timm ViT to load into.
+        pos_embed: ``(1, prefix + H*W, D)`` table of a square grid.
+        model: A ViT with ``pos_embed``, ``patch_embed.grid_size`` and
+            ``num_prefix_tokens``.
 
     Returns:
-        A state dict for ``model.load_state_dict``.
+        The table for the model's grid.
     """
-    state_dict = normalize_vit_keys(unwrap_state_dict(checkpoint))
-    state_dict = timm_vit_filter(state_dict, model)  # type: ignore[arg-type]
+    own = getattr(model, 'pos_embed', None)
+    if own is None or own.shape[1] == pos_embed.shape[1]:
+        return pos_embed
+    no_embed_class = bool(getattr(model, 'no_embed_class', False))
+    prefix = 0 if no_embed_class else int(getattr(model, 'num_prefix_tokens', 1))
+    patch_embed: Any = model.patch_embed
+    grid = tuple(patch_embed.grid_size)
+    rule = check_resample_rule(getattr(model, 'pos_embed_resample', 'timm'))
+    return resample_pos_embed(pos_embed, grid, num_prefix_tokens=prefix, rule=rule)
+
+
+def normalize_decoder_keys(state_dict: Mapping[str, Tensor]) -> StateDict:
+    """Drop stale LoRA factors and fuse split projections of MAE decoder blocks.
+
+    Args:
+        state_dict: ``decoder_*`` and ``mask_token`` tensors.
+
+    Returns:
+        The tensors with fused ``decoder_blocks.<i>.attn.qkv`` only.
+    """
+    # normalize_vit_keys works on encoder names; decoder blocks are renamed to
+    # its ``blocks.`` and back so the same rules apply.
+    blocks = {
+        k.replace('decoder_blocks.', 'blocks.', 1): v
+        for k, v in state_dict.items()
+        if k.startswith('decoder_blocks.')
+    }
+    out = {
+        k: v
+        for k, v in state_dict.items()
+        if not k.startswith('decoder_blocks.') and 'lora_' not in k
+    }
+    for k, v in normalize_vit_keys(blocks).items():
+        out[k.replace('blocks.', 'decoder_blocks.', 1)] = v
+    return out
+
+
+def drop_mismatched_head(state_dict: StateDict, model: nn.Module) -> StateDict:
+    """Remove a classifier head whose shape differs from *model*'s (a new head).
+
+    Args:
+        state_dict: Converted tensors (changed in place).
+        model: The model to load into.
+
+    Returns:
+        *state_dict*.
+    """
     target = model.state_dict()
-    key = 'patch_embed.proj.weight'
-    if key in state_dict and key in target:
-        in_chans = target[key].shape[1]
-        if state_dict[key].shape[1] != in_chans:
-            state_dict[key] = adapt_input_conv(
-                in_chans, state_dict[key], state_dict[key].shape[1]
-            )
     for name in ('head.weight', 'head.bias'):
         if name in state_dict and (
             name not in target or target[name].shape != state_dict[name].shape
@@ -214,43 +259,67 @@ def convert_state_dict(checkpoint: Mapping[str, object], model: nn.Module) -> St
     return state_dict
 
 
+def _adapter_factor(key: str) -> bool:
+    # An adapted model's LoRA factors are not part of any source checkpoint.
+    return key.endswith(('.lora_A', '.lora_B'))
+
+
 def load_into(
     model: nn.Module,
     state_dict: Mapping[str, Tensor],
     source: str = 'checkpoint',
     allow_missing: tuple[str, ...] = ('head.', 'fc_norm.'),
+    *,
+    expected: Mapping[str, Tensor] | None = None,
+    optional: Callable[[str], bool] = _adapter_factor,
+    strip_prefix: str = '',
+    hint: Callable[[list[str]], str] | None = None,
+    target_name: str | None = None,
 ) -> None:
     """Load *state_dict* into *model*, failing loudly on any key mismatch.
+
+    This is the package's one strict loader: source checkpoints, MAE
+    encoder + decoder checkpoints and Δ_T files all load through it.
 
     Args:
         model: Target model.
         state_dict: Converted tensors.
         source: Where the tensors came from, for error messages.
-        allow_missing: Prefixes of model keys that may be absent (new heads).
+        allow_missing: Prefixes of expected keys that may be absent (new heads).
+        expected: The tensors that must be provided (default: the whole
+            ``model.state_dict()``); their names are ``model``'s.
+        optional: Other expected keys that may be absent (default: LoRA factors).
+        strip_prefix: Removed from key names in messages (e.g. ``'encoder.'``,
+            to name keys as the checkpoint does).
+        hint: Called with the missing keys; its text ends the error message.
+        target_name: What *expected* belongs to, for messages (default: the
+            model's class name).
 
     Raises:
         KeyError: If keys are missing or unexpected; lists both.
         ValueError: If a tensor's shape differs from the model's.
     """
-    target = model.state_dict()
+    target = model.state_dict() if expected is None else expected
+
+    def name(key: str) -> str:
+        return key.removeprefix(strip_prefix)
+
     missing = sorted(
-        k
+        name(k)
         for k in target
-        if k not in state_dict
-        and not k.startswith(allow_missing)
-        # An adapted model's LoRA factors are not part of any source checkpoint.
-        and not k.endswith(('.lora_A', '.lora_B'))
+        if k not in state_dict and not k.startswith(allow_missing) and not optional(k)
     )
-    unexpected = sorted(k for k in state_dict if k not in target)
+    unexpected = sorted(name(k) for k in state_dict if k not in target)
     if missing or unexpected:
         raise KeyError(
-            f'{source} does not match {type(model).__name__}: '
-            f'missing keys: {missing}; unexpected keys: {unexpected}'
+            f'{source} does not match {target_name or type(model).__name__}: '
+            f'missing keys: {missing}; '
+            f'unexpected keys: {unexpected}{hint(missing) if hint else ""}'
         )
     for k, v in state_dict.items():
         if target[k].shape != v.shape:
             raise ValueError(
-                f'{source}: {k} has shape {tuple(v.shape)}, the model expects '
+                f'{source}: {name(k)} has shape {tuple(v.shape)}, the model expects '
                 f'{tuple(target[k].shape)}'
             )
     model.load_state_dict(state_dict, strict=False)

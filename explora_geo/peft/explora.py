@@ -22,6 +22,7 @@ import safetensors.torch
 from torch import Tensor, nn
 
 from ..atomic import write_atomic
+from ..models.checkpoints import load_into
 from .lora import QKVLoRA
 
 #: Normalisation layers made trainable by ``train_norms``.
@@ -414,22 +415,15 @@ def apply_delta(
     """
     tensors, config, _ = load_delta(path)
     apply_explora(model, config)
-    expected = trainable_parameters(model)
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise KeyError(
-            f'{path}: delta does not fit the model; missing keys: {missing}; '
-            f'unexpected keys: {unexpected}'
-        )
-    for name, value in tensors.items():
-        param = expected[name]
-        if param.shape != value.shape:
-            raise ValueError(
-                f'{path}: tensor {name!r} has shape {tuple(value.shape)}, the model '
-                f'expects {tuple(param.shape)}'
-            )
-        param.data.copy_(value)
+    load_into(
+        model,
+        tensors,
+        source=str(path),
+        allow_missing=(),
+        expected=trainable_parameters(model),
+        optional=lambda key: False,
+        target_name="the adapted model's trainable tensors",
+    )
     if merge:
         merge_and_unload(model)
     return model

@@ -28,10 +28,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import checkpoint_seq
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
+from ..models.vit import encode_tokens
 from .dinov2_head import DINOv2Head
 from .dinov2_losses import DINOv2Loss
 from .masking import BlockMasking
@@ -82,15 +82,7 @@ def vit_tokens(
         x = torch.where(
             masks.view(*x.shape[:-1], 1), mask_token.to(x.dtype).view(-1), x
         )
-    x = encoder._pos_embed(x)
-    x = encoder.patch_drop(x)
-    x = encoder.norm_pre(x)
-    if getattr(encoder, 'grad_checkpointing', False) and torch.is_grad_enabled():
-        x = checkpoint_seq(encoder.blocks, x)
-    else:
-        x = encoder.blocks(x)
-    out: Tensor = encoder.norm(x)
-    return out
+    return encode_tokens(encoder, encoder.patch_drop(encoder._pos_embed(x)))
 
 
 @dataclass(frozen=True)

@@ -4,13 +4,17 @@ ExPLoRA trains one head from scratch for both the image-level (DINO, class
 token) and the patch-level (iBOT, masked patch tokens) losses, because the
 released DinoV2 checkpoints have no heads: an MLP ``D -> 2048 -> 2048 -> 256``
 with GELU, L2 normalisation, and a weight-normalised linear layer ``256 -> K``
-(K = 65536 prototypes) without bias whose gain is fixed at 1, so the logits are
-cosine similarities between the bottleneck feature and the prototypes.
+(K = 65536 prototypes) without bias whose gain starts at 1, so the initial
+logits are cosine similarities between the bottleneck feature and the
+prototypes. As in DinoV2 and the ExPLoRA training code, the gain is trained
+with the prototypes: DinoV2's ``DINOHead`` fills ``weight_g`` with 1 without
+freezing it, and its optimiser puts every parameter named ``last_layer`` (gain
+included) in the group whose learning rate is zero for the first iterations.
 
 lightly's :class:`~lightly.models.modules.heads.DINOProjectionHead` is this
 head (the MLP with DinoV2's truncated-normal initialisation, L2 normalisation,
-a weight-normalised last layer with the gain filled with 1 and frozen by
-``norm_last_layer=True``), so it is reused with one change: its last layer uses
+a weight-normalised last layer with the gain filled with 1), so it is reused
+with one change: its last layer uses
 the deprecated hook-based ``torch.nn.utils.weight_norm``, which keeps the
 computed weight as a non-leaf tensor attribute, so that the module can be
 neither deep-copied nor pickled (``strategy='ddp_spawn'`` pickles the model);
@@ -77,11 +81,11 @@ class WeightNormLinear(nn.Module):
 
 
 class DINOv2Head(DINOProjectionHead):
-    """DinoV2's shared DINO/iBOT head with the weight-norm gain fixed at 1.
+    """DinoV2's shared DINO/iBOT head; the weight-norm gain starts at 1.
 
     Parameter names: ``layers.{0,2,4}.{weight,bias}`` (the MLP),
-    ``last_layer.weight_v`` (the prototypes, trainable) and
-    ``last_layer.weight_g`` (the gain, all ones, frozen).
+    ``last_layer.weight_v`` (the prototypes) and ``last_layer.weight_g`` (the
+    gain, all ones at first); all are trainable, as in DinoV2.
 
     .. versionadded:: 0.1
     """
@@ -126,14 +130,16 @@ class DINOv2Head(DINOProjectionHead):
                 output_dim=num_prototypes,
                 batch_norm=False,
                 freeze_last_layer=-1,
-                norm_last_layer=True,
+                norm_last_layer=False,
             )
         self.last_layer = WeightNormLinear(bottleneck_dim, num_prototypes)
         with torch.no_grad():
             self.last_layer.weight_g.fill_(1)
-        self.last_layer.weight_g.requires_grad_(False)
         self.num_prototypes = num_prototypes
 
     def last_layer_parameters(self) -> list[nn.Parameter]:
-        """Trainable parameters of the prototype layer (frozen at the start)."""
+        """Trainable parameters of the prototype layer: gain and prototypes.
+
+        DinoV2 gives them a zero learning rate for the first iterations.
+        """
         return [p for p in self.last_layer.parameters() if p.requires_grad]

@@ -47,8 +47,8 @@ def sinkhorn_knopp(
     each sample column to ``1 / B``; finally columns are scaled to sum 1. ``B``
     and the row sums are all-reduced over ranks when ``torch.distributed`` is
     initialised (every rank must call this function, also with zero samples).
-    As in DinoV2 there is no max-subtraction: with the head's gain fixed at 1
-    the logits are cosine similarities, so ``exp(1 / T)`` cannot overflow.
+    As in DinoV2 there is no max-subtraction: the head's logits are cosine
+    similarities scaled by its weight-norm gain, which starts at 1.
 
     Args:
         teacher_logits: Teacher head outputs of this rank, ``(B_local, K)``.

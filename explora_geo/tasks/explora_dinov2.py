@@ -23,7 +23,6 @@ import os
 import random
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
-from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
@@ -32,12 +31,11 @@ from lightning.pytorch.utilities import rank_zero_warn
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 from torch.distributed.fsdp import FullyShardedDataParallel
-from torch.hub import load_state_dict_from_url
 from torch.optim import Optimizer
 from torchvision.models._api import WeightsEnum
 
-from ..models.checkpoints import read_checkpoint, unwrap_state_dict
-from ..models.weights import create_model, get_weight
+from ..models.checkpoints import unwrap_state_dict
+from ..models.weights import create_model, resolve_weights
 from ..peft import ExPLoRAConfig, count_trainable_parameters
 from ..sensors import Normalization
 from ..ssl.dinov2 import DINOv2Config, DINOv2Objective
@@ -51,7 +49,7 @@ def source_mask_token(
     """DinoV2's trained mask token from the source checkpoint, if it has one.
 
     The encoder's converters drop ``mask_token`` (a timm ViT has none), so it
-    is read here from the same source.
+    is read here from the same source (a second read of the file).
 
     Args:
         weights: The task's ``weights`` argument.
@@ -61,24 +59,10 @@ def source_mask_token(
         The ``mask_token`` tensor, or ``None`` if there are no source weights
         or the checkpoint has none.
     """
-    if weights is None or weights is False:
+    resolved = resolve_weights(weights, pretrained_url, whole=True)
+    if resolved is None:
         return None
-    checkpoint: Any
-    if weights is True:
-        if not pretrained_url:
-            return None
-        checkpoint = load_state_dict_from_url(
-            pretrained_url, map_location='cpu', weights_only=True
-        )
-    elif isinstance(weights, WeightsEnum):
-        checkpoint = load_state_dict_from_url(
-            weights.url, map_location='cpu', weights_only=True
-        )
-    elif Path(weights).exists():
-        checkpoint = read_checkpoint(weights)
-    else:
-        return source_mask_token(get_weight(str(weights)))
-    return unwrap_state_dict(checkpoint).get('mask_token')
+    return unwrap_state_dict(resolved[0]).get('mask_token')
 
 
 class ExPLoRADINOv2(ExPLoRAPretrainingTask):

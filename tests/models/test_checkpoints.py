@@ -44,8 +44,13 @@ def test_dinov2_layout_resampled_to_model_grid(tmp_path) -> None:
     assert state['pos_embed'].shape == (1, 17, 32)
     # The class token's position embedding is carried over unresampled.
     torch.testing.assert_close(state['pos_embed'][:, 0], sd['pos_embed'][:, 0])
-    expected = timm.layers.resample_abs_pos_embed(
-        sd['pos_embed'], (4, 4), num_prefix_tokens=1
+    # DinoV2's interpolate_pos_encoding: bicubic, scale (4 + 0.1) / 37, no antialias.
+    patches = sd['pos_embed'][:, 1:].reshape(1, 37, 37, 32).permute(0, 3, 1, 2)
+    patches = torch.nn.functional.interpolate(
+        patches, scale_factor=(4.1 / 37, 4.1 / 37), mode='bicubic', antialias=False
+    )
+    expected = torch.cat(
+        [sd['pos_embed'][:, :1], patches.permute(0, 2, 3, 1).reshape(1, 16, 32)], 1
     )
     torch.testing.assert_close(state['pos_embed'], expected)
 

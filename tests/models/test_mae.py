@@ -2,7 +2,6 @@ import math
 
 import pytest
 import torch
-from timm.layers import resample_abs_pos_embed
 
 from explora_geo.models.mae import (
     MAE_MODELS,
@@ -14,8 +13,8 @@ from explora_geo.models.mae import (
     num_kept_tokens,
     random_masking,
     register_mae,
-    sincos_pos_embed_2d,
 )
+from explora_geo.models.pos_embed import sincos_pos_embed_2d
 from tests.data.checkpoints import layouts
 
 # A 2-block, 32-wide MAE ViT/8 on 32 px images with a 16-wide, 2-block decoder.
@@ -136,10 +135,20 @@ class TestLoading:
         checkpoint = official_checkpoint()
         model = tiny_mae(img_size=48)  # 6 x 6 patches instead of 4 x 4
         model.load_source_checkpoint(checkpoint)
-        expected = resample_abs_pos_embed(
-            checkpoint['model']['decoder_pos_embed'], (6, 6), num_prefix_tokens=1
-        )
-        torch.testing.assert_close(model.decoder_pos_embed.data, expected)
+        # MAE's interpolate_pos_embed: bicubic to the new size, no antialias.
+        for name, key in (
+            ('decoder_pos_embed', 'decoder_pos_embed'),
+            ('encoder.pos_embed', 'pos_embed'),
+        ):
+            table = checkpoint['model'][key]
+            grid = table[:, 1:].reshape(1, 4, 4, -1).permute(0, 3, 1, 2)
+            grid = torch.nn.functional.interpolate(
+                grid, size=(6, 6), mode='bicubic', align_corners=False
+            )
+            expected = torch.cat(
+                [table[:, :1], grid.permute(0, 2, 3, 1).flatten(1, 2)], dim=1
+            )
+            torch.testing.assert_close(model.state_dict()[name], expected)
         assert model.encoder.pos_embed.shape == (1, 37, 32)
 
     def test_default_weights_are_the_pixel_decoder_release(self) -> None:

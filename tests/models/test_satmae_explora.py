@@ -8,14 +8,14 @@ import timm
 import torch
 from torch import Tensor, nn
 
-from explora_geo.models.checkpoints import read_checkpoint
-from explora_geo.models.mae import create_mae
-from explora_geo.models.satmae_group import (
+from explora_geo.models import (
     GroupChannelMAE,
     GroupChannelViT,
-    load_group_checkpoint,
+    TemporalViT,
+    load_checkpoint,
 )
-from explora_geo.models.satmae_temporal import TemporalViT
+from explora_geo.models.checkpoints import read_checkpoint
+from explora_geo.models.mae import create_mae
 from explora_geo.peft import (
     ExPLoRAConfig,
     apply_explora,
@@ -283,9 +283,9 @@ def test_merged_equals_unmerged_temporal() -> None:
     x = torch.randn(2, 3, 3, 32, 32)
     ts = torch.tensor([[2016, 7, 14], [2017, 1, 0], [2015, 12, 23]]).expand(2, 3, 3)
     with torch.no_grad():
-        unmerged = model(x, ts)
+        unmerged = model(x, timestamps=ts)
         merge_and_unload(model)
-        merged = model(x, ts)
+        merged = model(x, timestamps=ts)
     assert (merged - unmerged).abs().max() <= 1e-5
 
 
@@ -305,17 +305,17 @@ def test_satmae_group_mae_checkpoint_loads_every_tensor() -> None:
 
 def test_satmae_group_classifier_checkpoints() -> None:
     token = satmae_group_classifier()
-    model = load_group_checkpoint(tiny_vit(num_classes=62, global_pool='token'), token)
+    model = load_checkpoint(tiny_vit(num_classes=62, global_pool='token'), token)
     for key, value in token['model'].items():
         assert torch.equal(model.state_dict()[key], value), key
     with pytest.raises(ValueError, match="global_pool='token'"):
-        load_group_checkpoint(tiny_vit(num_classes=62), token)
+        load_checkpoint(tiny_vit(num_classes=62), token)
     avg = satmae_group_classifier(fc_norm=True)
-    model = load_group_checkpoint(tiny_vit(num_classes=62), avg)
+    model = load_checkpoint(tiny_vit(num_classes=62), avg)
     assert torch.equal(model.fc_norm.weight, avg['model']['fc_norm.weight'])
     assert torch.equal(model.head.bias, avg['model']['head.bias'])
     with pytest.raises(ValueError, match="global_pool='avg'"):
-        load_group_checkpoint(tiny_vit(num_classes=62, global_pool='token'), avg)
+        load_checkpoint(tiny_vit(num_classes=62, global_pool='token'), avg)
 
 
 def test_explora_encoder_only_release_through_timm(tmp_path: Path) -> None:
@@ -335,7 +335,7 @@ def test_explora_encoder_only_release_through_timm(tmp_path: Path) -> None:
     for key, value in encoder.items():
         assert torch.equal(model.state_dict()[key], value), key
     # Average pooling (the default): the MAE's final norm gives way to a fresh fc_norm.
-    avg = load_group_checkpoint(tiny_vit(num_classes=3), read_checkpoint(path))
+    avg = load_checkpoint(tiny_vit(num_classes=3), read_checkpoint(path))
     assert torch.equal(avg.fc_norm.weight, torch.ones(D))
     assert torch.equal(avg.channel_cls_embed, torch.zeros(1, 1, CH))
     assert torch.equal(avg.blocks[1].mlp.fc2.bias, encoder['blocks.1.mlp.fc2.bias'])
@@ -358,7 +358,7 @@ def test_explora_full_release_drops_split_projections_and_lora(tmp_path: Path) -
     assert torch.equal(
         state['decoder_blocks.0.attn.qkv.bias'], clean['decoder_blocks.0.attn.qkv.bias']
     )
-    encoder = load_group_checkpoint(tiny_vit(global_pool='token'), checkpoint)
+    encoder = load_checkpoint(tiny_vit(global_pool='token'), checkpoint)
     assert torch.equal(
         encoder.blocks[0].attn.qkv.weight, clean['blocks.0.attn.qkv.weight']
     )
@@ -400,7 +400,7 @@ def test_exported_encoder_round_trips_into_the_classifier(tmp_path: Path) -> Non
     encoder = merge_and_unload(mae.encoder).eval()
     path = tmp_path / 'encoder.pth'
     torch.save({'model': encoder.state_dict()}, path)
-    classifier = load_group_checkpoint(
+    classifier = load_checkpoint(
         tiny_vit(global_pool='token'), read_checkpoint(path), source=str(path)
     )
     x = torch.randn(2, 10, 32, 32)

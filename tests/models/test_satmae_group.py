@@ -6,8 +6,7 @@ import torch
 from torchgeo.tasks import Classification
 from torchgeo.tasks.utils import load_state_dict as torchgeo_load_state_dict
 
-from explora_geo.models.mae import create_mae, sincos_pos_embed_2d
-from explora_geo.models.satmae_group import (
+from explora_geo.models import (
     SATMAE_BANDS,
     SATMAE_GROUPS,
     SENTINEL2_BANDS,
@@ -15,9 +14,10 @@ from explora_geo.models.satmae_group import (
     GroupChannelMAE,
     GroupChannelViT,
     GroupPatchEmbed,
-    patchify_bands,
-    sincos_1d,
 )
+from explora_geo.models.mae import create_mae
+from explora_geo.models.pos_embed import sincos_1d, sincos_pos_embed_2d
+from explora_geo.models.satmae_group_mae import patchify_bands
 from explora_geo.models.weights import get_weight
 
 # A 2-block, 64-wide group ViT/8 on 32 px images: 3 groups x 16 patches.

@@ -5,13 +5,13 @@ import timm
 import torch
 from torch import Tensor, nn
 
-from explora_geo.models.mae import create_mae
-from explora_geo.models.satmae_temporal import (
+from explora_geo.models import (
     TemporalMAE,
     TemporalViT,
-    load_temporal_checkpoint,
+    load_checkpoint,
     time_encoding,
 )
+from explora_geo.models.mae import create_mae
 from explora_geo.peft import ExPLoRAConfig
 from explora_geo.tasks.explora_mae import ExPLoRAMAE
 from tests.data.checkpoints import layouts
@@ -63,7 +63,8 @@ def test_registered_sizes_on_meta() -> None:
         classifier = timm.create_model('explora_vitl_satmae_temporal', num_classes=62)
         mae = create_mae('explora_vitl_satmae_temporal')
         tokens = classifier.forward_features(
-            torch.empty(2, 3, 3, 224, 224), STAMPS.expand(2, 3, 3).to('meta')
+            torch.empty(2, 3, 3, 224, 224),
+            timestamps=STAMPS.expand(2, 3, 3).to('meta'),
         )
     # SatMAE's temporal ViT-L classifier and MAE hold 303.29M and 329.43M values.
     assert sum(p.numel() for p in classifier.parameters()) == 303_289_534
@@ -120,10 +121,10 @@ def test_matches_satmae_temporal_classifier() -> None:
         model.pos_embed.normal_()  # a trained, learnable table
         expected = satmae_forward_features(model, x, ts)
         torch.testing.assert_close(
-            model.forward_features(x, ts), expected, atol=1e-4, rtol=1e-4
+            model.forward_features(x, timestamps=ts), expected, atol=1e-4, rtol=1e-4
         )
         torch.testing.assert_close(
-            model(x, ts), model.head(expected[:, 0]), atol=1e-4, rtol=1e-4
+            model(x, timestamps=ts), model.head(expected[:, 0]), atol=1e-4, rtol=1e-4
         )
 
 
@@ -134,7 +135,9 @@ def test_dates_change_the_output() -> None:
 
     def frames(images: Tensor, stamps: Tensor) -> Tensor:
         """Output tokens grouped by image: (B, T, L, D)."""
-        return model.forward_features(images, stamps)[:, 1:].unflatten(1, (3, 16))
+        return model.forward_features(images, timestamps=stamps)[:, 1:].unflatten(
+            1, (3, 16)
+        )
 
     with torch.no_grad():
         out = frames(x, STAMPS)
@@ -154,15 +157,15 @@ def test_timestamp_errors() -> None:
     model = tiny_vit()
     x = torch.randn(1, 3, 3, 32, 32)
     with pytest.raises(ValueError, match=r'year values span \[13, 15\].*calendar'):
-        model(x, STAMPS - torch.tensor([2002, 1, 0]))
+        model(x, timestamps=STAMPS - torch.tensor([2002, 1, 0]))
     with pytest.raises(ValueError, match=r'month values span \[0, 11\]'):
-        model(x, STAMPS - torch.tensor([0, 1, 0]))
+        model(x, timestamps=STAMPS - torch.tensor([0, 1, 0]))
     with pytest.raises(
         ValueError, match=r'shape \(B, T, 3\) = \(1, 3, 3\).*\(1, 2, 3\)'
     ):
-        model(x, STAMPS[:, :2])
+        model(x, timestamps=STAMPS[:, :2])
     with pytest.raises(ValueError, match=r'\(B, T, C, H, W\), got \(1, 3, 32, 32\)'):
-        model(x[:, 0], STAMPS)
+        model(x[:, 0], timestamps=STAMPS)
 
 
 def test_any_number_of_images_and_intermediates() -> None:
@@ -170,9 +173,9 @@ def test_any_number_of_images_and_intermediates() -> None:
     x = torch.randn(2, 2, 3, 32, 32)
     ts = STAMPS[:, :2].expand(2, 2, 3)
     with torch.no_grad():
-        final, maps = model.forward_intermediates(x, ts, indices=[0, 1])
+        final, maps = model.forward_intermediates(x, indices=[0, 1], timestamps=ts)
         tokens = model.forward_intermediates(
-            x, ts, indices=[1], output_fmt='NLC', intermediates_only=True
+            x, indices=[1], output_fmt='NLC', intermediates_only=True, timestamps=ts
         )[0]
     assert final.shape == (2, 1 + 2 * 16, D)
     assert [m.shape for m in maps] == [(2, 2 * D, 4, 4)] * 2
@@ -231,7 +234,7 @@ def test_loads_satmae_temporal_checkpoints() -> None:
     }
     classifier_sd['head.weight'] = torch.randn(62, D)
     classifier_sd['head.bias'] = torch.randn(62)
-    classifier = load_temporal_checkpoint(
+    classifier = load_checkpoint(
         tiny_vit(num_classes=62, global_pool='token'), {'model': classifier_sd}
     )
     assert torch.equal(classifier.head.weight, classifier_sd['head.weight'])

@@ -41,14 +41,15 @@ def test_paper_dimensions_on_meta() -> None:
     assert head.last_layer.weight_v.shape == (65536, 256)
 
 
-def test_gain_fixed_at_one() -> None:
+def test_gain_starts_at_one_and_trains() -> None:
     torch.manual_seed(0)
     head = DINOv2Head(32, hidden_dim=32, bottleneck_dim=8, num_prototypes=40)
     g = head.last_layer.weight_g
     v = head.last_layer.weight_v
     assert torch.equal(g, torch.ones_like(g))
-    assert not g.requires_grad
-    assert head.last_layer_parameters() == [v]
+    # DinoV2's DINOHead (and the ExPLoRA code) train the gain with the prototypes.
+    assert g.requires_grad
+    assert head.last_layer_parameters() == [g, v]
     # Gain 1 and a normalised bottleneck: the logits are cosine similarities.
     x = torch.randn(7, 32)
     bottleneck = nn.functional.normalize(head.layers(x), dim=-1)
@@ -67,7 +68,7 @@ def test_init_and_gradients() -> None:
     assert all(not head.layers[i].bias.detach().any() for i in (0, 2, 4))
     head(torch.randn(4, 256)).sum().backward()
     assert head.last_layer.weight_v.grad is not None
-    assert head.last_layer.weight_g.grad is None
+    assert head.last_layer.weight_g.grad is not None
 
 
 def test_deep_copy_and_pickle_after_forward() -> None:

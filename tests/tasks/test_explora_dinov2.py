@@ -139,9 +139,9 @@ def test_defaults_are_the_papers() -> None:
     )
     # D-[L]-r64 on ViT-L: 18.7M trainable encoder values (paper).
     assert count_trainable_parameters(task.encoder) == 18_724_864
-    # Head: D -> 2048 -> 2048 -> 256 -> 65536 prototypes (gain frozen).
+    # Head: D -> 2048 -> 2048 -> 256 -> 65536 prototypes, each with its gain.
     assert count_trainable_parameters(task.objective.head) == (
-        1024 * 2048 + 2048 + 2048 * 2048 + 2048 + 2048 * 256 + 256 + 256 * 65536
+        1024 * 2048 + 2048 + 2048 * 2048 + 2048 + 2048 * 256 + 256 + 256 * 65536 + 65536
     )
     # The teacher only holds the trainable tensors.
     assert (
@@ -263,7 +263,10 @@ def test_last_layer_frozen_for_the_first_steps() -> None:
     groups = task.trainer.optimizers[0].param_groups
     # (No patch-embedding group: it is frozen in this configuration.)
     assert [g.get('last_layer', False) for g in groups] == [False, True]
-    assert groups[1]['params'] == [task.objective.head.last_layer.weight_v]
+    assert groups[1]['params'] == [
+        task.objective.head.last_layer.weight_g,
+        task.objective.head.last_layer.weight_v,
+    ]
     assert record.lrs[0][1] == 0.0 and record.lrs[0][0] > 0
     assert record.lrs[2][1] == record.lrs[2][0] > 0
 
