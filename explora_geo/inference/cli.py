@@ -36,11 +36,6 @@ __all__ = (
     'task_class',
 )
 
-#: Packages whose tasks a checkpoint may name (importing anything else from
-#: a path stored in a file would run arbitrary code).
-TRUSTED_PACKAGES = ('explora_geo.', 'torchgeo.')
-
-
 def task_class(
     hparams: Mapping[str, Any],
     checkpoint: Mapping[str, Any],
@@ -71,13 +66,18 @@ def task_class(
             f"'_class_path' hyperparameter, no {TASK_CLASS_KEY!r} entry); save it "
             'with a current explora_geo task or train it with torchgeo fit'
         )
-    if not name.startswith(TRUSTED_PACKAGES):
-        raise ValueError(
-            f'{path}: task class {name!r} is not in {TRUSTED_PACKAGES}; refusing '
-            'to import code named by a checkpoint'
-        )
     module, _, attr = name.rpartition('.')
-    cls = getattr(importlib.import_module(module), attr, None)
+    # Only explora_geo is imported on a checkpoint's say-so; other classes
+    # (torchgeo's tasks, a user's) must already be imported, so a file cannot
+    # make arbitrary code run.
+    if module.split('.')[0] == 'explora_geo':
+        importlib.import_module(module)
+    elif module not in sys.modules:
+        raise ValueError(
+            f'{path}: task class {name!r} is in a module that is not imported; '
+            'import it before loading the checkpoint'
+        )
+    cls = getattr(sys.modules[module], attr, None)
     if not (isinstance(cls, type) and issubclass(cls, BaseTask)):
         raise ValueError(f'{path}: {name} is not a TorchGeo task')
     if issubclass(cls, ObjectDetection):

@@ -70,8 +70,9 @@ def finetune_mode(hparams: Mapping[str, Any]) -> str:
     return str(hparams['finetune'])
 
 
-#: Checkpoint key holding the import path of the task that wrote it.
-TASK_CLASS_KEY = 'explora_geo_task'
+#: Checkpoint key holding the import path of the task that wrote it (the
+#: pre-training tasks use the same key).
+TASK_CLASS_KEY = 'explora_task'
 
 
 def _first(value: Any) -> int | None:
