@@ -25,7 +25,7 @@ from .tiles import predict_raster
 __all__ = ('RasterJob', 'TilePredictor', 'predict_many')
 
 
-@dataclass(frozen=True)
+@dataclass
 class RasterJob:
     """One input (a raster or a product) and where its predictions go.
 
