@@ -36,6 +36,7 @@ __all__ = (
     'task_class',
 )
 
+
 def task_class(
     hparams: Mapping[str, Any],
     checkpoint: Mapping[str, Any],

@@ -581,12 +581,20 @@ class _Sink:
         self.invalid = np.pad(self.invalid, ((0, pad), (0, 0)))
 
     def add(
-        self, row: int, col: int, scores: np.ndarray, valid: np.ndarray | None
+        self,
+        row: int,
+        col: int,
+        scores: np.ndarray,
+        valid: np.ndarray | None,
+        finite: np.ndarray | None = None,
     ) -> None:
-        """Add one tile's (activated) scores; rows before ``top`` are ignored."""
+        """Add one tile's (activated) scores; rows before ``top`` are ignored.
+
+        *finite* marks the pixels whose scores are all finite (None: all).
+        """
         grid = self.grid
-        finite = np.isfinite(scores).all(axis=0)
         if self.layout.kind == 'classification':
+            finite = np.isfinite(scores)
             if row < self.top:
                 return
             self._rows(row + 1 - self.top)
@@ -602,8 +610,12 @@ class _Sink:
         if skip >= h:
             return
         self._rows(y + h - self.top)
-        weights = self.weights[skip:h, :w] * finite[skip:h, :w]
-        tile = np.where(finite, scores, 0)[:, skip:h, :w]
+        weights = self.weights[skip:h, :w]
+        tile = scores[:, skip:h, :w]
+        if finite is not None:
+            # Non-finite scores get no weight: a pixel only they cover is nodata.
+            weights = weights * finite[skip:h, :w]
+            tile = np.where(finite[skip:h, :w], tile, 0)
         rows = slice(y + skip - self.top, y + h - self.top)
         self.sums[:, rows, x : x + w] += tile * weights
         self.norm[rows, x : x + w] += weights
@@ -1072,13 +1084,18 @@ def _predict(
                         f'model output of shape {tuple(out.shape)} for a batch, expected '
                         f'(B, {", ".join(map(str, y.shape[1:]))})'
                     )
-                scores = _activate(out.float(), act).cpu().numpy()
+                activated = _activate(out.float(), act)
+                finite = None
+                if not bool(torch.isfinite(activated).all()):
+                    finite = torch.isfinite(activated).all(dim=1).cpu().numpy()
+                scores = activated.cpu().numpy()
                 for i, (r, c) in enumerate(zip(batch.rows, batch.cols, strict=True)):
                     sink.add(
                         int(r),
                         int(c),
                         scores[i],
                         None if batch.valid is None else batch.valid[i],
+                        None if finite is None else finite[i],
                     )
                 last_row, last_col = int(batch.rows[-1]), int(batch.cols[-1])
                 # Tiles come in row-major order: rows before the last tile's are done.

@@ -78,7 +78,9 @@ def test_load_task_round_trip_and_records(tmp_path: Path) -> None:
     torch.nn.init.normal_(task.model.blocks[0].attn.qkv.lora_B)
     path = save(task, tmp_path / 'cls.ckpt')
     saved = torch.load(path, weights_only=True)
-    assert saved[TASK_CLASS_KEY] == 'explora_geo.tasks.classification.ClassificationTask'
+    assert (
+        saved[TASK_CLASS_KEY] == 'explora_geo.tasks.classification.ClassificationTask'
+    )
     assert saved[INPUT_SPEC_KEY]['normalization'] == NORM
     assert saved[INPUT_SPEC_KEY]['classes'] == ['water', 'crop', 'forest', 'urban']
     loaded = load_task(path)
@@ -137,7 +139,14 @@ def test_predict_segmentation_options(
     checkpoint = save(segmenter(), tmp_path / 'seg.ckpt')
     common = [str(checkpoint), str(tmp_path / 'scene.tif')]
     status = main(
-        ['predict', *common, '-o', str(tmp_path / 'c.tif'), '--vectors', str(tmp_path / 'c.gpkg')]
+        [
+            'predict',
+            *common,
+            '-o',
+            str(tmp_path / 'c.tif'),
+            '--vectors',
+            str(tmp_path / 'c.gpkg'),
+        ]
     )
     assert status == 0
     assert 'segmentation: 4 tiles' in capsys.readouterr().out  # 32 px tiles, overlap 8
@@ -149,7 +158,15 @@ def test_predict_segmentation_options(
     frame = gpd.read_file(tmp_path / 'c.gpkg')
     assert set(frame['label']) <= {'water', 'field', 'forest'}
     assert frame.area.sum() == pytest.approx(48 * 40 * 100)
-    args = ['--output', 'scores', '--scores', 'float32', '--blend', 'uniform', '--no-cog']
+    args = [
+        '--output',
+        'scores',
+        '--scores',
+        'float32',
+        '--blend',
+        'uniform',
+        '--no-cog',
+    ]
     assert main(['predict', *common, '-o', str(tmp_path / 's.tif'), *args]) == 0
     with rasterio.open(tmp_path / 's.tif') as dst:
         assert dst.count == 3 and dst.dtypes[0] == 'float32'
@@ -160,10 +177,20 @@ def test_predict_segmentation_options(
         profile, data = src.profile, src.read()
     with rasterio.open(tmp_path / 'unnamed.tif', 'w', **profile) as dst:
         dst.write(data)
-    assert main(
-        ['predict', str(checkpoint), str(tmp_path / 'unnamed.tif'), '-o', str(tmp_path / 'u.tif'),
-         '--bands', 'B04,B03,B02']
-    ) == 0
+    assert (
+        main(
+            [
+                'predict',
+                str(checkpoint),
+                str(tmp_path / 'unnamed.tif'),
+                '-o',
+                str(tmp_path / 'u.tif'),
+                '--bands',
+                'B04,B03,B02',
+            ]
+        )
+        == 0
+    )
     with rasterio.open(tmp_path / 'u.tif') as a, rasterio.open(tmp_path / 'c.tif') as b:
         np.testing.assert_array_equal(a.read(), b.read())
 
@@ -172,8 +199,20 @@ def test_classification_vectors_are_chips(tmp_path: Path) -> None:
     write_raster(tmp_path / 'scene.tif')
     checkpoint = save(classifier(), tmp_path / 'cls.ckpt')
     out, vectors = tmp_path / 'chips.tif', tmp_path / 'chips.gpkg'
-    assert main(['predict', str(checkpoint), str(tmp_path / 'scene.tif'), '-o', str(out),
-                 '--vectors', str(vectors)]) == 0
+    assert (
+        main(
+            [
+                'predict',
+                str(checkpoint),
+                str(tmp_path / 'scene.tif'),
+                '-o',
+                str(out),
+                '--vectors',
+                str(vectors),
+            ]
+        )
+        == 0
+    )
     with rasterio.open(out) as dst:
         # 48 x 40 px in 32 px chips: 2 x 2 chips of 320 m.
         assert dst.shape == (2, 2) and dst.count == 4 and dst.transform.a == 320
@@ -192,8 +231,17 @@ def test_vectors_checked_before_the_model(tmp_path: Path) -> None:
     write_raster(tmp_path / 'scene.tif')
     missing = str(tmp_path / 'no_such.ckpt')
     with pytest.raises(ValueError, match=r"o\.shp: unsupported vector format '.shp'"):
-        main(['predict', missing, str(tmp_path / 'scene.tif'), '-o', str(tmp_path / 'o.tif'),
-              '--vectors', str(tmp_path / 'o.shp')])
+        main(
+            [
+                'predict',
+                missing,
+                str(tmp_path / 'scene.tif'),
+                '-o',
+                str(tmp_path / 'o.tif'),
+                '--vectors',
+                str(tmp_path / 'o.shp'),
+            ]
+        )
 
 
 DDP = [
@@ -224,6 +272,17 @@ def test_many_rasters_across_two_processes(tmp_path: Path) -> None:
         [f'scene{i}.tif' for i in range(5)] + [f'scene{i}.gpkg' for i in range(5)]
     )
     # The same as a single-process prediction.
-    main(['predict', str(checkpoint), str(inputs / 'scene3.tif'), '-o', str(tmp_path / 'one.tif')])
-    with rasterio.open(tmp_path / 'one.tif') as a, rasterio.open(tmp_path / 'out' / 'scene3.tif') as b:
+    main(
+        [
+            'predict',
+            str(checkpoint),
+            str(inputs / 'scene3.tif'),
+            '-o',
+            str(tmp_path / 'one.tif'),
+        ]
+    )
+    with (
+        rasterio.open(tmp_path / 'one.tif') as a,
+        rasterio.open(tmp_path / 'out' / 'scene3.tif') as b,
+    ):
         np.testing.assert_array_equal(a.read(), b.read())

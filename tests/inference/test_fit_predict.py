@@ -128,7 +128,18 @@ data:
     out = tmp_path / 'classes.tif'
     with warnings.catch_warnings():
         warnings.simplefilter('error')
-        assert main(['predict', str(checkpoint), str(tmp_path / 'scene.tif'), '-o', str(out)]) == 0
+        assert (
+            main(
+                [
+                    'predict',
+                    str(checkpoint),
+                    str(tmp_path / 'scene.tif'),
+                    '-o',
+                    str(out),
+                ]
+            )
+            == 0
+        )
     with rasterio.open(out) as dst, rasterio.open(tmp_path / 'scene.tif') as src:
         assert dst.shape == src.shape and dst.transform == src.transform
         assert dst.crs == src.crs and dst.tags()['labels'] == '["dark", "bright"]'

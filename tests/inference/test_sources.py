@@ -42,7 +42,9 @@ def test_band_files_on_one_grid() -> None:
             assert source.transform == b02.transform and source.crs == b02.crs
             position = source.names.index('B2')
             window = Window(0, 0, 160, 192)
-            np.testing.assert_array_equal(source.read([position], window)[0], b02.read(1))
+            np.testing.assert_array_equal(
+                source.read([position], window)[0], b02.read(1)
+            )
         # A 20 m band is resampled onto the 10 m grid as GDAL's bilinear warp does.
         with rasterio.open(DATA / 'T18SVH_20170101T000000_B05.jp2') as b05:
             expected = np.zeros((192, 160), np.uint16)
@@ -66,7 +68,9 @@ def test_band_files_on_one_grid() -> None:
 
 
 def make_safe(root: Path, level: str) -> Path:
-    safe = root / f'S2A_MSI{level}_20170101T000000_N0204_R000_T18SVH_20170101T000000.SAFE'
+    safe = (
+        root / f'S2A_MSI{level}_20170101T000000_N0204_R000_T18SVH_20170101T000000.SAFE'
+    )
     granule = safe / 'GRANULE' / 'L1C_T18SVH_A000000_20170101T000000' / 'IMG_DATA'
     for path in FILES:
         band = path.stem.rsplit('_', 1)[1]
@@ -109,7 +113,9 @@ def test_safe_folder(tmp_path: Path, level: str) -> None:
 def test_stac_item_band_list_and_vrt(tmp_path: Path) -> None:
     window = Window(0, 0, 160, 192)
     with open_source(DATA) as reference:
-        expected = {n: reference.read([i], window) for i, n in enumerate(reference.names)}
+        expected = {
+            n: reference.read([i], window) for i, n in enumerate(reference.names)
+        }
     with open_source(DATA / 'item.json') as source:
         assert source.names[0] == 'B01'
         np.testing.assert_array_equal(source.read([0], window), expected['B1'])
@@ -167,7 +173,9 @@ def test_predict_on_band_files_with_13_band_model(tmp_path: Path) -> None:
     with rasterio.open(tmp_path / 'pred.tif') as dst, open_source(DATA) as source:
         assert dst.transform == source.transform and dst.crs == source.crs
         assert dst.shape == (192, 160)
-        x = source.read([source.names.index(b) for b in SENTINEL2.bands], Window(0, 0, 160, 192))
+        x = source.read(
+            [source.names.index(b) for b in SENTINEL2.bands], Window(0, 0, 160, 192)
+        )
         x = SENTINEL2.normalization('satmae')(torch.from_numpy(x.astype(np.float32)))
         expected = (x.mean(0) > 0.4).numpy().astype(np.uint8)
         np.testing.assert_array_equal(dst.read(1), expected)

@@ -442,7 +442,8 @@ def test_geoparquet_polygons(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     )
     # Refused before any tile is predicted.
     with pytest.raises(
-        ImportError, match=r"c\.parquet: writing GeoParquet needs pyarrow \(pip install 'explora-geo\[geoparquet\]'"
+        ImportError,
+        match=r"c\.parquet: writing GeoParquet needs pyarrow \(pip install 'explora-geo\[geoparquet\]'",
     ):
         predict_raster(*args, tile_size=16, vector_path=tmp_path / 'c.parquet')
     assert not calls and [p.name for p in tmp_path.iterdir()] == ['in.tif']

@@ -164,12 +164,17 @@ def test_normalisation_from_checkpoint_and_warning_without(tmp_path: Path) -> No
         normalize=(list(norm.mean), list(norm.std)),
         spec=InputSpec(img_size=32),
     )
-    with rasterio.open(tmp_path / 'auto.tif') as a, rasterio.open(tmp_path / 'explicit.tif') as b:
+    with (
+        rasterio.open(tmp_path / 'auto.tif') as a,
+        rasterio.open(tmp_path / 'explicit.tif') as b,
+    ):
         np.testing.assert_array_equal(a.read(), b.read())
         assert a.read().max() <= 2
 
     bare = load_task(save(segmenter(bands, False), tmp_path / 'bare.ckpt'))
-    with pytest.warns(UserWarning, match=r'sees raw uint16 values .* predictions are likely wrong'):
+    with pytest.warns(
+        UserWarning, match=r'sees raw uint16 values .* predictions are likely wrong'
+    ):
         predict_raster(bare, tmp_path / 'in.tif', tmp_path / 'raw.tif')
 
 
@@ -185,7 +190,9 @@ def test_band_mismatch_names_both_lists(tmp_path: Path) -> None:
     assert "missing ['B8A', 'B12']" in message
     write(tmp_path / 'unnamed.tif', np.ones((11, 20, 20), np.uint16))
     with pytest.raises(ValueError, match=r'takes 13 bands .* has 11 unnamed bands'):
-        predict_raster(Conv3(13), tmp_path / 'unnamed.tif', tmp_path / 'o.tif', spec=spec)
+        predict_raster(
+            Conv3(13), tmp_path / 'unnamed.tif', tmp_path / 'o.tif', spec=spec
+        )
     # Naming the bands on the command line (--bands) is checked the same way.
     with pytest.raises(ValueError, match=r"missing \['B8A', 'B12'\]"):
         predict_raster(
@@ -208,7 +215,9 @@ def test_reads_only_tile_windows_and_bounds_gdal_cache(
     windows = []
     read = RasterSource.read
 
-    def spy(self: RasterSource, positions: list[int], window: rasterio.windows.Window) -> np.ndarray:
+    def spy(
+        self: RasterSource, positions: list[int], window: rasterio.windows.Window
+    ) -> np.ndarray:
         windows.append((int(window.height), int(window.width)))
         return read(self, positions, window)
 

@@ -20,7 +20,9 @@ BANDS = ('B2', 'B3', 'B4', 'B8')
 
 class TinySegmentation(NonGeoDataset):
     def __init__(self, split: str = 'train', **kwargs: Any) -> None:
-        self.generator = torch.Generator().manual_seed({'train': 0, 'val': 1}.get(split, 2))
+        self.generator = torch.Generator().manual_seed(
+            {'train': 0, 'val': 1}.get(split, 2)
+        )
 
     def __len__(self) -> int:
         return 4
