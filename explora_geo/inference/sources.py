@@ -205,13 +205,19 @@ class RasterSource:
         Returns:
             ``(len(positions), window.height, window.width)`` values.
         """
-        out = np.empty(
-            (len(positions), int(window.height), int(window.width)), self.dtype
-        )
         groups: dict[int, list[tuple[int, int]]] = {}
         for i, position in enumerate(positions):
             dataset, band = self._bands[position]
             groups.setdefault(id(dataset), []).append((i, band))
+        if len(groups) == 1:
+            # One file holds every band: GDAL reads them in one call.
+            dataset = self._bands[positions[0]][0]
+            bands = [self._bands[p][1] for p in positions]
+            data: np.ndarray = dataset.read(bands, window=window, out_dtype=self.dtype)
+            return data
+        out = np.empty(
+            (len(positions), int(window.height), int(window.width)), self.dtype
+        )
         for items in groups.values():
             dataset = self._bands[positions[items[0][0]]][0]
             data = dataset.read([b for _, b in items], window=window)

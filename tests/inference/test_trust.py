@@ -357,3 +357,24 @@ def test_changed_run_starts_afresh(tmp_path: Path) -> None:
     )
     assert result.resumed_rows == 0 and result.tiles_run == result.num_tiles
     assert sorted(p.name for p in tmp_path.iterdir()) == ['in.tif', 'o.tif']
+
+
+def test_input_spec_read_write() -> None:
+    import json as json_
+
+    from explora_geo.sensors import INPUT_SPEC_KEY, read_input_spec, write_input_spec
+
+    spec = InputSpec(
+        normalization=SENTINEL2.normalization('satmae'),
+        img_size=96,
+        patch_size=8,
+        classes=('a', 'b'),
+    )
+    checkpoint: dict[str, object] = {}
+    write_input_spec(checkpoint, spec)
+    assert read_input_spec(checkpoint) == spec
+    # safetensors metadata holds strings only.
+    assert read_input_spec({INPUT_SPEC_KEY: json_.dumps(spec.to_dict())}) == spec
+    assert read_input_spec({}) is None
+    with pytest.raises(ValueError, match='must hold a mapping'):
+        read_input_spec({INPUT_SPEC_KEY: 3})

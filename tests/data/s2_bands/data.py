@@ -69,9 +69,7 @@ def main(source: Path, out: Path) -> None:
     item = {
         'type': 'Feature',
         'stac_version': '1.0.0',
-        'stac_extensions': [
-            'https://stac-extensions.github.io/eo/v1.1.0/schema.json'
-        ],
+        'stac_extensions': ['https://stac-extensions.github.io/eo/v1.1.0/schema.json'],
         'id': 'T18SVH_20170101T000000_crop',
         'geometry': None,
         'properties': {'datetime': '2017-01-01T00:00:00Z'},
