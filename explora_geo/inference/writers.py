@@ -1,8 +1,10 @@
 """Atomic writers for prediction rasters (GeoTIFF / COG) and their polygons.
 
 Every output is written to a hidden temporary file next to its destination
-and renamed into place only when complete, so a failed or interrupted run
-never leaves a partial file where a finished one is expected.
+and renamed into place only when complete (:func:`explora_geo.atomic.atomic_path`),
+so a failed or interrupted run never leaves a partial file where a finished
+one is expected; a prediction being written keeps its finished rows in a
+:class:`PartialOutput` for a rerun to continue.
 
 .. versionadded:: 0.1
 """
@@ -12,9 +14,7 @@ import glob
 import importlib.util
 import json
 import os
-import re
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,8 @@ import rasterio.shutil
 import shapely
 from rasterio.features import shapes
 from rasterio.windows import Window
+
+from ..atomic import _alive, atomic_path, remove_stale
 
 __all__ = (
     'VECTOR_DRIVERS',
@@ -47,80 +49,6 @@ VECTOR_DRIVERS = {
     '.parquet': 'GeoParquet',
     '.geoparquet': 'GeoParquet',
 }
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _temp_prefix(path: Path) -> str:
-    return f'.{path.name}.{os.getpid()}-'
-
-
-def remove_stale(path: str | os.PathLike[str]) -> list[Path]:
-    """Delete temporary files of *path* left by runs that no longer exist.
-
-    Temporary files carry the writing process's id (see :func:`atomic_path`),
-    so those of killed runs are told apart from those of live ones.
-
-    Args:
-        path: A destination file.
-
-    Returns:
-        The files deleted.
-    """
-    path = Path(path)
-    pattern = re.compile(rf'\.{re.escape(path.name)}\.(\d+)-.*\.tmp')
-    removed = []
-    for candidate in path.parent.glob(f'.{glob.escape(path.name)}.*.tmp*'):
-        match = pattern.match(candidate.name)
-        if match and not _alive(int(match[1])):
-            candidate.unlink(missing_ok=True)
-            removed.append(candidate)
-    return removed
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """A temporary path that becomes *path* when the block finishes without error.
-
-    The temporary file lives in the destination folder (so the final rename
-    is atomic), is named after *path* and the process id (so a later run can
-    tell a killed run's leftovers, see :func:`remove_stale`) and keeps
-    *path*'s suffix (drivers pick formats by suffix). On any error it is
-    deleted and *path* is left untouched.
-
-    Args:
-        path: The destination file.
-
-    Yields:
-        The temporary path to write to.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(path)
-    fd, name = tempfile.mkstemp(
-        dir=path.parent, prefix=_temp_prefix(path), suffix=f'.tmp{path.suffix}'
-    )
-    os.close(fd)
-    tmp = Path(name)
-    tmp.unlink()  # drivers create the file themselves
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-        # Sidecars some drivers leave behind (aux.xml, GPKG journals).
-        for extra in tmp.parent.glob(f'{glob.escape(tmp.name)}*'):
-            extra.unlink(missing_ok=True)
 
 
 class PartialOutput:

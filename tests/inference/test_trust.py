@@ -313,7 +313,7 @@ def test_killed_runs_resume_byte_identical(
     child.communicate(timeout=60)
     assert child.returncode == -signal.SIGKILL and not out.exists()
     # A killed run's temporary file (its process is gone) is removed.
-    (out.parent / '.pred.tif.999999999-x.tmp.tif').write_bytes(b'partial')
+    (out.parent / '.pred.999999999-0badf00d.tmp.tif').write_bytes(b'partial')
     child = run_child([str(tmp_path / 'in.tif'), str(out), '0'])
     stdout, stderr = child.communicate(timeout=120)
     assert child.returncode == 0, stderr
