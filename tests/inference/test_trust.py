@@ -378,3 +378,24 @@ def test_input_spec_read_write() -> None:
     assert read_input_spec({}) is None
     with pytest.raises(ValueError, match='must hold a mapping'):
         read_input_spec({INPUT_SPEC_KEY: 3})
+
+
+def test_default_overlap_is_the_measured_quarter(tmp_path: Path) -> None:
+    from explora_geo.inference.tiles import DEFAULT_OVERLAP_FRACTION, default_overlap
+
+    assert DEFAULT_OVERLAP_FRACTION == 0.25
+    assert default_overlap(224, 14) == 56 and default_overlap(128, 16) == 32
+    assert default_overlap(224, 16) == 48  # a multiple of the patch size
+    data = np.random.default_rng(0).integers(1, 3000, (4, 200, 200)).astype(np.uint16)
+    write(tmp_path / 'in.tif', data)
+    result = predict_raster(
+        Conv3(),
+        tmp_path / 'in.tif',
+        tmp_path / 'o.tif',
+        tile_size=128,
+        normalize=NORMALIZE,
+    )
+    # Overlap 32: stride 96, ceil((200 - 32) / 96) = 2 tiles per side.
+    assert result.num_tiles == len(TileGrid(200, 200, 128, 32)) == 4
+    docs = (ROOT / 'docs' / 'inference.md').read_text()
+    assert 'DEFAULT_OVERLAP_FRACTION = 0.25' in docs and '97.3 %' in docs
