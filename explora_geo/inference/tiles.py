@@ -622,12 +622,12 @@ class _Sink:
         if valid is not None:
             self.invalid[rows, x : x + w] |= ~valid[skip:h, :w]
 
-    def take(self, tile_rows: int) -> tuple[int, np.ndarray, int] | None:
-        """Output rows that the first *tile_rows* tile rows complete, encoded.
+    def take(self, tile_rows: int) -> '_Rows | None':
+        """Output rows that the first *tile_rows* tile rows complete.
 
         Returns:
-            The first row, the encoded rows and the row after them; None if
-            no row is complete.
+            The rows, removed from the buffer (encoded later by the writer),
+            or None if no row is complete.
         """
         grid = self.grid
         if self.layout.kind == 'classification':
@@ -638,20 +638,42 @@ class _Sink:
         if count <= 0:
             return None
         self._rows(count)
-        norm = self.norm[:count]
-        covered = (norm > 0) & ~self.invalid[:count]
-        scores = self.sums[:, :count] / np.where(norm > 0, norm, 1)
-        data = self.layout.encode(scores, covered)
-        top = self.top
-        # Shift the rows still being accumulated to the top of the buffer.
-        self.sums = np.roll(self.sums, -count, axis=1)
-        self.norm = np.roll(self.norm, -count, axis=0)
-        self.invalid = np.roll(self.invalid, -count, axis=0)
-        self.sums[:, -count:] = 0
-        self.norm[-count:] = 0
-        self.invalid[-count:] = False
+        rows = _Rows(
+            self.layout,
+            self.top,
+            until,
+            self.sums[:, :count].copy(),
+            self.norm[:count].copy(),
+            self.invalid[:count].copy(),
+        )
+        # Shift the rows still being accumulated to the top of the buffer
+        # (slice assignment copies overlapping memory correctly).
+        rest = self.norm.shape[0] - count
+        self.sums[:, :rest] = self.sums[:, count:]
+        self.norm[:rest] = self.norm[count:]
+        self.invalid[:rest] = self.invalid[count:]
+        self.sums[:, rest:] = 0
+        self.norm[rest:] = 0
+        self.invalid[rest:] = False
         self.top = until
-        return top, data, until
+        return rows
+
+
+@dataclass
+class _Rows:
+    """Finished output rows: weighted score sums and weights, not yet encoded."""
+
+    layout: _Layout
+    top: int
+    until: int
+    sums: np.ndarray
+    norm: np.ndarray
+    invalid: np.ndarray
+
+    def encode(self) -> np.ndarray:
+        covered = (self.norm > 0) & ~self.invalid
+        np.divide(self.sums, np.where(self.norm > 0, self.norm, 1), out=self.sums)
+        return self.layout.encode(self.sums, covered)
 
 
 def _writer(
@@ -666,11 +688,11 @@ def _writer(
             job = jobs.get()
             if job is _DONE or stop.is_set():
                 return
-            top, data, until = job
-            window = Window(0, top, data.shape[-1], data.shape[1])
+            data = job.encode()
+            window = Window(0, job.top, data.shape[-1], data.shape[1])
             partial.write(data, window)
             if time.monotonic() - last >= commit_interval:
-                partial.commit(int(until))
+                partial.commit(job.until)
                 last = time.monotonic()
 
     return run
