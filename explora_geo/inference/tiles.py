@@ -1081,19 +1081,23 @@ def _predict(
         # tile is predicted in the same batch as before: byte-identical results.
         start = (first_row * grid.cols // batch_size) * batch_size
         sink = _Sink(grid, layout, blend, rows_done)
+        # A fresh run starts with the batch already read and predicted.
+        pending: _Batch | None = probe if start == 0 else None
+        read_from = start + (batch_size if pending is not None else 0)
         reader = _Worker(
             'tile-reader',
-            _reader(source, positions, grid, start, batch_size, batches, stop),
+            _reader(source, positions, grid, read_from, batch_size, batches, stop),
         )
         writer = _Worker('tile-writer', _writer(partial, jobs, stop, commit_interval))
         total = len(grid) - start
         tiles_run = 0
-        if start < len(grid):
+        if read_from < len(grid):
             reader.start()
         writer.start()
         with tqdm(total=total, disable=not progress, unit='tile') as bar:
             while start < len(grid):
-                item = _get(batches, reader)
+                item = pending if pending is not None else _get(batches, reader)
+                pending = None
                 if item is _DONE:
                     break
                 batch: _Batch = item
@@ -1108,7 +1112,8 @@ def _predict(
                     )
                 activated = _activate(out.float(), act)
                 finite = None
-                if not bool(torch.isfinite(activated).all()):
+                # NaN and inf survive a sum: one reduction checks the batch.
+                if not bool(torch.isfinite(activated.sum())):
                     finite = torch.isfinite(activated).all(dim=1).cpu().numpy()
                 scores = activated.cpu().numpy()
                 for i, (r, c) in enumerate(zip(batch.rows, batch.cols, strict=True)):
