@@ -1,24 +1,35 @@
-"""Throughput of tiled raster prediction (explora_geo.inference.predict_raster).
+"""Tiled raster prediction: throughput, peak memory and tile-border effects.
 
-Writes a synthetic 13-band uint16 GeoTIFF (Sentinel-2-like, 2048 x 2048 by
-default: 32 px patches of four surface spectra plus noise) and predicts over it with two tiny models:
+Three measurements of :func:`explora_geo.inference.tiles.predict_raster` on
+synthetic 13-band uint16 Sentinel-2-like rasters (32 px patches of four
+surface spectra plus noise), side by side in one run:
 
-* ``pointwise``: a 1 x 1 convolution, so the time is almost all reading,
-  tiling, blending and writing (the pipeline's own cost);
-* ``vit-upernet``: a 2-block, 32-wide ViT with the UPerNet head of
-  :class:`explora_geo.tasks.segmentation.ViTUPerNet`.
+* ``throughput``: a ``pointwise`` model (1 x 1 convolution, so the time is the
+  pipeline's own) against the I/O floor, a plain rasterio windowed read of
+  the same raster plus the COG write of a class map of the same size; and a
+  2-block, 32-wide ViT with the UPerNet head of
+  :class:`explora_geo.tasks.segmentation.ViTUPerNet` against its forward
+  passes alone (model-only) on batches of the same shape.
+* ``memory``: peak RSS of a whole prediction (pointwise model, 4 classes) at
+  several raster sizes, each in a fresh process.
+* ``overlap``: how far tiled prediction of a ViT + UPerNet (briefly trained
+  on the synthetic task) agrees with one whole-image prediction, by overlap.
 
-For each, the baseline is the same model's forward passes alone on random
-batches of the same shape; the ratio says how much of the model's own
-throughput the whole pipeline keeps. Prints a Markdown table.
+Prints Markdown tables.
 
 Usage::
 
-    python benchmarks/tile_inference.py [--size 2048] [--tile 256] [--overlap 32]
+    python benchmarks/tile_inference.py [--parts throughput,memory,overlap]
+        [--size 2048] [--memory-sizes 2048,4096] [--threads 1]
 """
 
 import argparse
+import json
+import os
 import platform
+import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,21 +39,29 @@ import rasterio
 import timm
 import torch
 from rasterio.transform import from_origin
+from rasterio.windows import Window
 from torch import nn
 
 import explora_geo
 from explora_geo.inference.tiles import TileGrid, predict_raster
+from explora_geo.inference.writers import final_copy
 from explora_geo.tasks.segmentation import ViTUPerNet
 
 BANDS = 13
+NORMALIZE = ([2000.0] * BANDS, [1000.0] * BANDS)
 
 
-def write_raster(path: Path, size: int) -> None:
-    """Land-cover-like data: 32 px patches of 4 surface types, plus sensor noise."""
-    rng = np.random.default_rng(0)
+def cover(size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Surface type per 32 px cell and one spectrum per surface type."""
+    rng = np.random.default_rng(seed)
     cells = -(-size // 32)
-    cover = rng.integers(0, 4, (cells, cells))
-    spectra = rng.integers(500, 3500, (4, BANDS))  # one spectrum per surface type
+    return rng.integers(0, 4, (cells, cells)), rng.integers(500, 3500, (4, BANDS))
+
+
+def write_raster(path: Path, size: int, seed: int = 0) -> None:
+    """Land-cover-like data: 32 px patches of 4 surface types, plus sensor noise."""
+    rng = np.random.default_rng(seed + 1)
+    cells, spectra = cover(size, seed)
     profile = {
         'driver': 'GTiff',
         'height': size,
@@ -54,20 +73,22 @@ def write_raster(path: Path, size: int) -> None:
         'tiled': True,
         'blockxsize': 256,
         'blockysize': 256,
+        'BIGTIFF': 'IF_SAFER',
     }
     with rasterio.open(path, 'w', **profile) as dst:
         for top in range(0, size, 256):
             rows = min(256, size - top)
-            labels = cover.repeat(32, 0).repeat(32, 1)[top : top + rows, :size]
-            block = spectra[labels].transpose(2, 0, 1)
-            block = block + rng.normal(0, 50, block.shape)
+            labels = cells[top // 32 : -(-(top + rows) // 32)].repeat(32, 0)
+            labels = labels[: rows + top % 32][top % 32 :].repeat(32, 1)[:, :size]
+            block = spectra[labels].transpose(2, 0, 1).astype(np.float32)
+            block += rng.normal(0, 50, block.shape).astype(np.float32)
             dst.write(
                 block.clip(0, 65535).astype(np.uint16),
-                window=rasterio.windows.Window(0, top, size, rows),
+                window=Window(0, top, size, rows),
             )
 
 
-def models() -> dict[str, nn.Module]:
+def vit_upernet(classes: int = 4) -> nn.Module:
     torch.manual_seed(0)
     vit = timm.create_model(
         'explora_vitb_dino',
@@ -76,13 +97,17 @@ def models() -> dict[str, nn.Module]:
         num_heads=2,
         in_chans=BANDS,
         num_classes=0,
+        patch_size=16,
+        img_size=128,
         dynamic_img_size=True,
         dynamic_img_pad=True,
     )
-    return {
-        'pointwise': nn.Conv2d(BANDS, 4, 1),
-        'vit-upernet': ViTUPerNet(vit, num_classes=4, decoder_channels=32),
-    }
+    return ViTUPerNet(vit, num_classes=classes, decoder_channels=32)
+
+
+def pointwise() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Conv2d(BANDS, 4, 1)
 
 
 def model_only(model: nn.Module, tiles: int, batch: int, tile: int) -> float:
@@ -97,52 +122,243 @@ def model_only(model: nn.Module, tiles: int, batch: int, tile: int) -> float:
     return time.perf_counter() - start
 
 
+def io_floor(src: Path, dst: Path, tile: int) -> float:
+    """A plain rasterio windowed read of every band + COG write of a class map."""
+    start = time.perf_counter()
+    work = dst.with_suffix('.work.tif')
+    with rasterio.open(src) as s:
+        profile = {
+            'driver': 'GTiff',
+            'height': s.height,
+            'width': s.width,
+            'count': 1,
+            'dtype': 'uint8',
+            'crs': s.crs,
+            'transform': s.transform,
+            'tiled': True,
+            'blockxsize': 256,
+            'blockysize': 256,
+        }
+        with rasterio.open(work, 'w', **profile) as d:
+            for top in range(0, s.height, tile):
+                for left in range(0, s.width, tile):
+                    window = Window(left, top, tile, tile).intersection(
+                        Window(0, 0, s.width, s.height)
+                    )
+                    data = s.read(window=window)
+                    d.write((data[0] >> 12).astype(np.uint8)[None], window=window)
+    final_copy(work, dst, True, 'NEAREST')
+    work.unlink()
+    return time.perf_counter() - start
+
+
+def timed(fn: object, *args: object, **kwargs: object) -> float:
+    start = time.perf_counter()
+    fn(*args, **kwargs)  # type: ignore[operator]
+    return time.perf_counter() - start
+
+
+def throughput(args: argparse.Namespace, tmp: Path) -> None:
+    src = tmp / 'synthetic_s2.tif'
+    write_raster(src, args.size)
+    megabytes = args.size * args.size * BANDS * 2 / 1e6
+    tiles = len(TileGrid(args.size, args.size, args.tile, args.overlap))
+    print(
+        f'\n### Throughput: {args.size} x {args.size} x {BANDS} uint16 '
+        f'({megabytes:.0f} MB), {tiles} tiles of {args.tile} px, overlap '
+        f'{args.overlap}, batch {args.batch}\n'
+    )
+    print('| pipeline | output | s | tiles/s | baseline | baseline s | ratio |')
+    print('| --- | --- | ---: | ---: | --- | ---: | ---: |')
+    options = {
+        'tile_size': args.tile,
+        'overlap': args.overlap,
+        'batch_size': args.batch,
+        'normalize': NORMALIZE,
+        'resume': False,
+    }
+    floor = min(io_floor(src, tmp / 'floor.tif', args.tile) for _ in range(2))
+    for output in ('classes', 'scores'):
+        seconds = min(
+            timed(
+                predict_raster,
+                pointwise(),
+                src,
+                tmp / f'p_{output}.tif',
+                output=output,
+                **options,
+            )
+            for _ in range(2)
+        )
+        print(
+            f'| pointwise | {output} | {seconds:.2f} | {tiles / seconds:.1f} | '
+            f'read + COG write | {floor:.2f} | {floor / seconds:.2f} |'
+        )
+    model = vit_upernet()
+    baseline = model_only(model, tiles, args.batch, args.tile)
+    for output in ('classes', 'scores'):
+        seconds = timed(
+            predict_raster,
+            model,
+            src,
+            tmp / f'v_{output}.tif',
+            output=output,
+            **options,
+        )
+        print(
+            f'| vit-upernet | {output} | {seconds:.2f} | {tiles / seconds:.1f} | '
+            f'model only | {baseline:.2f} | {baseline / seconds:.2f} |'
+        )
+
+
+def memory_child(path: str, out: str, tile: int, overlap: int, cache: int) -> None:
+    start = time.perf_counter()
+    predict_raster(
+        pointwise(),
+        path,
+        out,
+        tile_size=tile,
+        overlap=overlap,
+        batch_size=16,
+        normalize=NORMALIZE,
+        resume=False,
+        gdal_cache_mb=cache,
+    )
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({'rss_mb': rss, 'seconds': time.perf_counter() - start}))
+
+
+def memory(args: argparse.Namespace, tmp: Path) -> None:
+    print(
+        f'\n### Peak RSS: pointwise model, 4 classes, tiles of {args.tile} px, '
+        f'overlap {args.overlap}, GDAL cache {args.gdal_cache} MB, fresh process each\n'
+    )
+    print('| raster | input GB | s | peak RSS MB | ratio to first |')
+    print('| --- | ---: | ---: | ---: | ---: |')
+    first = None
+    for size in args.memory_sizes:
+        src = tmp / f'mem_{size}.tif'
+        write_raster(src, size)
+        env = {**os.environ, 'OMP_NUM_THREADS': str(args.threads)}
+        done = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                '--memory-child',
+                str(src),
+                str(tmp / f'mem_{size}_out.tif'),
+                '--tile',
+                str(args.tile),
+                '--overlap',
+                str(args.overlap),
+                '--gdal-cache',
+                str(args.gdal_cache),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        )
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        first = first or result['rss_mb']
+        print(
+            f'| {size} x {size} x {BANDS} uint16 | {size * size * BANDS * 2 / 1e9:.2f} | '
+            f'{result["seconds"]:.1f} | {result["rss_mb"]:.0f} | '
+            f'{result["rss_mb"] / first:.2f} |'
+        )
+        src.unlink()
+        (tmp / f'mem_{size}_out.tif').unlink()
+
+
+def overlap_sweep(args: argparse.Namespace, tmp: Path) -> None:
+    size, tile = 512, 128
+    model = vit_upernet()
+    # A short training on the synthetic task (surface type from the spectra
+    # in context), so that the model's predictions depend on its input.
+    cells, spectra = cover(2048, seed=3)
+    labels = torch.from_numpy(cells.repeat(32, 0).repeat(32, 1))
+    mean, std = (torch.tensor(v).view(-1, 1, 1) for v in NORMALIZE)
+    image = torch.from_numpy(spectra[labels.numpy()].transpose(2, 0, 1)).float()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    rng = np.random.default_rng(0)
+    model.train()
+    for _ in range(args.train_steps):
+        ys, xs = rng.integers(0, 2048 - tile, (2, 8))
+        x = torch.stack(
+            [image[:, y : y + tile, s : s + tile] for y, s in zip(ys, xs, strict=True)]
+        )
+        x = (x + 50 * torch.randn_like(x) - mean) / std
+        target = torch.stack(
+            [labels[y : y + tile, s : s + tile] for y, s in zip(ys, xs, strict=True)]
+        )
+        loss = nn.functional.cross_entropy(model(x), target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    src = tmp / 'sweep.tif'
+    write_raster(src, size, seed=7)
+    with rasterio.open(src) as s:
+        x = (torch.from_numpy(s.read().astype(np.float32)) - mean) / std
+    with torch.inference_mode():
+        whole = model(x[None])[0].argmax(0).numpy()
+    print(
+        f'\n### Tile borders: ViT + UPerNet (patch 16, trained {args.train_steps} '
+        f'steps, loss {loss.item():.2f}), {size} x {size} raster, tiles of {tile} px\n'
+    )
+    print('| overlap | overlap / tile | agreement with whole-image prediction |')
+    print('| ---: | ---: | ---: |')
+    for overlap in (0, 16, 32, 48, 64):
+        out = tmp / f'sweep_{overlap}.tif'
+        predict_raster(
+            model,
+            src,
+            out,
+            tile_size=tile,
+            overlap=overlap,
+            normalize=NORMALIZE,
+            resume=False,
+        )
+        with rasterio.open(out) as d:
+            agreement = float((d.read(1) == whole).mean())
+        print(f'| {overlap} | {overlap / tile:.3f} | {100 * agreement:.1f} % |')
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--parts', default='throughput,memory,overlap')
     parser.add_argument('--size', type=int, default=2048)
     parser.add_argument('--tile', type=int, default=256)
     parser.add_argument('--overlap', type=int, default=32)
     parser.add_argument('--batch', type=int, default=16)
-    parser.add_argument('--threads', type=int, default=torch.get_num_threads())
+    parser.add_argument('--threads', type=int, default=1)
+    parser.add_argument(
+        '--memory-sizes',
+        type=lambda t: [int(v) for v in t.split(',')],
+        default=[2048, 4096],
+    )
+    parser.add_argument('--gdal-cache', type=int, default=256)
+    parser.add_argument('--train-steps', type=int, default=150)
+    parser.add_argument('--memory-child', nargs=2, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-
+    if args.memory_child:
+        memory_child(*args.memory_child, args.tile, args.overlap, args.gdal_cache)
+        return
+    print(
+        f'{args.threads} torch threads; torch {torch.__version__}, rasterio '
+        f'{rasterio.__version__} (GDAL {rasterio.__gdal_version__}), explora_geo '
+        f'{explora_geo.__version__}, {platform.machine()}, {os.cpu_count()} CPUs, '
+        f'load average {os.getloadavg()[0]:.1f}'
+    )
+    parts = args.parts.split(',')
     with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / 'synthetic_s2.tif'
-        write_raster(src, args.size)
-        megabytes = args.size * args.size * BANDS * 2 / 1e6
-        tiles = len(TileGrid(args.size, args.size, args.tile, args.overlap))
-        print(
-            f'{args.size} x {args.size} x {BANDS} uint16 ({megabytes:.0f} MB), '
-            f'{tiles} tiles of {args.tile} px, overlap {args.overlap}, batch '
-            f'{args.batch}, {args.threads} threads; torch {torch.__version__}, '
-            f'rasterio {rasterio.__version__} (GDAL {rasterio.__gdal_version__}), '
-            f'explora_geo {explora_geo.__version__}, {platform.processor() or platform.machine()}'
-        )
-        print()
-        print('| model | output | s | tiles/s | MB/s | model-only tiles/s | ratio |')
-        print('| --- | --- | ---: | ---: | ---: | ---: | ---: |')
-        for name, model in models().items():
-            baseline = tiles / model_only(model, tiles, args.batch, args.tile)
-            for output in ('classes', 'scores'):
-                start = time.perf_counter()
-                predict_raster(
-                    model,
-                    src,
-                    Path(tmp) / f'{name}_{output}.tif',
-                    tile_size=args.tile,
-                    overlap=args.overlap,
-                    batch_size=args.batch,
-                    normalize=([2000.0] * BANDS, [1000.0] * BANDS),
-                    output=output,  # type: ignore[arg-type]
-                )
-                seconds = time.perf_counter() - start
-                rate = tiles / seconds
-                print(
-                    f'| {name} | {output} | {seconds:.2f} | {rate:.1f} | '
-                    f'{megabytes / seconds:.1f} | {baseline:.1f} | '
-                    f'{rate / baseline:.2f} |'
-                )
+        if 'throughput' in parts:
+            throughput(args, Path(tmp))
+        if 'memory' in parts:
+            memory(args, Path(tmp))
+        if 'overlap' in parts:
+            overlap_sweep(args, Path(tmp))
 
 
 if __name__ == '__main__':

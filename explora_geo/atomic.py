@@ -16,11 +16,48 @@ shared folder stay readable by the team.
 import contextlib
 import glob
 import os
+import re
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-__all__ = ('atomic_path', 'write_atomic')
+__all__ = ('atomic_path', 'remove_stale', 'write_atomic')
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale(path: str | os.PathLike[str]) -> list[Path]:
+    """Delete temporary files for *path* left by processes that no longer exist.
+
+    Temporary names carry the writing process's id
+    (``.STEM.PID-TOKEN.tmpSUFFIX``), so a killed run's leftovers (and their
+    sidecars) are told apart from those of runs still writing.
+
+    Args:
+        path: A destination file.
+
+    Returns:
+        The files deleted.
+    """
+    path = Path(path)
+    pattern = re.compile(rf'\.{re.escape(path.stem)}\.(\d+)-[0-9a-f]+\.tmp')
+    removed = []
+    for candidate in path.parent.glob(f'.{glob.escape(path.stem)}.*.tmp*'):
+        match = pattern.match(candidate.name)
+        if match and not _alive(int(match[1])):
+            candidate.unlink(missing_ok=True)
+            removed.append(candidate)
+    return removed
 
 
 def _reserve(path: Path) -> tuple[Path, int]:
@@ -31,7 +68,8 @@ def _reserve(path: Path) -> tuple[Path, int]:
         (``0o666`` less the umask).
     """
     while True:
-        tmp = path.with_name(f'.{path.stem}.{secrets.token_hex(4)}.tmp{path.suffix}')
+        token = f'{os.getpid()}-{secrets.token_hex(4)}'
+        tmp = path.with_name(f'.{path.stem}.{token}.tmp{path.suffix}')
         try:
             fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
         except FileExistsError:
@@ -53,6 +91,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     to overwrite can create it. Missing parent folders are created. On any
     error the temporary file and sidecars a writer left next to it (GDAL's
     ``.aux.xml``, SQLite journals) are deleted and *path* is left untouched.
+    Its name carries the process id, so temporary files of killed runs are
+    removed by the next write of *path* (:func:`remove_stale`).
 
     Args:
         path: The destination file.
@@ -62,6 +102,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(path)
     tmp, mode = _reserve(path)
     tmp.unlink()
     try:

@@ -5,7 +5,8 @@
 * ``explora-geo merge DELTA``: source weights + Δ_T file -> merged encoder checkpoint.
 * ``explora-geo inspect NAME_OR_FILE``: trainable-parameter counts of an
   adapter config, or what a checkpoint / Δ_T file holds.
-* ``explora-geo predict``: tiled prediction over a large raster.
+* ``explora-geo predict CKPT INPUT -o OUT``: tiled prediction over a raster or
+  a Sentinel-2 product.
 
 Training itself runs through TorchGeo's CLI:
 ``torchgeo fit --config recipes/fmow_sentinel_explora.yaml``.
@@ -184,25 +185,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inspect.set_defaults(func=_inspect)
 
-    predict = sub.add_parser('predict', help='tiled prediction over a large raster')
-    predict.add_argument('raster', help='input GeoTIFF')
-    predict.add_argument(
-        '--checkpoint', required=True, help='Lightning checkpoint of a downstream task'
+    predict = sub.add_parser(
+        'predict',
+        help='tiled prediction over rasters and Sentinel-2 products',
+        description='Predict over a raster or product with a checkpoint: bands, '
+        'normalisation and tile size come from the checkpoint.',
     )
-    predict.add_argument('--output', required=True, help='output GeoTIFF')
-    predict.add_argument(
-        '--bands', default=None, help='comma-separated band names or 1-based indices'
-    )
-    predict.add_argument('--tile-size', type=int, default=224)
-    predict.add_argument('--overlap', type=int, default=32)
-    predict.add_argument('--batch-size', type=int, default=8)
-    predict.add_argument(
-        '--vectors', default=None, help='also write polygons (.gpkg / .parquet)'
-    )
-    predict.add_argument('--mean', default=None, help='per-band means, comma-separated')
-    predict.add_argument('--std', default=None, help='per-band stds, comma-separated')
-    predict.add_argument('--device', default='cpu', help="e.g. 'cuda'")
-    predict.add_argument('--progress', action='store_true', help='show a progress bar')
+    from .inference.cli import add_arguments
+
+    add_arguments(predict)
     predict.set_defaults(func=_predict)
     return parser
 

@@ -13,7 +13,8 @@ statistics from here; no other module holds a copy.
 .. versionadded:: 0.1
 """
 
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -362,3 +363,41 @@ class InputSpec:
             patch_size=data.get('patch_size'),
             classes=None if classes is None else tuple(classes),
         )
+
+
+def write_input_spec(checkpoint: MutableMapping[str, Any], spec: InputSpec) -> None:
+    """Record *spec* in a checkpoint or export header, under :data:`INPUT_SPEC_KEY`.
+
+    Args:
+        checkpoint: A Lightning checkpoint dict, or any mapping written to a file.
+            String-only headers (safetensors metadata) take
+            ``json.dumps(spec.to_dict())`` under the same key instead.
+        spec: What the model expects.
+    """
+    checkpoint[INPUT_SPEC_KEY] = spec.to_dict()
+
+
+def read_input_spec(checkpoint: Mapping[str, Any]) -> InputSpec | None:
+    """The :class:`InputSpec` recorded in a checkpoint or export header, if any.
+
+    Args:
+        checkpoint: A mapping as written by :func:`write_input_spec` (the value
+            may also be its JSON text, as in safetensors metadata).
+
+    Returns:
+        The spec, or None when none is recorded.
+
+    Raises:
+        ValueError: If the record is malformed.
+    """
+    data = checkpoint.get(INPUT_SPEC_KEY)
+    if data is None:
+        return None
+    if isinstance(data, str):
+        data = json.loads(data)
+    if not isinstance(data, Mapping):
+        raise ValueError(
+            f'{INPUT_SPEC_KEY} must hold a mapping as written by InputSpec.to_dict, '
+            f'got {type(data).__name__}'
+        )
+    return InputSpec.from_dict(data)

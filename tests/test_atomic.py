@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from explora_geo.atomic import atomic_path, write_atomic
+from explora_geo.atomic import atomic_path, remove_stale, write_atomic
 
 
 @pytest.fixture
@@ -64,3 +64,20 @@ def test_nothing_written_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r'nothing was written .* for .*x\.pt'):
         write_atomic(tmp_path / 'x.pt', lambda p: None)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_temporary_files_of_dead_processes_are_removed(tmp_path: Path) -> None:
+    target = tmp_path / 'map.tif'
+    dead = tmp_path / '.map.999999999-0badf00d.tmp.tif'
+    sidecar = tmp_path / '.map.999999999-0badf00d.tmp.tif.aux.xml'
+    live = tmp_path / f'.map.{os.getpid()}-0badf00d.tmp.tif'
+    other = tmp_path / '.other.999999999-0badf00d.tmp.tif'
+    for path in (dead, sidecar, live, other):
+        path.write_bytes(b'x')
+    assert sorted(remove_stale(target)) == sorted([dead, sidecar])
+    with atomic_path(target) as tmp:
+        assert tmp.name.startswith(f'.map.{os.getpid()}-')
+        tmp.write_bytes(b'done')
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [live.name, other.name, 'map.tif']
+    )

@@ -1,57 +1,94 @@
 """Tiled prediction over rasters of any size, streamed window by window.
 
 :func:`predict_raster` runs a classifier or a segmentation model over a whole
-multispectral GeoTIFF (e.g. a Sentinel-2 tile) in overlapping tiles and writes
-a georeferenced GeoTIFF / COG, plus polygons for class maps. The input is read
-one strip of tiles at a time and finished output rows are written and freed
-as soon as no later tile can touch them, so memory depends on the raster's
-width and the tile size, never on its height.
+raster or Sentinel-2 product (see :mod:`explora_geo.inference.sources`) in
+overlapping tiles and writes a georeferenced COG (plus polygons). Three
+threads form a pipeline: a reader cuts tiles (each read on its own window,
+so memory never depends on the raster's size), the caller's thread runs the
+model and blends, and a writer encodes and writes finished rows. Finished
+rows are committed next to the output, so an interrupted run continues where
+it stopped and ends byte-identical to an uninterrupted one.
 
 TorchGeo's ``RasterDataset`` + ``GridGeoSampler`` also read a raster in a grid,
-but they index files by geographic bounds (and may resample to a common
-resolution), do not pad the last row and column, and leave stitching to the
-caller; here windows are exact pixel windows of one file and the stitching
-(blending, nodata, writing) is the point.
+but they index files by geographic bounds, do not pad the last row and
+column, and leave stitching to the caller; here windows are exact pixel
+windows of one grid and the stitching (blending, nodata, writing, resuming)
+is the point.
 
 .. versionadded:: 0.1
 """
 
+import contextlib
+import hashlib
 import json
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
+import queue
+import signal
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import rasterio
 import torch
-from rasterio.enums import MaskFlags
-from rasterio.io import DatasetReader, DatasetWriter
 from rasterio.windows import Window
 from torch import Tensor, nn
+from torchgeo.tasks import Classification
 from tqdm import tqdm
 
+from ..sensors import InputSpec, Normalization
+from .sources import RasterSource, band_key, open_source
 from .writers import (
+    PartialOutput,
     atomic_path,
     check_vector_path,
-    cog_copy,
+    final_copy,
+    grid_polygons,
     polygonize,
     write_vectors,
 )
 
 __all__ = (
+    'DEFAULT_OVERLAP_FRACTION',
     'RasterPrediction',
     'TileGrid',
     'blend_weights',
+    'default_overlap',
     'predict_raster',
     'resolve_bands',
 )
 
 Activation = Literal['softmax', 'sigmoid', 'none']
-Normalize = Callable[[Tensor], Tensor] | tuple[Sequence[float], Sequence[float]]
+Blend = Literal['cosine', 'linear', 'uniform']
+Normalize = (
+    Normalization | Callable[[Tensor], Tensor] | tuple[Sequence[float], Sequence[float]]
+)
+
+#: Default overlap of segmentation tiles as a fraction of the tile side, from
+#: the agreement-with-whole-image measurement in docs/inference.md.
+DEFAULT_OVERLAP_FRACTION = 0.25
+
+
+def default_overlap(tile_size: int, patch_size: int | None = None) -> int:
+    """The default overlap of segmentation tiles.
+
+    Args:
+        tile_size: Tile side.
+        patch_size: The ViT's patch size; the overlap is rounded down to a
+            multiple of it, so tiles share the patch grid.
+
+    Returns:
+        :data:`DEFAULT_OVERLAP_FRACTION` of the tile, in pixels.
+    """
+    overlap = int(tile_size * DEFAULT_OVERLAP_FRACTION)
+    if patch_size and overlap >= patch_size:
+        overlap -= overlap % patch_size
+    return overlap
 
 
 @dataclass(frozen=True)
@@ -160,49 +197,90 @@ def blend_weights(
     return np.outer(ramp, ramp).astype(np.float32)
 
 
+def _describe(names: Sequence[str | None]) -> list[str]:
+    return [n or f'<unnamed {i + 1}>' for i, n in enumerate(names)]
+
+
 def resolve_bands(
-    src: DatasetReader, bands: Sequence[int | str] | None, path: str | os.PathLike[str]
+    source: RasterSource,
+    model_bands: Sequence[str] | None = None,
+    bands: Sequence[int | str] | None = None,
+    input_bands: Sequence[str] | None = None,
 ) -> list[int]:
-    """Turn band names or 1-based indexes into rasterio band indexes.
+    """The input bands that feed the model, in the model's order.
 
     Args:
-        src: The open raster.
-        bands: Band descriptions (e.g. ``'B04'``, as stored in the file) or
-            1-based indexes; ``None`` for all bands.
-        path: The file, for error messages.
+        source: The open input.
+        model_bands: Band names the model was trained on, in order (from its
+            checkpoint), matched to the input's band names ignoring case and
+            zero padding (``'B01'`` is ``'B1'``).
+        bands: An explicit choice instead: names or 1-based indexes.
+        input_bands: Names of the input's bands in file order, replacing the
+            file's own band descriptions.
 
     Returns:
-        1-based band indexes.
+        0-based band positions in *source*.
 
     Raises:
-        ValueError: If a band is not in the file.
+        ValueError: If a band is missing (naming both band lists), or
+            *input_bands* does not name every band.
     """
-    if bands is None:
-        return list(src.indexes)
-    names = list(src.descriptions)
-    indexes = []
-    for band in bands:
-        if isinstance(band, str):
-            if band in names:
-                indexes.append(names.index(band) + 1)
-                continue
-            folded = [n.casefold() if n else n for n in names]
-            if band.casefold() not in folded:
+    names: list[str | None] = list(source.names)
+    if input_bands is not None:
+        if len(input_bands) != source.count:
+            raise ValueError(
+                f'{source.name} has {source.count} bands, but {len(input_bands)} '
+                f'band names were given: {list(input_bands)}'
+            )
+        names = list(input_bands)
+    keys = [band_key(n) if n else None for n in names]
+    if bands is not None:
+        positions = []
+        for band in bands:
+            if isinstance(band, str):
+                if band_key(band) not in keys:
+                    raise ValueError(
+                        f'band {band!r} not found in {source.name}; its bands are '
+                        f'{_describe(names)}'
+                    )
+                positions.append(keys.index(band_key(band)))
+            elif isinstance(band, int | np.integer) and not isinstance(band, bool):
+                if not 1 <= band <= source.count:
+                    raise ValueError(
+                        f'band index {band} not found in {source.name}: it has '
+                        f'{source.count} bands (indexes are 1-based)'
+                    )
+                positions.append(int(band) - 1)
+            else:
                 raise ValueError(
-                    f'band {band!r} not found in {path}; its bands are '
-                    f'{[n or f"<unnamed {i + 1}>" for i, n in enumerate(names)]}'
+                    f'band {band!r} must be a name (str) or a 1-based index'
                 )
-            indexes.append(folded.index(band.casefold()) + 1)
-        elif isinstance(band, int | np.integer) and not isinstance(band, bool):
-            if not 1 <= band <= src.count:
-                raise ValueError(
-                    f'band index {band} not found in {path}: it has {src.count} '
-                    'bands (indexes are 1-based)'
-                )
-            indexes.append(int(band))
-        else:
-            raise ValueError(f'band {band!r} must be a name (str) or a 1-based index')
-    return indexes
+        return positions
+    if model_bands is None:
+        return list(range(source.count))
+    if all(k is None for k in keys):
+        if source.count == len(model_bands):
+            warnings.warn(
+                f'{source.name}: its {source.count} bands have no names; assuming '
+                f'they are the model bands {list(model_bands)} in this order (name '
+                'them with band descriptions or --bands to have them checked)',
+                UserWarning,
+                stacklevel=3,
+            )
+            return list(range(source.count))
+        raise ValueError(
+            f'the model takes {len(model_bands)} bands {list(model_bands)}; '
+            f'{source.name} has {source.count} unnamed bands. Name them (band '
+            'descriptions, or --bands with one name per band in file order)'
+        )
+    missing = [b for b in model_bands if band_key(b) not in keys]
+    if missing:
+        raise ValueError(
+            f'the model takes {len(model_bands)} bands {list(model_bands)}; '
+            f'{source.name} has {source.count} bands {_describe(names)}; missing '
+            f'{missing}'
+        )
+    return [keys.index(band_key(b)) for b in model_bands]
 
 
 @dataclass(frozen=True)
@@ -220,33 +298,23 @@ class RasterPrediction:
     kind: Literal['segmentation', 'classification']
     #: ``'classes'`` or ``'scores'``.
     output: str
-    #: Tiles predicted.
+    #: Tiles of the whole grid.
     num_tiles: int
     #: Model outputs per pixel or tile (classes or labels).
     num_outputs: int
+    #: Tiles predicted by this call (fewer than :attr:`num_tiles` after a resume).
+    tiles_run: int = 0
+    #: Output rows already finished by an earlier, interrupted run.
+    resumed_rows: int = 0
 
 
 @dataclass
-class _Tile:
-    row: int
-    col: int
-    data: np.ndarray  # (C, T, T), the raster's data type
-    valid: np.ndarray | None  # (T, T) bool; None: all valid
-
-
-def _has_mask(src: DatasetReader, indexes: Sequence[int]) -> bool:
-    return any(src.mask_flag_enums[i - 1] != [MaskFlags.all_valid] for i in indexes)
-
-
-def _valid(src: DatasetReader, indexes: Sequence[int], window: Window) -> np.ndarray:
-    """Pixels valid in every selected band."""
-    masks = src.read_masks(list(indexes), window=window)
-    valid: np.ndarray = np.all(masks > 0, axis=0)
-    return valid
-
-
-#: Raster types torch converts from directly; others are read as float32.
-_TORCH_DTYPES = {'uint8', 'int8', 'uint16', 'int16', 'int32', 'float32', 'float64'}
+class _Batch:
+    start: int  # index of the first tile (row-major)
+    rows: np.ndarray  # tile row of each tile
+    cols: np.ndarray
+    data: np.ndarray  # (B, C, T, T)
+    valid: np.ndarray | None  # (B, T, T) bool; None: all valid
 
 
 def _reflect(start: int, size: int, length: int) -> np.ndarray | slice:
@@ -264,36 +332,113 @@ def _reflect(start: int, size: int, length: int) -> np.ndarray | slice:
     return np.where(index < length, index, period - index)
 
 
-def _tiles(
-    src: DatasetReader, indexes: Sequence[int], grid: TileGrid, masked: bool
-) -> Iterator[_Tile]:
-    """Tiles in row-major order, reading one strip of rows per tile row.
+def _span(index: np.ndarray | slice) -> tuple[int, np.ndarray | slice]:
+    """First pixel of the window *index* needs, and *index* relative to it."""
+    if isinstance(index, slice):
+        return index.start, slice(0, index.stop - index.start)
+    first = int(index.min())
+    return first, index - first
 
-    Strips keep the raster's data type (converted to float on the model's
-    device). Tiles that cross the raster's edge are filled by reflecting the
-    raster at its edge (which keeps image statistics there; the padded
-    pixels' predictions are discarded), so the last strip also holds the
-    rows that the bottom tiles mirror.
-    """
+
+def _read_tile(
+    source: RasterSource,
+    positions: Sequence[int],
+    grid: 'TileGrid',
+    row: int,
+    col: int,
+    masked: bool,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """One tile: only its own window is read; edges are filled by reflection."""
     size = grid.tile_size
-    dtypes = {src.dtypes[i - 1] for i in indexes}
-    out_dtype = None if dtypes <= _TORCH_DTYPES and len(dtypes) == 1 else 'float32'
-    for row in range(grid.rows):
-        top = row * grid.stride
-        first = top if top + size <= grid.height else max(0, grid.height - size)
-        window = Window(0, first, grid.width, min(grid.height, top + size) - first)
-        strip = src.read(list(indexes), window=window, out_dtype=out_dtype)
-        valid = _valid(src, indexes, window) if masked else None
-        rows = _reflect(top, size, grid.height)  # in raster rows
-        if isinstance(rows, slice):
-            rows = slice(rows.start - first, rows.stop - first)
-        else:
-            rows = rows - first
-        for col in range(grid.cols):
-            cols = _reflect(col * grid.stride, size, grid.width)
-            data = strip[:, rows][:, :, cols]
-            mask = None if valid is None else valid[rows][:, cols]
-            yield _Tile(row, col, data, mask)
+    rows = _reflect(row * grid.stride, size, grid.height)
+    cols = _reflect(col * grid.stride, size, grid.width)
+    top, rows = _span(rows)
+    left, cols = _span(cols)
+    height = rows.stop if isinstance(rows, slice) else int(rows.max()) + 1
+    width = cols.stop if isinstance(cols, slice) else int(cols.max()) + 1
+    window = Window(left, top, width, height)
+    data = source.read(positions, window)
+    valid = source.valid(positions, window) if masked else None
+    if data.dtype.kind == 'f':
+        finite = np.isfinite(data).all(axis=0)
+        if not finite.all():
+            data[:, ~finite] = 0
+            valid = finite if valid is None else valid & finite
+    if not (isinstance(rows, slice) and isinstance(cols, slice)):
+        data = data[:, rows][:, :, cols]
+        valid = None if valid is None else valid[rows][:, cols]
+    return data, valid
+
+
+#: Raster types torch converts from directly; others are read as float32.
+_TORCH_DTYPES = {'uint8', 'int8', 'uint16', 'int16', 'int32', 'float32', 'float64'}
+
+
+class _Worker(threading.Thread):
+    """A daemon thread whose exception is re-raised by :meth:`check`."""
+
+    def __init__(self, name: str, target: Callable[[], None]) -> None:
+        super().__init__(name=name, daemon=True)
+        self._target_fn = target
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._target_fn()
+        except BaseException as error:  # re-raised in the caller's thread
+            self.error = error
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
+_DONE = object()
+
+
+def _put(q: 'queue.Queue[Any]', item: object, stop: threading.Event) -> bool:
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _reader(
+    source: RasterSource,
+    positions: Sequence[int],
+    grid: 'TileGrid',
+    first: int,
+    batch_size: int,
+    out: 'queue.Queue[Any]',
+    stop: threading.Event,
+) -> Callable[[], None]:
+    masked = source.has_mask(positions) or np.dtype(source.dtype).kind == 'f'
+    dtype = source.dtype if source.dtype in _TORCH_DTYPES else 'float32'
+
+    def run() -> None:
+        total = len(grid)
+        for start in range(first, total, batch_size):
+            index = np.arange(start, min(start + batch_size, total))
+            rows, cols = index // grid.cols, index % grid.cols
+            data = np.empty(
+                (len(index), len(positions), grid.tile_size, grid.tile_size), dtype
+            )
+            valid = None
+            for i, (r, c) in enumerate(zip(rows, cols, strict=True)):
+                tile, mask = _read_tile(source, positions, grid, int(r), int(c), masked)
+                data[i] = tile
+                if mask is not None:
+                    if valid is None:
+                        valid = np.ones((len(index), *mask.shape), bool)
+                    valid[i] = mask
+            if not _put(out, _Batch(start, rows, cols, data, valid), stop):
+                return
+        _put(out, _DONE, stop)
+
+    return run
 
 
 def _activation(model: nn.Module, activation: Activation | None, channels: int) -> str:
@@ -312,11 +457,26 @@ def _activation(model: nn.Module, activation: Activation | None, channels: int) 
     return 'softmax' if channels > 1 else 'sigmoid'
 
 
+def _activate(y: Tensor, activation: str) -> Tensor:
+    if activation == 'softmax':
+        return y.softmax(dim=1)
+    if activation == 'sigmoid':
+        return y.sigmoid()
+    return y
+
+
 def _normalizer(
     normalize: Normalize | None, channels: int, device: torch.device
 ) -> Callable[[Tensor], Tensor]:
     if normalize is None:
         return lambda x: x
+    if isinstance(normalize, Normalization):
+        if len(normalize.bands) != channels:
+            raise ValueError(
+                f'normalization for bands {list(normalize.bands)} does not fit the '
+                f'{channels} bands given to the model'
+            )
+        return normalize
     if callable(normalize):
         return normalize
     mean, std = (torch.as_tensor(v, dtype=torch.float32) for v in normalize)
@@ -329,223 +489,6 @@ def _normalizer(
     std = std.view(1, -1, 1, 1).to(device)
     # In place: the batch is a fresh tensor (stacked tiles).
     return lambda x: x.sub_(mean).div_(std)
-
-
-def predict_raster(
-    model: nn.Module,
-    src_path: str | os.PathLike[str],
-    out_path: str | os.PathLike[str],
-    bands: Sequence[int | str] | None = None,
-    tile_size: int = 224,
-    overlap: int | None = None,
-    batch_size: int = 16,
-    normalize: Normalize | None = None,
-    device: str | torch.device = 'cpu',
-    progress: bool = False,
-    output: Literal['classes', 'scores'] | None = None,
-    activation: Activation | None = None,
-    blend: Literal['cosine', 'linear', 'uniform'] = 'cosine',
-    vector_path: str | os.PathLike[str] | None = None,
-    labels: Sequence[str] | None = None,
-    cog: bool = True,
-) -> RasterPrediction:
-    """Predict over a whole raster in overlapping tiles and write a GeoTIFF.
-
-    The model (a TorchGeo task or any module) receives float32 batches
-    ``(B, bands, tile_size, tile_size)``. A model returning ``(B, C)`` is a
-    classifier: the output has one pixel per tile (centred on the tile, pixel
-    size ``tile_size - overlap`` input pixels). A model returning ``(B, C,
-    tile_size, tile_size)`` segments: overlapping predictions are averaged
-    with *blend* weights, and the output has the input's grid, CRS and
-    transform. Tiles past the raster's edge are filled by reflection; input
-    pixels that are nodata (masked) in any selected band are set to 0 after
-    normalisation and are nodata in the output.
-
-    Args:
-        model: The network; moved to *device* and run in eval mode (its mode
-            is restored afterwards).
-        src_path: Input raster (any format rasterio reads; a VRT can stack
-            single-band files).
-        out_path: Output GeoTIFF, written atomically.
-        bands: Band names (the file's band descriptions) or 1-based indexes,
-            in the order the model expects; ``None`` for all bands.
-        tile_size: Tile side in pixels.
-        overlap: Pixels shared by neighbouring tiles (default an eighth of
-            the tile).
-        batch_size: Tiles per forward pass.
-        normalize: A callable applied to each batch (e.g. ``kornia``'s
-            ``Normalize``) or ``(mean, std)`` per band.
-        device: Where the model runs.
-        progress: Show a progress bar.
-        output: ``'classes'`` (class index per pixel or tile; for several
-            sigmoid labels one 0/1 band per label) or ``'scores'`` (one float32
-            band per output, after *activation*); default ``'classes'`` for
-            segmentation and ``'scores'`` (class probabilities) for
-            classification.
-        activation: Applied to the model's outputs before blending:
-            ``'softmax'``, ``'sigmoid'`` or ``'none'``; default from a TorchGeo
-            task's ``task`` hyperparameter (multiclass: softmax; binary,
-            multilabel: sigmoid), else softmax for several outputs and sigmoid
-            for one.
-        blend: Weighting of overlapping segmentation tiles (see
-            :func:`blend_weights`).
-        vector_path: Also write the class map's polygons here (``.gpkg``,
-            ``.parquet``/``.geoparquet`` (needs pyarrow), ``.geojson``,
-            ``.fgb``), with ``class`` and ``label`` columns.
-        labels: Class names (default: a TorchGeo task's ``labels``), used as
-            band descriptions of score rasters and in the polygons.
-        cog: Write a Cloud Optimized GeoTIFF (else a tiled GeoTIFF).
-
-    Returns:
-        What was written.
-
-    Raises:
-        ValueError: If a band is missing, an argument is invalid, the model's
-            output has an unexpected shape, or polygons are requested for
-            anything but a one-band class map.
-        ImportError: If GeoParquet polygons are requested without pyarrow.
-    """
-    src_path, out_path = Path(src_path), Path(out_path)
-    if out_path.resolve() == src_path.resolve():
-        raise ValueError(f'{out_path}: the output would overwrite the input raster')
-    if batch_size < 1:
-        raise ValueError(f'batch_size must be >= 1, got {batch_size}')
-    if output not in (None, 'classes', 'scores'):
-        raise ValueError(f"output must be 'classes' or 'scores', got {output!r}")
-    if vector_path is not None:
-        check_vector_path(vector_path)
-    device = torch.device(device)
-    hparams = getattr(model, 'hparams', {}) or {}
-    labels = labels if labels is not None else hparams.get('labels')
-    was_training = model.training
-    model.to(device).eval()
-    try:
-        with rasterio.open(src_path) as src:
-            indexes = resolve_bands(src, bands, src_path)
-            if overlap is None:
-                overlap = tile_size // 8
-            grid = TileGrid(src.height, src.width, tile_size, overlap)
-            norm = _normalizer(normalize, len(indexes), device)
-            tiles = _tiles(src, indexes, grid, _has_mask(src, indexes))
-            bar = tqdm(total=len(grid), disable=not progress, unit='tile')
-            with bar, atomic_path(out_path) as tmp:
-                kind, output_kind, num_outputs = _run(
-                    model,
-                    src,
-                    indexes,
-                    grid,
-                    tiles,
-                    norm=norm,
-                    device=device,
-                    batch_size=batch_size,
-                    output=output,
-                    activation=activation,
-                    blend=blend,
-                    dst_path=tmp,
-                    cog=cog,
-                    labels=labels,
-                    bar=bar,
-                )
-                if vector_path is not None:
-                    with rasterio.open(tmp) as written:
-                        if output_kind != 'classes' or written.count != 1:
-                            raise ValueError(
-                                'polygons need a one-band class map (output="classes", '
-                                f'not {output_kind!r} with {written.count} bands)'
-                            )
-                    write_vectors(polygonize(tmp, labels), vector_path)
-    finally:
-        model.train(was_training)
-    return RasterPrediction(
-        path=out_path,
-        vector_path=Path(vector_path) if vector_path is not None else None,
-        kind=kind,
-        output=output_kind,
-        num_tiles=len(grid),
-        num_outputs=num_outputs,
-    )
-
-
-def _run(
-    model: nn.Module,
-    src: DatasetReader,
-    indexes: Sequence[int],
-    grid: TileGrid,
-    tiles: Iterator[_Tile],
-    *,
-    norm: Callable[[Tensor], Tensor],
-    device: torch.device,
-    batch_size: int,
-    output: str | None,
-    activation: Activation | None,
-    blend: Literal['cosine', 'linear', 'uniform'],
-    dst_path: Path,
-    cog: bool,
-    labels: Sequence[str] | None,
-    bar: tqdm,
-) -> tuple[Literal['segmentation', 'classification'], str, int]:
-    """Run every batch and write the output raster to *dst_path*."""
-    masked = _has_mask(src, indexes)
-    work = dst_path.with_name(dst_path.name + '.gtiff.tif') if cog else dst_path
-    sink: _Sink | None = None
-    try:
-        while batch := list(islice(tiles, batch_size)):
-            data = np.stack([t.data for t in batch])
-            x = torch.from_numpy(data)
-            # Wide unsigned types have little support on accelerators: convert
-            # them here; others (uint8 imagery) travel compactly.
-            x = (
-                x.float().to(device)
-                if data.dtype in (np.uint16, np.uint32)
-                else x.to(device)
-            )
-            x = norm(x.float())
-            if masked:
-                valid = torch.from_numpy(np.stack([t.valid for t in batch]))  # type: ignore[misc]
-                x = x * valid[:, None].to(x.device, x.dtype)
-            with torch.inference_mode():
-                y = model(x)
-            if sink is None:
-                kind, channels = _kind(y, grid.tile_size)
-                act = _activation(model, activation, channels)
-                sink = _Sink(
-                    src,
-                    indexes,
-                    grid,
-                    kind,
-                    output or ('classes' if kind == 'segmentation' else 'scores'),
-                    act,
-                    channels,
-                    labels,
-                    masked,
-                    blend,
-                    work,
-                    # The COG copy compresses; its source need not.
-                    compress=None if cog else 'deflate',
-                )
-            if tuple(y.shape[1:]) != sink.shape:
-                raise ValueError(
-                    f'model output of shape {tuple(y.shape)} for a batch, expected '
-                    f'(B, {", ".join(map(str, sink.shape))})'
-                )
-            scores = _activate(y.float(), sink.activation).cpu().numpy()
-            for tile, score in zip(batch, scores, strict=True):
-                sink.add(tile, score)
-            last = batch[-1]
-            # Tiles come in row-major order: rows before the last tile's are done.
-            sink.flush(last.row + int(last.col == grid.cols - 1))
-            bar.update(len(batch))
-        assert sink is not None
-        sink.close()
-        if cog:
-            resampling = 'NEAREST' if sink.output == 'classes' else 'AVERAGE'
-            cog_copy(work, dst_path, resampling)
-    finally:
-        if sink is not None:
-            sink.close()
-        if cog:
-            work.unlink(missing_ok=True)
-    return sink.kind, sink.output, sink.channels
 
 
 def _kind(
@@ -562,170 +505,748 @@ def _kind(
     )
 
 
-def _activate(y: Tensor, activation: str) -> Tensor:
-    if activation == 'softmax':
-        return y.softmax(dim=1)
-    if activation == 'sigmoid':
-        return y.sigmoid()
-    return y
+@dataclass(frozen=True)
+class _Layout:
+    """What the output raster holds."""
+
+    kind: Literal['segmentation', 'classification']
+    output: str  # 'classes' | 'scores'
+    activation: str
+    channels: int
+    score_dtype: str  # 'uint8' | 'float32'
+
+    @property
+    def multilabel(self) -> bool:
+        return self.activation == 'sigmoid' and self.channels > 1
+
+    @property
+    def count(self) -> int:
+        if self.output == 'scores' or self.multilabel:
+            return self.channels
+        return 1
+
+    @property
+    def dtype(self) -> str:
+        if self.output == 'scores':
+            return self.score_dtype
+        return 'uint8' if self.channels < 255 else 'uint16'
+
+    @property
+    def nodata(self) -> float:
+        if self.dtype == 'float32':
+            return float('nan')
+        return 255 if self.dtype == 'uint8' else 65535
+
+    def encode(self, scores: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """Scores ``(C, rows, cols)`` -> output rows, nodata where not *valid*."""
+        if self.output == 'scores':
+            if self.dtype == 'uint8':
+                data = np.rint(np.clip(scores, 0, 1) * 254).astype(np.uint8)
+            else:
+                data = scores.astype(np.float32, copy=False)
+        elif self.multilabel or self.channels == 1:
+            data = (scores >= 0.5).astype(self.dtype)
+        else:
+            data = scores.argmax(axis=0)[None].astype(self.dtype)
+        data[:, ~valid] = self.nodata
+        return data
 
 
 class _Sink:
-    """Turns per-tile scores into output rows and writes them to a GeoTIFF.
+    """Accumulates per-tile scores; hands finished rows to the writer.
 
-    Segmentation scores are accumulated as weighted sums over a window of
-    rows ``[top, top + buffer)``; rows no remaining tile can reach are divided
-    by their weight sums, encoded, written and dropped. Classification scores
-    fill one output row per tile row.
+    Segmentation scores are weighted sums over a window of output rows
+    ``[top, top + buffer)``; rows no remaining tile can reach are passed on
+    (divided by their weight sums) and dropped. Classification scores fill
+    one output row per tile row.
     """
 
-    def __init__(
-        self,
-        src: DatasetReader,
-        indexes: Sequence[int],
-        grid: TileGrid,
-        kind: Literal['segmentation', 'classification'],
-        output: str,
-        activation: str,
-        channels: int,
-        labels: Sequence[str] | None,
-        masked: bool,
-        blend: Literal['cosine', 'linear', 'uniform'],
-        path: Path,
-        compress: str | None = 'deflate',
-    ) -> None:
-        if output not in ('classes', 'scores'):
-            raise ValueError(f"output must be 'classes' or 'scores', got {output!r}")
-        self.src, self.indexes, self.grid = src, indexes, grid
-        self.kind, self.output, self.activation = kind, output, activation
-        self.channels, self.masked = channels, masked
-        self.shape: tuple[int, ...] = (channels,)
-        if kind == 'segmentation':
-            self.shape += (grid.tile_size, grid.tile_size)
+    def __init__(self, grid: TileGrid, layout: _Layout, blend: Blend, top: int) -> None:
+        self.grid, self.layout = grid, layout
         self.weights = blend_weights(grid.tile_size, grid.overlap, blend)
-        self.multilabel = activation == 'sigmoid' and channels > 1
-        width = grid.width if kind == 'segmentation' else grid.cols
-        self.top = 0  # first output row not yet written
-        self.used = 0  # buffer rows that hold sums
-        self.sums = np.zeros((channels, 0, width), np.float32)
-        self.norm = np.zeros((0, width), np.float32)
-        profile = self._profile(compress)
-        self.nodata = profile['nodata']
-        self.dst: DatasetWriter = rasterio.open(path, 'w', **profile)
-        names = list(labels) if labels is not None else []
-        names += [str(i) for i in range(len(names), channels)]
-        if output == 'scores' or self.multilabel:
-            for i in range(channels):
-                self.dst.set_band_description(i + 1, names[i])
-        else:
-            self.dst.set_band_description(1, 'class')
-        self.dst.update_tags(labels=json.dumps(names[:channels]))
+        width = grid.width if layout.kind == 'segmentation' else grid.cols
+        rows = grid.tile_size + grid.stride if layout.kind == 'segmentation' else 2
+        self.top = top  # first output row not yet handed on
+        self.sums = np.zeros((layout.channels, rows, width), np.float32)
+        self.norm = np.zeros((rows, width), np.float32)
+        self.invalid = np.zeros((rows, width), bool)
 
-    def _profile(self, compress: str | None) -> dict[str, Any]:
-        src, grid = self.src, self.grid
-        if self.kind == 'segmentation':
-            height, width, transform = src.height, src.width, src.transform
-        else:
-            # One pixel per tile, centred on the tile: its stride-sized core.
-            half = grid.overlap / 2
-            transform = (
-                src.transform
-                @ rasterio.Affine.translation(half, half)
-                @ rasterio.Affine.scale(grid.stride)
-            )
-            height, width = grid.rows, grid.cols
-        if self.output == 'scores':
-            count, dtype, nodata = self.channels, 'float32', float('nan')
-        else:
-            count = self.channels if self.multilabel else 1
-            dtype = 'uint8' if self.channels < 255 else 'uint16'
-            nodata = 255 if dtype == 'uint8' else 65535
-        # GeoTIFF tiles are multiples of 16 pixels.
-        block = max(16, min(256, 16 * (min(height, width) // 16)))
-        return {
-            'driver': 'GTiff',
-            'height': height,
-            'width': width,
-            'count': count,
-            'dtype': dtype,
-            'nodata': nodata,
-            'crs': src.crs,
-            'transform': transform,
-            'tiled': True,
-            'blockxsize': block,
-            'blockysize': block,
-            'compress': compress,
-            'BIGTIFF': 'IF_SAFER',
-        }
-
-    def _grow(self, rows: int) -> None:
-        """Make the buffer hold at least *rows* rows from ``top``."""
-        self.used = max(self.used, rows)
-        capacity = self.norm.shape[0]
-        if rows <= capacity:
+    def _rows(self, count: int) -> None:
+        """Make the buffer hold *count* rows from ``top``."""
+        if count <= self.norm.shape[0]:
             return
-        capacity = max(rows, 2 * capacity)
-        sums = np.zeros((self.channels, capacity, self.norm.shape[1]), np.float32)
-        norm = np.zeros((capacity, self.norm.shape[1]), np.float32)
-        sums[:, : self.sums.shape[1]] = self.sums
-        norm[: self.norm.shape[0]] = self.norm
-        self.sums, self.norm = sums, norm
+        pad = count - self.norm.shape[0]
+        self.sums = np.pad(self.sums, ((0, 0), (0, pad), (0, 0)))
+        self.norm = np.pad(self.norm, ((0, pad), (0, 0)))
+        self.invalid = np.pad(self.invalid, ((0, pad), (0, 0)))
 
-    def add(self, tile: _Tile, scores: np.ndarray) -> None:
-        """Add one tile's (activated) scores."""
+    def add(
+        self,
+        row: int,
+        col: int,
+        scores: np.ndarray,
+        valid: np.ndarray | None,
+        finite: np.ndarray | None = None,
+    ) -> None:
+        """Add one tile's (activated) scores; rows before ``top`` are ignored.
+
+        *finite* marks the pixels whose scores are all finite (None: all).
+        """
         grid = self.grid
-        if self.kind == 'classification':
-            self._grow(tile.row + 1 - self.top)
-            if tile.valid is None or tile.valid.any():
-                self.sums[:, tile.row - self.top, tile.col] = scores
-                self.norm[tile.row - self.top, tile.col] = 1
+        if self.layout.kind == 'classification':
+            finite = np.isfinite(scores)
+            if row < self.top:
+                return
+            self._rows(row + 1 - self.top)
+            r = row - self.top
+            if (valid is None or valid.any()) and finite.all():
+                self.sums[:, r, col] = scores
+                self.norm[r, col] = 1
             return
-        y, x = tile.row * grid.stride, tile.col * grid.stride
+        y, x = row * grid.stride, col * grid.stride
         h = min(grid.tile_size, grid.height - y)
         w = min(grid.tile_size, grid.width - x)
-        self._grow(y + h - self.top)
-        weights = self.weights[:h, :w]
-        rows = slice(y - self.top, y + h - self.top)
-        self.sums[:, rows, x : x + w] += scores[:, :h, :w] * weights
+        skip = max(0, self.top - y)  # rows already final
+        if skip >= h:
+            return
+        self._rows(y + h - self.top)
+        weights = self.weights[skip:h, :w]
+        tile = scores[:, skip:h, :w]
+        if finite is not None:
+            # Non-finite scores get no weight: a pixel only they cover is nodata.
+            weights = weights * finite[skip:h, :w]
+            tile = np.where(finite[skip:h, :w], tile, 0)
+        rows = slice(y + skip - self.top, y + h - self.top)
+        self.sums[:, rows, x : x + w] += tile * weights
         self.norm[rows, x : x + w] += weights
+        if valid is not None:
+            self.invalid[rows, x : x + w] |= ~valid[skip:h, :w]
 
-    def flush(self, tile_rows: int) -> None:
-        """Write the output rows that the first *tile_rows* tile rows complete."""
+    def take(self, tile_rows: int) -> '_Rows | None':
+        """Output rows that the first *tile_rows* tile rows complete.
+
+        Returns:
+            The rows, removed from the buffer (encoded later by the writer),
+            or None if no row is complete.
+        """
         grid = self.grid
-        if self.kind == 'classification':
+        if self.layout.kind == 'classification':
             until = tile_rows
         else:
             until = grid.height if tile_rows >= grid.rows else tile_rows * grid.stride
         count = until - self.top
         if count <= 0:
-            return
-        norm = self.norm[:count]
-        covered = norm > 0
-        scores = self.sums[:, :count] / np.where(covered, norm, 1)
-        window = Window(0, self.top, self.norm.shape[1], count)
-        if self.kind == 'segmentation' and self.masked:
-            covered &= _valid(self.src, self.indexes, window)
-        self.dst.write(self._encode(scores, covered), window=window)
-        # Shift the rows still being accumulated to the top of the buffer.
-        rest = self.used - count
-        self.sums[:, :rest] = self.sums[:, count : self.used]
-        self.norm[:rest] = self.norm[count : self.used]
-        self.sums[:, rest : self.used] = 0
-        self.norm[rest : self.used] = 0
-        self.used = rest
+            return None
+        self._rows(count)
+        rows = _Rows(
+            self.layout,
+            self.top,
+            until,
+            self.sums[:, :count].copy(),
+            self.norm[:count].copy(),
+            self.invalid[:count].copy(),
+        )
+        # Shift the rows still being accumulated to the top of the buffer
+        # (slice assignment copies overlapping memory correctly).
+        rest = self.norm.shape[0] - count
+        self.sums[:, :rest] = self.sums[:, count:]
+        self.norm[:rest] = self.norm[count:]
+        self.invalid[:rest] = self.invalid[count:]
+        self.sums[:, rest:] = 0
+        self.norm[rest:] = 0
+        self.invalid[rest:] = False
         self.top = until
+        return rows
 
-    def _encode(self, scores: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        if self.output == 'scores':
-            data = scores
-        elif self.multilabel or self.channels == 1:
-            data = (scores >= 0.5).astype(self.dst.dtypes[0])
+
+@dataclass
+class _Rows:
+    """Finished output rows: weighted score sums and weights, not yet encoded."""
+
+    layout: _Layout
+    top: int
+    until: int
+    sums: np.ndarray
+    norm: np.ndarray
+    invalid: np.ndarray
+
+    def encode(self) -> np.ndarray:
+        covered = (self.norm > 0) & ~self.invalid
+        np.divide(self.sums, np.where(self.norm > 0, self.norm, 1), out=self.sums)
+        return self.layout.encode(self.sums, covered)
+
+
+def _writer(
+    partial: PartialOutput,
+    jobs: 'queue.Queue[Any]',
+    stop: threading.Event,
+    commit_interval: float,
+) -> Callable[[], None]:
+    def run() -> None:
+        last = time.monotonic()
+        while True:
+            job = jobs.get()
+            if job is _DONE or stop.is_set():
+                return
+            data = job.encode()
+            window = Window(0, job.top, data.shape[-1], data.shape[1])
+            partial.write(data, window)
+            if time.monotonic() - last >= commit_interval:
+                partial.commit(job.until)
+                last = time.monotonic()
+
+    return run
+
+
+def _model_hash(model: nn.Module) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for name, value in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        if isinstance(value, Tensor):
+            digest.update(
+                value.detach()
+                .cpu()
+                .contiguous()
+                .view(-1)
+                .view(torch.uint8)
+                .numpy()
+                .tobytes()
+            )
+    return digest.hexdigest()
+
+
+def _file_stamp(path: Path) -> list[Any]:
+    stat = path.stat()
+    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Handle SIGTERM (``timeout``, SLURM, ``kill``) like Ctrl-C while predicting."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f'signal {signum}')
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def model_input_spec(model: nn.Module) -> InputSpec | None:
+    """The :class:`~explora_geo.sensors.InputSpec` a model carries, if any.
+
+    :func:`explora_geo.inference.cli.load_task` sets ``input_spec`` on the
+    tasks it loads from checkpoints.
+
+    Args:
+        model: A task or module.
+
+    Returns:
+        Its ``input_spec`` attribute, or None.
+    """
+    spec = getattr(model, 'input_spec', None)
+    return spec if isinstance(spec, InputSpec) else None
+
+
+def predict_raster(
+    model: nn.Module,
+    src_path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    out_path: str | os.PathLike[str],
+    bands: Sequence[int | str] | None = None,
+    tile_size: int | None = None,
+    overlap: int | None = None,
+    batch_size: int = 16,
+    normalize: Normalize | Literal[False] | None = None,
+    device: str | torch.device = 'cpu',
+    progress: bool = False,
+    output: Literal['classes', 'scores'] | None = None,
+    activation: Activation | None = None,
+    blend: Blend = 'cosine',
+    vector_path: str | os.PathLike[str] | None = None,
+    labels: Sequence[str] | None = None,
+    cog: bool = True,
+    *,
+    spec: InputSpec | None = None,
+    input_bands: Sequence[str] | None = None,
+    score_dtype: Literal['uint8', 'float32'] | None = None,
+    resume: bool = True,
+    commit_interval: float = 10.0,
+    gdal_cache_mb: int = 256,
+) -> RasterPrediction:
+    """Predict over a whole raster in overlapping tiles and write a GeoTIFF.
+
+    The model (a TorchGeo task or any module) receives float32 batches
+    ``(B, bands, tile_size, tile_size)``. A model returning ``(B, C)`` is a
+    classifier: the output has one pixel per tile (centred on the tile, pixel
+    size ``tile_size - overlap`` input pixels). A model returning ``(B, C,
+    tile_size, tile_size)`` segments: overlapping predictions are averaged
+    with *blend* weights, and the output has the input's grid, CRS and
+    transform. Tiles past the raster's edge are filled by reflection.
+
+    Invalid input pixels (nodata or masked in any band, NaN, inf) are
+    replaced by 0 after normalisation (the training mean for standard
+    normalisation) with ``torch.where``, so they never turn valid
+    neighbours into NaN, and they are nodata in the output; non-finite
+    model outputs are nodata too, never a class.
+
+    What the model expects comes from *spec* (default: ``model.input_spec``,
+    set by :func:`~explora_geo.inference.cli.load_task` from the
+    checkpoint): its bands are picked from the input by name, its
+    normalisation applied, its input size used as the tile size.
+
+    Args:
+        model: The network; moved to *device* and run in eval mode (its mode
+            is restored afterwards).
+        src_path: A raster, several band files of one product, a Sentinel-2
+            ``.SAFE`` folder or folder of band files, or a STAC item (see
+            :func:`~explora_geo.inference.sources.open_source`).
+        out_path: Output GeoTIFF, written atomically.
+        bands: Explicit choice of the input's bands (names or 1-based
+            indexes) in the model's order, instead of the spec's bands.
+        tile_size: Tile side in pixels (default: the spec's input size, else 224).
+        overlap: Pixels shared by neighbouring tiles (default: 0 for
+            classifiers, :func:`default_overlap` for segmentation).
+        batch_size: Tiles per forward pass.
+        normalize: A :class:`~explora_geo.sensors.Normalization`, a callable
+            applied to each batch or ``(mean, std)`` per band; default the
+            spec's normalisation; ``False`` for raw values on purpose.
+            Without any, a warning says the model sees raw values.
+        device: Where the model runs.
+        progress: Show a progress bar.
+        output: ``'classes'`` (class index per pixel or tile; for several
+            sigmoid labels one 0/1 band per label) or ``'scores'`` (one band
+            per output, after *activation*); default ``'classes'`` for
+            segmentation and ``'scores'`` (class probabilities) for
+            classification.
+        activation: Applied to the model's outputs before blending:
+            ``'softmax'``, ``'sigmoid'`` or ``'none'``; default from a TorchGeo
+            task's ``task`` hyperparameter (multiclass: softmax; binary,
+            multilabel: sigmoid), else softmax for several outputs and sigmoid
+            for one.
+        blend: Weighting of overlapping segmentation tiles (see
+            :func:`blend_weights`).
+        vector_path: Also write polygons here (``.gpkg``, ``.parquet`` /
+            ``.geoparquet`` (needs the ``geoparquet`` extra), ``.geojson``,
+            ``.fgb``): regions of a class map with ``class`` and ``label``,
+            or one square per classified chip with ``class``, ``score`` and
+            ``label``.
+        labels: Class names (default: the spec's classes or a TorchGeo
+            task's ``labels``), used as band descriptions and in polygons.
+        cog: Write a Cloud Optimized GeoTIFF (else a tiled GeoTIFF).
+        spec: What the model expects (default ``model.input_spec``).
+        input_bands: Names of the input's bands in file order, replacing the
+            file's band descriptions.
+        score_dtype: ``'uint8'`` (probabilities scaled to 0-254, band scale
+            1/254, nodata 255) or ``'float32'`` (nodata NaN); default uint8
+            for probabilities, float32 after ``activation='none'``.
+        resume: Continue an interrupted run of the same prediction (same
+            inputs, model and options) from its last recorded row.
+        commit_interval: Seconds between records of finished rows.
+        gdal_cache_mb: GDAL's block cache, in MB (bounds the reader's and
+            writer's memory; effective when set before the process's first
+            raster read).
+
+    Returns:
+        What was written.
+
+    Raises:
+        ValueError: If a band is missing, an argument is invalid, the model's
+            output has an unexpected shape, or polygons are requested for
+            scores of a segmentation.
+        ImportError: If GeoParquet polygons are requested without pyarrow.
+        KeyboardInterrupt: On Ctrl-C or SIGTERM; progress is kept for a rerun.
+    """
+    out_path = Path(out_path)
+    if batch_size < 1:
+        raise ValueError(f'batch_size must be >= 1, got {batch_size}')
+    if output not in (None, 'classes', 'scores'):
+        raise ValueError(f"output must be 'classes' or 'scores', got {output!r}")
+    if score_dtype not in (None, 'uint8', 'float32'):
+        raise ValueError(
+            f"score_dtype must be 'uint8' or 'float32', got {score_dtype!r}"
+        )
+    if vector_path is not None:
+        check_vector_path(vector_path)
+    spec = spec if spec is not None else model_input_spec(model)
+    hparams = getattr(model, 'hparams', {}) or {}
+    if labels is None:
+        labels = (
+            spec.classes if spec is not None and spec.classes else hparams.get('labels')
+        )
+    device = torch.device(device)
+    rasterio.env.set_gdal_config('GDAL_CACHEMAX', int(gdal_cache_mb))
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(rasterio.Env(GDAL_CACHEMAX=int(gdal_cache_mb)))
+        source = stack.enter_context(open_source(src_path))
+        inputs = {p.resolve() for p in source.files}
+        if out_path.resolve() in inputs:
+            raise ValueError(f'{out_path}: the output would overwrite the input raster')
+        positions = resolve_bands(
+            source, spec.bands if spec is not None else None, bands, input_bands
+        )
+        if normalize is None and spec is not None and spec.normalization is not None:
+            chosen = [source.names[p] for p in positions]
+            normalize = _fit_normalization(spec.normalization, chosen)
+        if normalize is None:
+            warnings.warn(
+                f'no normalisation for {type(model).__name__}: its checkpoint records '
+                'none and none was given, so the model sees raw '
+                f'{source.dtype} values instead of the normalised values it was '
+                'trained on, and its predictions are likely wrong. Give the '
+                'normalisation (normalize=, or --mean/--std), or normalize=False '
+                'if the model takes raw values',
+                UserWarning,
+                stacklevel=2,
+            )
+        if tile_size is None:
+            tile_size = spec.img_size if spec is not None and spec.img_size else 224
+        is_classifier = isinstance(model, Classification)
+        if overlap is None:
+            overlap = (
+                0
+                if is_classifier
+                else default_overlap(
+                    tile_size, spec.patch_size if spec is not None else None
+                )
+            )
+        grid = TileGrid(source.height, source.width, tile_size, overlap)
+        norm = _normalizer(
+            None if normalize is False else normalize, len(positions), device
+        )
+        was_training = model.training
+        model.to(device).eval()
+        stack.callback(model.train, was_training)
+        stack.enter_context(_sigterm_as_interrupt())
+        signature = {
+            'inputs': [_file_stamp(p) for p in source.files],
+            'model': _model_hash(model),
+            'bands': positions,
+            'normalize': normalize.to_dict()
+            if isinstance(normalize, Normalization)
+            else repr(normalize)
+            if callable(normalize)
+            else [list(map(float, v)) for v in normalize]
+            if normalize
+            else None,
+            'grid': [grid.height, grid.width, grid.tile_size, grid.overlap],
+            'batch_size': batch_size,
+            'options': [
+                output,
+                activation,
+                blend,
+                score_dtype,
+                cog,
+                list(labels or []),
+            ],
+        }
+        return _predict(
+            model,
+            source,
+            positions,
+            grid,
+            out_path,
+            norm=norm,
+            device=device,
+            batch_size=batch_size,
+            output=output,
+            activation=activation,
+            blend=blend,
+            cog=cog,
+            labels=labels,
+            score_dtype=score_dtype,
+            progress=progress,
+            vector_path=vector_path,
+            signature=signature,
+            resume=resume,
+            commit_interval=commit_interval,
+        )
+
+
+def _fit_normalization(
+    normalization: Normalization, chosen: Sequence[str | None]
+) -> Normalization:
+    """The recorded normalisation for the bands chosen, in their order."""
+    if None in chosen:
+        return normalization
+    keys = [band_key(b) for b in normalization.bands]
+    wanted = [band_key(str(c)) for c in chosen]
+    if wanted == keys or not set(wanted) <= set(keys):
+        return normalization
+    return normalization.select([normalization.bands[keys.index(k)] for k in wanted])
+
+
+def _forward(
+    model: nn.Module,
+    batch: _Batch,
+    norm: Callable[[Tensor], Tensor],
+    device: torch.device,
+) -> Tensor:
+    x = torch.from_numpy(batch.data)
+    if device.type == 'cuda':
+        x = x.pin_memory()
+    # Wide unsigned types have little support on accelerators: convert them
+    # on the host; others (uint8 imagery) travel compactly.
+    if batch.data.dtype in (np.uint16, np.uint32):
+        x = x.float()
+    x = norm(x.to(device, non_blocking=True).float())
+    if batch.valid is not None:
+        valid = torch.from_numpy(batch.valid).to(device, non_blocking=True)
+        x = torch.where(
+            valid[:, None], x, torch.zeros((), dtype=x.dtype, device=x.device)
+        )
+    with torch.inference_mode():
+        y: Tensor = model(x)
+    return y
+
+
+def _predict(
+    model: nn.Module,
+    source: RasterSource,
+    positions: Sequence[int],
+    grid: TileGrid,
+    out_path: Path,
+    *,
+    norm: Callable[[Tensor], Tensor],
+    device: torch.device,
+    batch_size: int,
+    output: str | None,
+    activation: Activation | None,
+    blend: Blend,
+    cog: bool,
+    labels: Sequence[str] | None,
+    score_dtype: str | None,
+    progress: bool,
+    vector_path: str | os.PathLike[str] | None,
+    signature: Mapping[str, Any],
+    resume: bool,
+    commit_interval: float,
+) -> RasterPrediction:
+    # The first batch tells the model's kind and number of outputs.
+    first_tiles = min(batch_size, len(grid))
+    probe = _Batch(
+        0,
+        np.arange(first_tiles) // grid.cols,
+        np.arange(first_tiles) % grid.cols,
+        *_stack_tiles(source, positions, grid, first_tiles),
+    )
+    y = _forward(model, probe, norm, device)
+    kind, channels = _kind(y, grid.tile_size)
+    act = _activation(model, activation, channels)
+    output = output or ('classes' if kind == 'segmentation' else 'scores')
+    if score_dtype is None:
+        score_dtype = 'float32' if act == 'none' else 'uint8'
+    layout = _Layout(kind, output, act, channels, score_dtype)
+    if vector_path is not None and kind == 'segmentation' and layout.count != 1:
+        raise ValueError(
+            'polygons need a one-band class map (output="classes", '
+            f'not {output!r} with {layout.count} bands)'
+        )
+    names = list(labels) if labels is not None else []
+    names += [str(i) for i in range(len(names), channels)]
+    profile = _profile(source, grid, layout)
+    partial = PartialOutput(
+        out_path,
+        {**signature, 'layout': [kind, output, act, channels, score_dtype]},
+        profile,
+        names[:channels] if layout.count > 1 or output == 'scores' else ['class'],
+        {'labels': json.dumps(names[:channels])},
+        scale=1 / 254 if output == 'scores' and score_dtype == 'uint8' else None,
+    )
+    if not resume:
+        partial.discard()
+    rows_done = partial.open()
+    stop = threading.Event()
+    batches: queue.Queue[Any] = queue.Queue(maxsize=3)
+    jobs: queue.Queue[Any] = queue.Queue(maxsize=4)
+    reader: _Worker | None = None
+    writer: _Worker | None = None
+    try:
+        if kind == 'segmentation':
+            first_row = next(
+                (
+                    r
+                    for r in range(grid.rows)
+                    if r * grid.stride + grid.tile_size > rows_done
+                ),
+                grid.rows,
+            )
         else:
-            data = scores.argmax(axis=0)[None].astype(self.dst.dtypes[0])
-        data[:, ~valid] = self.nodata
-        return data
+            first_row = rows_done
+        # Batches start where an uninterrupted run's batches start, so every
+        # tile is predicted in the same batch as before: byte-identical results.
+        start = (first_row * grid.cols // batch_size) * batch_size
+        sink = _Sink(grid, layout, blend, rows_done)
+        # A fresh run starts with the batch already read and predicted.
+        pending: _Batch | None = probe if start == 0 else None
+        read_from = start + (batch_size if pending is not None else 0)
+        reader = _Worker(
+            'tile-reader',
+            _reader(source, positions, grid, read_from, batch_size, batches, stop),
+        )
+        writer = _Worker('tile-writer', _writer(partial, jobs, stop, commit_interval))
+        total = len(grid) - start
+        tiles_run = 0
+        if read_from < len(grid):
+            reader.start()
+        writer.start()
+        with tqdm(total=total, disable=not progress, unit='tile') as bar:
+            while start < len(grid):
+                item = pending if pending is not None else _get(batches, reader)
+                pending = None
+                if item is _DONE:
+                    break
+                batch: _Batch = item
+                if batch.start == 0 and y.shape[0] == len(batch.rows):
+                    out = y
+                else:
+                    out = _forward(model, batch, norm, device)
+                if tuple(out.shape[1:]) != tuple(y.shape[1:]):
+                    raise ValueError(
+                        f'model output of shape {tuple(out.shape)} for a batch, expected '
+                        f'(B, {", ".join(map(str, y.shape[1:]))})'
+                    )
+                activated = _activate(out.float(), act)
+                finite = None
+                # NaN and inf survive a sum: one reduction checks the batch.
+                if not bool(torch.isfinite(activated.sum())):
+                    finite = torch.isfinite(activated).all(dim=1).cpu().numpy()
+                scores = activated.cpu().numpy()
+                for i, (r, c) in enumerate(zip(batch.rows, batch.cols, strict=True)):
+                    sink.add(
+                        int(r),
+                        int(c),
+                        scores[i],
+                        None if batch.valid is None else batch.valid[i],
+                        None if finite is None else finite[i],
+                    )
+                last_row, last_col = int(batch.rows[-1]), int(batch.cols[-1])
+                # Tiles come in row-major order: rows before the last tile's are done.
+                job = sink.take(last_row + int(last_col == grid.cols - 1))
+                if job is not None:
+                    _submit(jobs, job, writer, stop)
+                tiles_run += len(batch.rows)
+                bar.update(len(batch.rows))
+        job = sink.take(grid.rows)
+        if job is not None:
+            _submit(jobs, job, writer, stop)
+        _submit(jobs, _DONE, writer, stop)
+        writer.join()
+        writer.check()
+        partial.commit(grid.height if kind == 'segmentation' else grid.rows)
+        partial.close()
+        resampling = 'NEAREST' if output == 'classes' else 'AVERAGE'
+        with atomic_path(out_path) as tmp:
+            final_copy(partial.work, tmp, cog, resampling)
+        if vector_path is not None:
+            if kind == 'segmentation':
+                write_vectors(polygonize(out_path, labels), vector_path)
+            else:
+                write_vectors(grid_polygons(out_path, labels), vector_path)
+        partial.discard()
+    except KeyboardInterrupt:
+        # Keep the partial output and its progress for a rerun.
+        stop.set()
+        raise
+    except BaseException:
+        stop.set()
+        partial.discard()
+        raise
+    finally:
+        stop.set()
+        if writer is not None and writer.is_alive():
+            with contextlib.suppress(queue.Full):
+                jobs.put_nowait(_DONE)
+        for thread in (reader, writer):
+            if thread is not None and thread.is_alive():
+                thread.join(timeout=30)
+        partial.close()
+        partial.release()
+    return RasterPrediction(
+        path=out_path,
+        vector_path=Path(vector_path) if vector_path is not None else None,
+        kind=kind,
+        output=output,
+        num_tiles=len(grid),
+        num_outputs=channels,
+        tiles_run=tiles_run,
+        resumed_rows=rows_done,
+    )
 
-    def close(self) -> None:
-        """Close the output file."""
-        if not self.dst.closed:
-            self.dst.close()
+
+def _stack_tiles(
+    source: RasterSource, positions: Sequence[int], grid: TileGrid, count: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    masked = source.has_mask(positions) or np.dtype(source.dtype).kind == 'f'
+    tiles = [
+        _read_tile(source, positions, grid, i // grid.cols, i % grid.cols, masked)
+        for i in range(count)
+    ]
+    data = np.stack([t for t, _ in tiles])
+    if source.dtype not in _TORCH_DTYPES:
+        data = data.astype(np.float32)
+    if all(v is None for _, v in tiles):
+        return data, None
+    valid = np.stack(
+        [np.ones(data.shape[-2:], bool) if v is None else v for _, v in tiles]
+    )
+    return data, valid
+
+
+def _get(q: 'queue.Queue[Any]', worker: _Worker) -> Any:
+    while True:
+        try:
+            return q.get(timeout=0.1)
+        except queue.Empty:
+            worker.check()
+            if not worker.is_alive():
+                worker.check()
+                return _DONE
+
+
+def _submit(
+    q: 'queue.Queue[Any]', item: object, worker: _Worker, stop: threading.Event
+) -> None:
+    while True:
+        worker.check()
+        try:
+            q.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            if not worker.is_alive():
+                worker.check()
+                raise RuntimeError('the tile writer stopped') from None
+
+
+def _profile(source: RasterSource, grid: TileGrid, layout: _Layout) -> dict[str, Any]:
+    if layout.kind == 'segmentation':
+        height, width, transform = source.height, source.width, source.transform
+    else:
+        # One pixel per tile, centred on the tile: its stride-sized core.
+        half = grid.overlap / 2
+        transform = (
+            source.transform
+            @ rasterio.Affine.translation(half, half)
+            @ rasterio.Affine.scale(grid.stride)
+        )
+        height, width = grid.rows, grid.cols
+    # GeoTIFF tiles are multiples of 16 pixels.
+    block = max(16, min(256, 16 * (min(height, width) // 16)))
+    return {
+        'driver': 'GTiff',
+        'height': height,
+        'width': width,
+        'count': layout.count,
+        'dtype': layout.dtype,
+        'nodata': layout.nodata,
+        'crs': source.crs,
+        'transform': transform,
+        'tiled': True,
+        'blockxsize': block,
+        'blockysize': block,
+        'BIGTIFF': 'IF_SAFER',
+    }

@@ -1,8 +1,10 @@
 """Atomic writers for prediction rasters (GeoTIFF / COG) and their polygons.
 
 Every output is written to a hidden temporary file next to its destination
-and renamed into place only when complete, so a failed or interrupted run
-never leaves a partial file where a finished one is expected.
+and renamed into place only when complete (:func:`explora_geo.atomic.atomic_path`),
+so a failed or interrupted run never leaves a partial file where a finished
+one is expected; a prediction being written keeps its finished rows in a
+:class:`PartialOutput` for a rerun to continue.
 
 .. versionadded:: 0.1
 """
@@ -10,9 +12,9 @@ never leaves a partial file where a finished one is expected.
 import contextlib
 import glob
 import importlib.util
+import json
 import os
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +26,18 @@ import shapely
 from rasterio.features import shapes
 from rasterio.windows import Window
 
+from ..atomic import _alive, atomic_path, remove_stale
+
 __all__ = (
     'VECTOR_DRIVERS',
+    'PartialOutput',
     'atomic_path',
     'check_vector_path',
     'cog_copy',
+    'final_copy',
+    'grid_polygons',
     'polygonize',
+    'remove_stale',
     'write_vectors',
 )
 
@@ -43,36 +51,150 @@ VECTOR_DRIVERS = {
 }
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """A temporary path that becomes *path* when the block finishes without error.
+class PartialOutput:
+    """An output raster being written, with the rows finished so far recorded.
 
-    The temporary file lives in the destination folder (so the final rename
-    is atomic) and keeps *path*'s suffix (drivers pick formats by suffix). On
-    any error it is deleted and *path* is left untouched.
+    Next to ``NAME`` live ``.NAME.partial.tif`` (an uncompressed tiled GeoTIFF
+    with the rows written so far), ``.NAME.progress.json`` (the run's
+    signature and how many rows are final) and ``.NAME.lock`` (the id of the
+    process writing them). A run with the same signature continues from the
+    recorded row; any other run starts afresh. :meth:`commit` closes the file
+    before recording progress, so a recorded row is on disk even if the
+    process is killed right after.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        dest: str | os.PathLike[str],
+        signature: Mapping[str, Any],
+        profile: Mapping[str, Any],
+        descriptions: Sequence[str],
+        tags: Mapping[str, str],
+        scale: float | None = None,
+    ) -> None:
+        """Initialize a new PartialOutput instance.
+
+        Args:
+            dest: The final output.
+            signature: Everything that determines the output (JSON data).
+            profile: rasterio creation profile of the raster.
+            descriptions: Band descriptions.
+            tags: Dataset tags.
+            scale: Band scale (value of one unit) for scaled integer scores.
+        """
+        self.dest = Path(dest)
+        parent, name = self.dest.parent, self.dest.name
+        self.work = parent / f'.{name}.partial.tif'
+        self.state = parent / f'.{name}.progress.json'
+        self.lock = parent / f'.{name}.lock'
+        self.signature = json.loads(json.dumps(signature))
+        self.profile = dict(profile)
+        self.descriptions, self.tags, self.scale = list(descriptions), tags, scale
+        self.dst: Any = None
+        self.rows_done = 0
+
+    def open(self) -> int:
+        """Take the lock and open the partial raster, resuming if it matches.
+
+        Returns:
+            Rows already final (0 for a fresh start).
+
+        Raises:
+            RuntimeError: If a live process writes the same output.
+        """
+        self.dest.parent.mkdir(parents=True, exist_ok=True)
+        if self.lock.exists():
+            try:
+                pid = int(self.lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and pid != os.getpid() and _alive(pid):
+                raise RuntimeError(
+                    f'{self.dest}: another run (process {pid}) is writing it; '
+                    f'remove {self.lock} if that is wrong'
+                )
+        self.lock.write_text(str(os.getpid()))
+        remove_stale(self.dest)
+        state = None
+        if self.state.exists() and self.work.exists():
+            with contextlib.suppress(OSError, ValueError):
+                state = json.loads(self.state.read_text())
+        if isinstance(state, dict) and state.get('signature') == self.signature:
+            self.rows_done = int(state['rows_done'])
+            self.dst = rasterio.open(self.work, 'r+')
+            return self.rows_done
+        self.discard()
+        self.dst = rasterio.open(self.work, 'w', **self.profile)
+        for i, text in enumerate(self.descriptions, start=1):
+            self.dst.set_band_description(i, text)
+        if self.scale is not None:
+            self.dst.scales = [self.scale] * self.dst.count
+        self.dst.update_tags(**self.tags)
+        self.rows_done = 0
+        return 0
+
+    def write(self, data: np.ndarray, window: Window) -> None:
+        """Write rows."""
+        self.dst.write(data, window=window)
+
+    def commit(self, rows_done: int) -> None:
+        """Record that the first *rows_done* rows are final (after flushing them)."""
+        self.dst.close()
+        text = json.dumps({'signature': self.signature, 'rows_done': rows_done})
+        tmp = self.state.with_name(self.state.name + f'.{os.getpid()}')
+        tmp.write_text(text)
+        os.replace(tmp, self.state)
+        self.rows_done = rows_done
+        self.dst = rasterio.open(self.work, 'r+')
+
+    def close(self) -> None:
+        """Close the raster (progress stays recorded for a later run)."""
+        if self.dst is not None and not self.dst.closed:
+            self.dst.close()
+
+    def discard(self) -> None:
+        """Delete the partial raster and its progress record."""
+        self.close()
+        for path in (self.work, self.state):
+            path.unlink(missing_ok=True)
+        for extra in self.work.parent.glob(f'{glob.escape(self.work.name)}*'):
+            extra.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        """Give up the lock."""
+        with contextlib.suppress(OSError, ValueError):
+            if int(self.lock.read_text().strip() or 0) == os.getpid():
+                self.lock.unlink()
+
+
+def final_copy(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    cog: bool,
+    resampling: str,
+) -> None:
+    """Copy a finished GeoTIFF into its compressed final form.
+
+    GDAL compresses with all CPU cores (``NUM_THREADS``), off the caller's
+    thread. The result depends only on the pixels and metadata, so a resumed
+    run ends byte-identical to an uninterrupted one.
 
     Args:
-        path: The destination file.
-
-    Yields:
-        The temporary path to write to.
+        src: A finished (uncompressed) GeoTIFF.
+        dst: The file to write.
+        cog: A Cloud Optimized GeoTIFF with overviews (GDAL's COG driver), else
+            a tiled, DEFLATE-compressed GeoTIFF.
+        resampling: Overview resampling (``'NEAREST'`` for class maps,
+            ``'AVERAGE'`` for scores).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(
-        dir=path.parent, prefix=f'.{path.stem}.', suffix=f'.tmp{path.suffix}'
-    )
-    os.close(fd)
-    tmp = Path(name)
-    tmp.unlink()  # drivers create the file themselves
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-        # Sidecars some drivers leave behind (aux.xml, GPKG journals).
-        for extra in tmp.parent.glob(f'{glob.escape(tmp.name)}*'):
-            extra.unlink(missing_ok=True)
+    options: dict[str, Any] = {'compress': 'DEFLATE', 'num_threads': 'ALL_CPUS'}
+    if cog:
+        options |= {'driver': 'COG', 'resampling': resampling, 'overviews': 'AUTO'}
+    else:
+        options |= {'driver': 'GTiff', 'tiled': True, 'BIGTIFF': 'IF_SAFER'}
+    rasterio.shutil.copy(str(src), str(dst), **options)
 
 
 def cog_copy(
@@ -86,14 +208,7 @@ def cog_copy(
         resampling: Overview resampling (``'NEAREST'`` for class maps,
             ``'AVERAGE'`` for scores).
     """
-    rasterio.shutil.copy(
-        str(src),
-        str(dst),
-        driver='COG',
-        compress='DEFLATE',
-        resampling=resampling,
-        overviews='AUTO',
-    )
+    final_copy(src, dst, True, resampling)
 
 
 def polygonize(
@@ -168,6 +283,48 @@ def polygonize(
     return gpd.GeoDataFrame(columns, geometry=list(geometries), crs=crs)
 
 
+def grid_polygons(
+    path: str | os.PathLike[str], labels: Sequence[str] | None = None
+) -> gpd.GeoDataFrame:
+    """One square polygon per chip of a classification raster, with its class and score.
+
+    Args:
+        path: A classification output: class probabilities (one band per
+            class) or a one-band class map; one pixel per chip.
+        labels: Class names, by class index, for a ``label`` column.
+
+    Returns:
+        Columns ``class``, ``score`` (the class's probability; absent for a
+        class map), ``label`` (with *labels*) and ``geometry``, in the
+        raster's CRS; chips that are nodata have no polygon.
+    """
+    with rasterio.open(path) as src:
+        data = src.read().astype(np.float64)
+        scales = np.array(src.scales, np.float64)[:, None, None]
+        nodata, transform, crs = src.nodata, src.transform, src.crs
+    valid = np.ones(data.shape[1:], bool)
+    if nodata is not None:
+        valid &= ~np.any((data == nodata) | np.isnan(data), axis=0)
+    rows, cols = np.nonzero(valid)
+    columns: dict[str, Any] = {}
+    if data.shape[0] == 1:
+        classes = data[0, rows, cols].astype(np.int64)
+    else:
+        scores = data[:, rows, cols] * scales[:, :, 0]
+        classes = scores.argmax(axis=0)
+        columns['score'] = scores.max(axis=0)
+    columns = {'class': classes, **columns}
+    if labels is not None:
+        columns['label'] = np.array(
+            [labels[v] if 0 <= v < len(labels) else str(v) for v in classes],
+            dtype=object,
+        )
+    x0, y0 = transform * (cols, rows)
+    x1, y1 = transform * (cols + 1, rows + 1)
+    boxes = shapely.box(x0, y0, x1, y1)
+    return gpd.GeoDataFrame(columns, geometry=list(boxes), crs=crs)
+
+
 def check_vector_path(path: str | os.PathLike[str]) -> str:
     """The driver for *path*, failing early on formats that cannot be written.
 
@@ -190,7 +347,7 @@ def check_vector_path(path: str | os.PathLike[str]) -> str:
         )
     if driver == 'GeoParquet' and importlib.util.find_spec('pyarrow') is None:
         raise ImportError(
-            f'{path}: writing GeoParquet needs pyarrow (pip install pyarrow)'
+            f"{path}: writing GeoParquet needs pyarrow (pip install 'explora-geo[geoparquet]')"
         )
     return driver
 

@@ -36,12 +36,16 @@ from torchvision.models._api import WeightsEnum
 
 from ..models.weights import create_model
 from ..peft import ExPLoRAConfig, apply_explora
+from ..sensors import InputSpec, Normalization, write_input_spec
 
 __all__ = (
+    'TASK_CLASS_KEY',
     'ClassificationTask',
     'FinetuneMode',
     'configure_finetune',
+    'downstream_input_spec',
     'probe_features',
+    'record_task',
     'trainable_adamw',
 )
 
@@ -64,6 +68,75 @@ def finetune_mode(hparams: Mapping[str, Any]) -> str:
     if hparams['freeze_backbone']:
         return 'linear_probe'
     return str(hparams['finetune'])
+
+
+#: Checkpoint key holding the import path of the task that wrote it (the
+#: pre-training tasks use the same key).
+TASK_CLASS_KEY = 'explora_task'
+
+
+def _first(value: Any) -> int | None:
+    if isinstance(value, int):
+        return value
+    if isinstance(value, Sequence) and value and isinstance(value[0], int):
+        return int(value[0])
+    return None
+
+
+def _normalization(value: Any) -> Normalization | None:
+    if isinstance(value, Normalization):
+        return value
+    if isinstance(value, Mapping):
+        return Normalization.from_dict(value)
+    return None
+
+
+def downstream_input_spec(task: BaseTask) -> InputSpec:
+    """What a downstream task's model expects: bands, normalisation, sizes, classes.
+
+    Normalisation and class names come from the task's ``normalization`` and
+    ``labels`` hyperparameters when given, else from the attached
+    datamodule's ``normalization`` (a
+    :class:`~explora_geo.sensors.Normalization` or its dict) and ``classes``;
+    patch and input size from the model's ViT patch embedding.
+
+    Args:
+        task: A classification, segmentation or detection task.
+
+    Returns:
+        The spec (fields that cannot be known are None).
+    """
+    h = task.hparams
+    trainer = getattr(task, '_trainer', None)
+    datamodule = getattr(trainer, 'datamodule', None) if trainer is not None else None
+    normalization = _normalization(h.get('normalization'))
+    if normalization is None:
+        normalization = _normalization(getattr(datamodule, 'normalization', None))
+    classes = h.get('labels') or getattr(datamodule, 'classes', None)
+    img_size = patch_size = None
+    for module in task.modules():
+        embed = getattr(module, 'patch_embed', None)
+        if isinstance(embed, nn.Module):
+            patch_size = _first(getattr(embed, 'patch_size', None))
+            img_size = _first(getattr(embed, 'img_size', None))
+            break
+    return InputSpec(
+        normalization=normalization,
+        img_size=img_size,
+        patch_size=patch_size,
+        classes=tuple(str(c) for c in classes) if classes else None,
+    )
+
+
+def record_task(task: BaseTask, checkpoint: dict[str, Any]) -> None:
+    """Record the task's class and :func:`downstream_input_spec` in a checkpoint.
+
+    Args:
+        task: The task being saved.
+        checkpoint: Lightning's checkpoint dict (``on_save_checkpoint``).
+    """
+    checkpoint[TASK_CLASS_KEY] = f'{type(task).__module__}.{type(task).__qualname__}'
+    write_input_spec(checkpoint, downstream_input_spec(task))
 
 
 def configure_finetune(
@@ -216,6 +289,7 @@ class ClassificationTask(Classification):
         pooling: Pooling | None = None,
         pooled_blocks: int = 1,
         model_kwargs: dict[str, Any] | None = None,
+        normalization: dict[str, Any] | None = None,
     ) -> None:
         """Initialize a new ClassificationTask instance.
 
@@ -255,6 +329,9 @@ class ClassificationTask(Classification):
                 with 1 or 4).
             model_kwargs: Extra :func:`timm.create_model` arguments
                 (``img_size``, ``drop_path_rate``, architecture overrides).
+            normalization: How raw band values become model input
+                (:meth:`~explora_geo.sensors.Normalization.to_dict`), recorded in
+                checkpoints for prediction; default the datamodule's.
 
         Raises:
             ValueError: If *finetune*, *pooling* or *pooled_blocks* is invalid.
@@ -384,3 +461,11 @@ class ClassificationTask(Classification):
             Optimizer and learning-rate scheduler.
         """
         return trainable_adamw(self)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the task class and what the model expects (see :func:`record_task`).
+
+        Args:
+            checkpoint: The checkpoint being written.
+        """
+        record_task(self, checkpoint)

@@ -31,6 +31,7 @@ from .classification import (
     FinetuneMode,
     configure_finetune,
     finetune_mode,
+    record_task,
     trainable_adamw,
 )
 
@@ -110,6 +111,8 @@ class ObjectDetectionTask(ObjectDetection):
         aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
         dynamic_img_size: bool = True,
         model_kwargs: dict[str, Any] | None = None,
+        labels: list[str] | None = None,
+        normalization: dict[str, Any] | None = None,
     ) -> None:
         """Initialize a new ObjectDetectionTask instance.
 
@@ -138,6 +141,11 @@ class ObjectDetectionTask(ObjectDetection):
                 and ``dynamic_img_pad`` (any input size); turn off for models
                 without it (SatMAE's group-channel ViT).
             model_kwargs: Extra :func:`timm.create_model` arguments.
+            labels: Class names, including the background (0), recorded in
+                checkpoints; default the datamodule's ``classes``.
+            normalization: How raw band values become model input
+                (:meth:`~explora_geo.sensors.Normalization.to_dict`), recorded in
+                checkpoints for prediction; default the datamodule's.
 
         Raises:
             ValueError: If *model*, *finetune* or *anchor_sizes* is invalid.
@@ -222,3 +230,13 @@ class ObjectDetectionTask(ObjectDetection):
             Optimizer and learning-rate scheduler.
         """
         return trainable_adamw(self)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the task class and what the model expects.
+
+        See :func:`~explora_geo.tasks.classification.record_task`.
+
+        Args:
+            checkpoint: The checkpoint being written.
+        """
+        record_task(self, checkpoint)

@@ -37,6 +37,7 @@ from .classification import (
     FinetuneMode,
     configure_finetune,
     finetune_mode,
+    record_task,
     trainable_adamw,
 )
 
@@ -210,6 +211,7 @@ class SemanticSegmentationTask(SemanticSegmentation):
         decoder_channels: int = 256,
         dynamic_img_size: bool = True,
         model_kwargs: dict[str, Any] | None = None,
+        normalization: dict[str, Any] | None = None,
     ) -> None:
         """Initialize a new SemanticSegmentationTask instance.
 
@@ -249,6 +251,9 @@ class SemanticSegmentationTask(SemanticSegmentation):
                 embeddings are resampled, inputs padded to whole patches).
                 Turn off for models without it (SatMAE's group-channel ViT).
             model_kwargs: Extra :func:`timm.create_model` arguments.
+            normalization: How raw band values become model input
+                (:meth:`~explora_geo.sensors.Normalization.to_dict`), recorded in
+                checkpoints for prediction; default the datamodule's.
 
         Raises:
             ValueError: If *model* or *finetune* is invalid.
@@ -327,3 +332,13 @@ class SemanticSegmentationTask(SemanticSegmentation):
             Optimizer and learning-rate scheduler.
         """
         return trainable_adamw(self)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the task class and what the model expects.
+
+        See :func:`~explora_geo.tasks.classification.record_task`.
+
+        Args:
+            checkpoint: The checkpoint being written.
+        """
+        record_task(self, checkpoint)

@@ -133,6 +133,7 @@ def test_segmentation_blend_reproduces_pointwise_model(
         blend=blend,  # type: ignore[arg-type]
         output='scores',
         activation='none',
+        normalize=False,
     )
     assert result.kind == 'segmentation' and result.num_outputs == 2
     expected = np.stack([data[0] * 0.5 + data[1], data[2] - 7.0])
@@ -197,6 +198,7 @@ def test_classification_one_pixel_per_tile(
         batch_size=5,
         activation='none',
         labels=BANDS,
+        normalize=False,
     )
     assert result.kind == 'classification' and result.output == 'scores'
     grid = TileGrid(70, 53, size, overlap)
@@ -245,6 +247,7 @@ def test_nodata(tmp_path: Path) -> None:
     )
     # Nodata input pixels reach the model as 0 after normalisation.
     assert torch.all(seen[0][0, :, :10, :7] == 0)
+    assert torch.all(seen[0][0, :, 10:, :] != 0)
     with rasterio.open(tmp_path / 'out.tif') as dst:
         out = dst.read(1)
     assert np.isnan(out[:10, :7]).all()
@@ -261,6 +264,7 @@ def test_class_map_and_polygons(tmp_path: Path) -> None:
         overlap=4,
         vector_path=tmp_path / 'classes.gpkg',
         labels=['low', 'high'],
+        normalize=False,
     )
     assert result.output == 'classes'
     expected = (data[0] > 1500).astype(np.uint8)
@@ -283,7 +287,12 @@ def test_class_map_and_polygons(tmp_path: Path) -> None:
 def test_polygonize_merges_across_blocks(tmp_path: Path) -> None:
     write_raster(tmp_path / 'in.tif')
     predict_raster(
-        Threshold(), tmp_path / 'in.tif', tmp_path / 'c.tif', tile_size=32, overlap=8
+        Threshold(),
+        tmp_path / 'in.tif',
+        tmp_path / 'c.tif',
+        tile_size=32,
+        overlap=8,
+        normalize=False,
     )
     whole = polygonize(tmp_path / 'c.tif', block_rows=1000)
     blocks = polygonize(tmp_path / 'c.tif', block_rows=7)
@@ -374,37 +383,82 @@ def test_torchgeo_tasks(tmp_path: Path) -> None:
         overlap=8,
         normalize=([1500.0] * 4, [800.0] * 4),
         output='scores',
+        score_dtype='float32',
     )
     assert segmenter.training  # restored
     with rasterio.open(tmp_path / 'seg.tif') as dst:
         assert dst.descriptions == ('water', 'field', 'forest')
         # Softmax (the task is multiclass): probabilities sum to one.
         np.testing.assert_allclose(dst.read().sum(0), 1, rtol=1e-5)
+        float_scores = dst.read()
+    # Default score encoding: uint8, probability x 254, with the band scale.
+    predict_raster(
+        segmenter,
+        tmp_path / 'in.tif',
+        tmp_path / 'seg8.tif',
+        tile_size=32,
+        overlap=8,
+        normalize=([1500.0] * 4, [800.0] * 4),
+        output='scores',
+    )
+    with rasterio.open(tmp_path / 'seg8.tif') as dst:
+        assert dst.dtypes[0] == 'uint8' and dst.nodata == 255
+        assert dst.scales == (1 / 254,) * 3
+        np.testing.assert_array_equal(dst.read(), np.rint(float_scores * 254))
     assert result.num_tiles == 4
     classifier = ClassificationTask(
         model='explora_vitb_dino', in_channels=4, num_classes=5, model_kwargs=tiny
     )
     result = predict_raster(
-        classifier, tmp_path / 'in.tif', tmp_path / 'cls.tif', tile_size=32, overlap=0
+        classifier,
+        tmp_path / 'in.tif',
+        tmp_path / 'cls.tif',
+        tile_size=32,
+        normalize=([1500.0] * 4, [800.0] * 4),
+        score_dtype='float32',
     )
     assert result.kind == 'classification'
     with rasterio.open(tmp_path / 'cls.tif') as dst:
+        # Classifiers tile without overlap by default.
         assert dst.shape == (2, 2) and dst.count == 5
         np.testing.assert_allclose(dst.read().sum(0), 1, rtol=1e-5)
 
 
-def test_geoparquet_polygons(tmp_path: Path) -> None:
+def test_geoparquet_polygons(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = write_raster(tmp_path / 'in.tif')
-    args = (Threshold(), tmp_path / 'in.tif', tmp_path / 'c.tif')
-    if importlib.util.find_spec('pyarrow') is None:
-        # Refused before any tile is predicted.
-        with pytest.raises(
-            ImportError, match=r'c\.parquet: writing GeoParquet needs pyarrow'
-        ):
-            predict_raster(*args, tile_size=16, vector_path=tmp_path / 'c.parquet')
-        assert [p.name for p in tmp_path.iterdir()] == ['in.tif']
-        return
-    predict_raster(*args, tile_size=16, vector_path=tmp_path / 'c.parquet')
+    calls = []
+
+    class Counting(Threshold):
+        def forward(self, x: Tensor) -> Tensor:
+            calls.append(1)
+            return super().forward(x)
+
+    args = (Counting(), tmp_path / 'in.tif', tmp_path / 'c.tif')
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        'find_spec',
+        lambda name, *a: None if name == 'pyarrow' else real_find_spec(name, *a),
+    )
+    # Refused before any tile is predicted.
+    with pytest.raises(
+        ImportError,
+        match=r"c\.parquet: writing GeoParquet needs pyarrow \(pip install 'explora-geo\[geoparquet\]'",
+    ):
+        predict_raster(*args, tile_size=16, vector_path=tmp_path / 'c.parquet')
+    assert not calls and [p.name for p in tmp_path.iterdir()] == ['in.tif']
+    monkeypatch.undo()
+    predict_raster(
+        *args, tile_size=16, vector_path=tmp_path / 'c.parquet', normalize=False
+    )
     frame = gpd.read_parquet(tmp_path / 'c.parquet')
     assert frame.crs.to_epsg() == 32618
     assert frame.area.sum() == pytest.approx(data[0].size * 100)
+
+
+def test_geoparquet_extra_is_declared() -> None:
+    pyproject = Path(__file__).parents[2] / 'pyproject.toml'
+    import tomllib
+
+    extras = tomllib.loads(pyproject.read_text())['project']['optional-dependencies']
+    assert any(d.startswith('pyarrow') for d in extras['geoparquet'])
