@@ -11,6 +11,7 @@ projections. :class:`QKVLoRA` is the small module that does it exactly.
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,116 @@ from torch import Tensor, nn
 
 #: Position of each projection in a fused ``qkv`` output.
 QKV_INDEX = {'q': 0, 'k': 1, 'v': 2}
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype ``F.linear`` would compute in: autocast's if it is on, else x's."""
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return x.dtype
+
+
+class _QKVLoRAFunction(torch.autograd.Function):
+    """``W x + b`` plus ``s B_t A_t x`` added in place into each target slice.
+
+    Written as one autograd node so that training keeps no more activation
+    memory than a frozen linear layer: the forward adds the low-rank updates
+    into the fused output in place (no zero-padded full-width delta, no
+    per-slice copies and concatenation), and the backward recomputes the
+    rank-``T r`` down-projection ``A x`` from the saved input instead of saving
+    it. The only activation saved is the input (in the compute dtype; the
+    dropped-out input when LoRA dropout is on), as for a plain frozen
+    ``nn.Linear``; the frozen weight is saved as itself, not as an autocast
+    copy. Under autocast the products run in autocast's dtype, as
+    ``F.linear`` would.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        x_lora: Tensor | None,
+        weight: Tensor,
+        bias: Tensor | None,
+        lora_a: Tensor,
+        lora_b: Tensor,
+        slots: tuple[int, ...],
+        scaling: float,
+    ) -> Tensor:
+        dtype = _compute_dtype(x)
+        num_targets, rank, dim = lora_a.shape
+        shape = x.shape
+        with torch.autocast(x.device.type, enabled=False):
+            flat = x.reshape(-1, dim).to(dtype)
+            lora_in = flat if x_lora is None else x_lora.reshape(-1, dim).to(dtype)
+            out = F.linear(
+                flat, weight.to(dtype), None if bias is None else bias.to(dtype)
+            )
+            down = lora_in @ lora_a.to(dtype).reshape(num_targets * rank, dim).T
+            up = lora_b.to(dtype)
+            for i, slot in enumerate(slots):
+                out[:, slot * dim : (slot + 1) * dim].addmm_(
+                    down[:, i * rank : (i + 1) * rank], up[i].T, alpha=scaling
+                )
+        ctx.dtype = dtype
+        ctx.slots = slots
+        ctx.scaling = scaling
+        ctx.shape = shape
+        ctx.has_bias = bias is not None
+        ctx.separate_lora_input = x_lora is not None
+        # The input of the frozen product is needed only for a trainable weight.
+        keep_flat = weight.requires_grad and x_lora is not None
+        ctx.save_for_backward(
+            lora_in, flat if keep_flat else None, weight, lora_a, lora_b
+        )
+        return out.reshape(*shape[:-1], out.shape[-1])
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        lora_in, flat, weight, lora_a, lora_b = ctx.saved_tensors
+        if flat is None:
+            flat = lora_in
+        dtype, scaling = ctx.dtype, ctx.scaling
+        num_targets, rank, dim = lora_a.shape
+        need_x, need_x_lora, need_w, need_b, need_a, need_up = ctx.needs_input_grad[:6]
+        with torch.autocast(grad_out.device.type, enabled=False):
+            grad = grad_out.reshape(-1, 3 * dim).to(dtype)
+            a = lora_a.to(dtype).reshape(num_targets * rank, dim)
+            up = lora_b.to(dtype)
+            # Gradient of the down-projection, scaled: (..., T r).
+            grad_down = torch.cat(
+                [
+                    grad[:, slot * dim : (slot + 1) * dim] @ (up[i] * scaling)
+                    for i, slot in enumerate(ctx.slots)
+                ],
+                dim=1,
+            )
+            grad_up = None
+            if need_up:
+                down = lora_in @ a.T  # recomputed rather than saved
+                grad_up = torch.stack(
+                    [
+                        grad[:, slot * dim : (slot + 1) * dim].T
+                        @ down[:, i * rank : (i + 1) * rank]
+                        for i, slot in enumerate(ctx.slots)
+                    ]
+                ).mul_(scaling)
+                grad_up = grad_up.to(lora_b.dtype)
+            grad_a = None
+            if need_a:
+                grad_a = (grad_down.T @ lora_in).reshape(lora_a.shape).to(lora_a.dtype)
+            grad_x = grad_x_lora = None
+            if need_x:
+                grad_x = grad @ weight.to(dtype)
+                if not ctx.separate_lora_input:
+                    grad_x.addmm_(grad_down, a)
+                grad_x = grad_x.reshape(ctx.shape)
+            if need_x_lora:
+                grad_x_lora = (grad_down @ a).reshape(ctx.shape)
+            grad_w = (grad.T @ flat).to(weight.dtype) if need_w else None
+            grad_b = grad.sum(0).to(weight.dtype) if need_b and ctx.has_bias else None
+        return grad_x, grad_x_lora, grad_w, grad_b, grad_a, grad_up, None, None
 
 
 class QKVLoRA(nn.Linear):
@@ -33,7 +144,9 @@ class QKVLoRA(nn.Linear):
     (``...qkv.weight``) and the adapter adds ``...qkv.lora_A`` / ``...qkv.lora_B``.
     The factors of all targets are stacked (``lora_A``: ``(T, r, D)``,
     ``lora_B``: ``(T, D, r)``) so that the down-projection of every target is
-    one matrix product.
+    one matrix product. Training saves no activation but the input (see
+    :class:`_QKVLoRAFunction`), less than HF peft's LoRA layer, which also
+    saves its rank-r intermediate.
 
     .. versionadded:: 0.1
     """
@@ -136,19 +249,21 @@ class QKVLoRA(nn.Linear):
         Returns:
             Output of shape ``(..., 3 * in_features)``.
         """
-        out = F.linear(x, self.weight, self.bias)
         if self.merged:
-            return out
-        num_targets, rank, dim = self.lora_A.shape
-        # One product projects x down for every target: (..., T * r).
-        down = F.linear(self.dropout(x), self.lora_A.reshape(num_targets * rank, dim))
-        down = down.unflatten(-1, (num_targets, rank))
-        # Per-target up-projection: (..., T, D).
-        up = torch.einsum('...tr,tdr->...td', down, self.lora_B) * self.scaling
-        parts = list(out.unflatten(-1, (3, dim)).unbind(-2))
-        for i, target in enumerate(self.targets):
-            parts[QKV_INDEX[target]] = parts[QKV_INDEX[target]] + up[..., i, :]
-        return torch.cat(parts, dim=-1)
+            return F.linear(x, self.weight, self.bias)
+        x_lora = self.dropout(x) if isinstance(self.dropout, nn.Dropout) else None
+        slots = tuple(QKV_INDEX[t] for t in self.targets)
+        out: Tensor = _QKVLoRAFunction.apply(
+            x,
+            x_lora,
+            self.weight,
+            self.bias,
+            self.lora_A,
+            self.lora_B,
+            slots,
+            self.scaling,
+        )
+        return out
 
     def to_linear(self) -> nn.Linear:
         """A plain ``nn.Linear`` holding the merged weights (sharing the tensors).
