@@ -27,14 +27,15 @@ jobs on a shared machine distort least with ``--threads 1``).
 
 Usage: ``python benchmarks/dinov2_pretraining.py [--model explora_vitb_dino]
 [--img-size 112] [--batch 4] [--local-crops 4] [--steps 6] [--repeats 2]
-[--precision bf16-mixed] [--threads 1] [--device cpu|cuda]``; ``--repeats 0``
-prints only the ViT-L figures.
+[--precision auto|32|bf16] [--threads 1] [--device cpu|cuda]``; ``--repeats 0``
+prints only the ViT-L figures. ``--precision auto`` (the default) is bf16 mixed
+precision where the device computes bf16 natively, fp32 (fp16 mixed on CUDA)
+elsewhere (:mod:`explora_geo.precision`).
 """
 
 import argparse
 import copy
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -46,6 +47,11 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from explora_geo.precision import (
+    PRECISION_CHOICES,
+    environment_report,
+    resolve_precision,
+)
 from explora_geo.tasks.explora_dinov2 import ExPLoRADINOv2
 
 
@@ -206,7 +212,7 @@ def run_variant(args: argparse.Namespace) -> dict[str, Any]:
         accelerator=args.device,
         devices=1,
         max_steps=args.steps,
-        precision=args.precision,
+        precision=args.resolved_precision,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -236,7 +242,8 @@ def side_by_side(args: argparse.Namespace) -> None:
 
     print(
         f'{args.model}, {args.img_size} px, batch {args.batch}, 2 global + '
-        f'{args.local_crops} local crops, {args.precision}'
+        f'{args.local_crops} local crops, {args.resolved_precision} '
+        f'(--precision {args.precision})'
     )
     rows = {}
     for name, runs in results.items():
@@ -269,20 +276,19 @@ def main() -> None:
     parser.add_argument('--steps', type=int, default=6)
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--repeats', type=int, default=2)
-    parser.add_argument('--precision', default='bf16-mixed')
+    parser.add_argument('--precision', choices=PRECISION_CHOICES, default='auto')
     parser.add_argument('--threads', type=int, default=1)
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--variant', choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.resolved_precision = resolve_precision(args.precision, args.device)
     torch.set_num_threads(args.threads)
     if args.variant:
         print(json.dumps(run_variant(args)))
         return
 
-    print(
-        f'machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, '
-        f'lightning {lightning.__version__}, threads {args.threads}, device {args.device}'
-    )
+    print(environment_report(args.threads))
+    print(f'lightning {lightning.__version__}, device {args.device}')
     if args.repeats > 0:
         side_by_side(args)
     paper = paper_configuration()

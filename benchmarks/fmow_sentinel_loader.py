@@ -11,13 +11,16 @@ For scale it also times one training step (forward + backward + AdamW) of a
 ViT-B/8 on 432 tokens, the token count of SatMAE's group-channel ViT-B at 96 px
 (3 band groups x 144 patches), to tell whether the loader can keep up on CPU.
 
-Usage: ``python benchmarks/fmow_sentinel_loader.py [--images 1024] [--batch 64]``
+The ViT step runs at ``--precision`` (``auto``, the default: bf16 autocast
+where the CPU computes bf16 natively, fp32 elsewhere).
+
+Usage: ``python benchmarks/fmow_sentinel_loader.py [--images 1024] [--batch 64]
+[--precision auto|32|bf16]``
 """
 
 import argparse
 import csv
 import os
-import platform
 import tempfile
 import time
 
@@ -31,6 +34,13 @@ from torch.utils.data import DataLoader
 
 import explora_geo
 from explora_geo.datasets.fmow_sentinel import FMoWSentinel
+from explora_geo.precision import (
+    PRECISION_CHOICES,
+    PrecisionName,
+    autocast,
+    environment_report,
+    resolve_precision,
+)
 
 ASSET = os.path.join(
     os.path.dirname(explora_geo.__file__), 'assets', 's2_virginia_13band.tif'
@@ -95,7 +105,7 @@ def loader_rate(root: str, workers: int, batch: int, epochs: int) -> float:
     return count / (time.perf_counter() - start)
 
 
-def vit_step_rate(batch: int, steps: int = 3) -> float:
+def vit_step_rate(batch: int, precision: PrecisionName, steps: int = 3) -> float:
     """Samples per second of a ViT-B/8 training step on 432 tokens."""
     model = timm.create_model(
         'vit_base_patch16_224',
@@ -110,7 +120,8 @@ def vit_step_rate(batch: int, steps: int = 3) -> float:
     times = []
     for _ in range(steps + 1):
         start = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(model(x), y)
+        with autocast(precision, 'cpu'):
+            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -124,13 +135,12 @@ def main() -> None:
     parser.add_argument('--batch', type=int, default=64)
     parser.add_argument('--epochs', type=int, default=2)
     parser.add_argument('--vit-batch', type=int, default=8)
+    parser.add_argument('--precision', choices=PRECISION_CHOICES, default='auto')
     args = parser.parse_args()
+    precision = resolve_precision(args.precision, 'cpu')
 
+    print(environment_report(torch.get_num_threads()))
     print(
-        f'machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores'
-    )
-    print(
-        f'python {platform.python_version()}, torch {torch.__version__}, '
         f'torchvision {torchvision.__version__}, rasterio {rasterio.__version__} '
         f'(GDAL {rasterio.__gdal_version__}), numpy {np.__version__}'
     )
@@ -147,9 +157,10 @@ def main() -> None:
         torch.set_num_threads(threads)
         rate = loader_rate(root, 2, args.batch, args.epochs)
         print(f'num_workers=2: {rate:.0f} samples/s')
-    rate = vit_step_rate(args.vit_batch)
+    rate = vit_step_rate(args.vit_batch, precision)
     print(
-        f'ViT-B/8 training step, 432 tokens, batch {args.vit_batch}: {rate:.1f} samples/s'
+        f'ViT-B/8 training step, 432 tokens, batch {args.vit_batch}, {precision}: '
+        f'{rate:.1f} samples/s'
     )
 
 

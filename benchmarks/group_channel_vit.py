@@ -9,7 +9,8 @@ length, so any difference comes from what the group model does around them
 (band selection, three patch projections, concatenated position + group
 encodings).
 
-Both models run in eval mode under ``torch.autocast(bfloat16)`` on the CPU,
+Both models run in eval mode on the CPU at ``--precision`` (``auto``, the
+default: bf16 autocast where the CPU computes bf16 natively, fp32 elsewhere),
 measured alternately (to share background load fairly) after warm-up.
 Reported: the fastest forward of each model (the least disturbed by other
 processes) and the median over iterations of the paired ratio group / plain
@@ -17,12 +18,11 @@ processes) and the median over iterations of the paired ratio group / plain
 embedding stage alone (patch projection(s) + encodings + class token, what the
 grouping changes) is timed separately over many repetitions.
 
-Usage: ``python benchmarks/group_channel_vit.py [--size l|b] [--batch 2] [--iters 3]``
+Usage: ``python benchmarks/group_channel_vit.py [--size l|b] [--batch 2] [--iters 4]
+[--precision auto|32|bf16]``
 """
 
 import argparse
-import os
-import platform
 import statistics
 import time
 
@@ -32,6 +32,13 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 import explora_geo.models.satmae_group  # noqa: F401  (registers the model)
+from explora_geo.precision import (
+    PRECISION_CHOICES,
+    PrecisionName,
+    autocast,
+    environment_report,
+    resolve_precision,
+)
 
 SIZES = {
     'l': (
@@ -53,17 +60,19 @@ def fill(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-def timed_forward(model: nn.Module, x: torch.Tensor) -> float:
+def timed_forward(model: nn.Module, x: torch.Tensor, precision: PrecisionName) -> float:
     start = time.perf_counter()
-    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+    with torch.no_grad(), autocast(precision, 'cpu'):
         model.forward_features(x)
     return time.perf_counter() - start
 
 
-def timed_embedding(model: nn.Module, x: torch.Tensor, repeats: int) -> float:
+def timed_embedding(
+    model: nn.Module, x: torch.Tensor, repeats: int, precision: PrecisionName
+) -> float:
     """Fastest of *repeats* runs of the embedding stage (before the blocks)."""
     best = float('inf')
-    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+    with torch.no_grad(), autocast(precision, 'cpu'):
         for _ in range(repeats):
             start = time.perf_counter()
             model._pos_embed(model.patch_embed(x))
@@ -78,7 +87,9 @@ def main() -> None:
     parser.add_argument('--iters', type=int, default=4)
     parser.add_argument('--embed-iters', type=int, default=20)
     parser.add_argument('--warmup', type=int, default=1)
+    parser.add_argument('--precision', choices=PRECISION_CHOICES, default='auto')
     args = parser.parse_args()
+    precision = resolve_precision(args.precision, 'cpu')
 
     name, dims = SIZES[args.size]
     torch.manual_seed(0)
@@ -105,19 +116,16 @@ def main() -> None:
     times: dict[str, list[float]] = {'group': [], 'plain': []}
     for i in range(args.warmup + args.iters):
         for key, model, x in (('group', group, x_group), ('plain', plain, x_plain)):
-            seconds = timed_forward(model, x)
+            seconds = timed_forward(model, x, precision)
             if i >= args.warmup:
                 times[key].append(seconds)
 
-    print(
-        f'machine: {platform.processor() or platform.machine()}, '
-        f'{os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}; '
-        f'python {platform.python_version()}, torch {torch.__version__}, '
-        f'timm {timm.__version__}'
-    )
+    print(environment_report(torch.get_num_threads()))
+    print(f'timm {timm.__version__}')
     print(
         f'{name} vs plain timm ViT ({dims}), 433 tokens, batch {args.batch}, '
-        f'bf16 autocast, {args.iters} timed forwards after {args.warmup} warm-up'
+        f'precision {precision} (--precision {args.precision}), {args.iters} timed '
+        f'forwards after {args.warmup} warm-up'
     )
     best = {k: min(v) for k, v in times.items()}
     for key, seconds in best.items():
@@ -133,8 +141,8 @@ def main() -> None:
         f'  ratio group / plain, median of paired runs: {statistics.median(paired):.3f}'
     )
     embed = {
-        'group': timed_embedding(group, x_group, args.embed_iters),
-        'plain': timed_embedding(plain, x_plain, args.embed_iters),
+        'group': timed_embedding(group, x_group, args.embed_iters, precision),
+        'plain': timed_embedding(plain, x_plain, args.embed_iters, precision),
     }
     print(
         f'  embedding stage (best of {args.embed_iters}): group {embed["group"] * 1e3:.1f} ms, '

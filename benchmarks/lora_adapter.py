@@ -13,15 +13,19 @@ on the other blocks, norms and class token), except full fine-tuning:
 
 Each variant runs in a fresh process (peak RSS is per process). Reported: step
 time (forward + backward + AdamW step), peak RSS above the process's RSS after
-building the model, and merged-model inference time against plain timm.
+building the model, and merged-model inference time against plain timm, with
+the precision used and the machine's bf16-relevant ISA flags and versions.
 
-Usage: ``python benchmarks/lora_adapter.py [--model explora_vitb_dino] [--batch 8]``
+``--precision auto`` (the default) runs bf16 autocast where the CPU computes
+bf16 natively and fp32 elsewhere (:mod:`explora_geo.precision`).
+
+Usage: ``python benchmarks/lora_adapter.py [--model explora_vitb_dino] [--batch 8]
+[--precision auto|32|bf16]``
 """
 
 import argparse
 import json
 import multiprocessing as mp
-import platform
 import resource
 import statistics
 import time
@@ -39,6 +43,12 @@ from explora_geo.peft import (
     apply_explora,
     count_trainable_parameters,
     merge_and_unload,
+)
+from explora_geo.precision import (
+    PRECISION_CHOICES,
+    autocast,
+    environment_report,
+    resolve_precision,
 )
 
 
@@ -114,7 +124,7 @@ def run_variant(variant: str, args: dict[str, Any]) -> dict[str, Any]:
     times = []
     for i in range(args['warmup'] + args['steps']):
         start = time.perf_counter()
-        with torch.autocast('cpu', dtype=torch.bfloat16):
+        with autocast(args['resolved_precision'], 'cpu'):
             loss = model(x).float().pow(2).mean()
         loss.backward()
         optimizer.step()
@@ -143,7 +153,7 @@ def inference_ratio(model: nn.Module, args: dict[str, Any]) -> dict[str, float]:
 
     def timed(m: nn.Module) -> float:
         out = []
-        with torch.inference_mode(), torch.autocast('cpu', dtype=torch.bfloat16):
+        with torch.inference_mode(), autocast(args['resolved_precision'], 'cpu'):
             for _ in range(args['warmup']):
                 m(x)
             for _ in range(args['steps']):
@@ -170,7 +180,9 @@ def main() -> None:
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--threads', type=int, default=torch.get_num_threads())
     parser.add_argument('--variants', default='explora,peft,naive,full')
+    parser.add_argument('--precision', choices=PRECISION_CHOICES, default='auto')
     args = vars(parser.parse_args())
+    args['resolved_precision'] = resolve_precision(args['precision'], 'cpu')
     ctx = mp.get_context('spawn')
     results = []
     for variant in args['variants'].split(','):
@@ -179,10 +191,11 @@ def main() -> None:
             results.append(pool.submit(run_variant, variant, args).result())
     import peft
 
+    print(environment_report(args['threads']))
     print(
-        f'# {args["model"]}, batch {args["batch"]}, {args["img"]} px, rank {args["rank"]}, bf16 autocast, '
-        f'{args["threads"]} threads; {platform.processor() or platform.machine()}, '
-        f'torch {torch.__version__}, timm {timm.__version__}, peft {peft.__version__}'
+        f'# {args["model"]}, batch {args["batch"]}, {args["img"]} px, rank {args["rank"]}, '
+        f'precision {args["resolved_precision"]} (--precision {args["precision"]}), '
+        f'{args["threads"]} threads; timm {timm.__version__}, peft {peft.__version__}'
     )
     ref = next(r for r in results if r['variant'] == 'explora')
     print(

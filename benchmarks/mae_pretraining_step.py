@@ -1,7 +1,8 @@
 """One MAE pre-training step: ExPLoRA (M-[1,L]-r32 + decoder LoRA r32) vs full MAE.
 
-Both run through ``lightning.Trainer`` with ``precision='bf16-mixed'`` on the
-CPU, the same ViT (ViT-B/16 or ViT-L/16), the same 512-wide 8-block decoder,
+Both run through ``lightning.Trainer`` on the CPU at ``--precision`` (``auto``,
+the default: ``bf16-mixed`` where the CPU computes bf16 natively, ``32-true``
+elsewhere, as :class:`explora_geo.precision.AutoPrecision` chooses), the same ViT (ViT-B/16 or ViT-L/16), the same 512-wide 8-block decoder,
 batch, image size, mask ratio 0.75, norm-pix loss and TorchGeo's MAE
 augmentation:
 
@@ -16,21 +17,20 @@ Reported per variant: median step time (forward + backward + AdamW step, from
 memory (``ru_maxrss``) above the process's RSS measured just before the task is
 built (so it counts weights, gradients, optimiser state and activations), the
 FLOPs of one step's forward + backward (``torch.utils.flop_counter``), and
-the fraction of the machine's bf16 matmul peak (measured with a large bf16
-matmul in this script) the step reaches. Step times are given as wall time and
+the fraction of the machine's matmul peak at that precision (measured with a
+large matmul in that dtype in this script) the step reaches. Step times are given as wall time and
 as the process's CPU time (``time.process_time``): on a shared machine, CPU
 time with ``--threads 1`` is the figure that other processes do not distort.
 ``--attn math`` switches timm's attention from PyTorch's fused SDPA to the
 explicit product in both variants.
 
 Usage: ``python benchmarks/mae_pretraining_step.py [--model vitb|vitl] [--batch 8]
-[--threads 1] [--attn fused|math]``
+[--threads 1] [--attn fused|math] [--precision auto|32|bf16]``
 """
 
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -41,16 +41,27 @@ from typing import Any
 import psutil
 import torch
 
+from explora_geo.precision import (
+    PRECISION_CHOICES,
+    PrecisionName,
+    autocast,
+    environment_report,
+    resolve_precision,
+)
+
 MODELS = {
     'vitb': ('explora_vitb_mae', 'vit_base_patch16_224'),
     'vitl': ('explora_vitl_mae', 'vit_large_patch16_224'),
 }
 
 
-def matmul_peak(n: int = 4096, iters: int = 5) -> tuple[float, float]:
-    """Best bf16 matmul throughput: FLOP per wall second and per CPU second."""
-    a = torch.randn(n, n, dtype=torch.bfloat16)
-    b = torch.randn(n, n, dtype=torch.bfloat16)
+def matmul_peak(
+    precision: PrecisionName, n: int = 2048, iters: int = 3
+) -> tuple[float, float]:
+    """Best matmul throughput in the precision's dtype: FLOP per wall and CPU second."""
+    dtype = torch.float32 if precision == '32-true' else torch.bfloat16
+    a = torch.randn(n, n, dtype=dtype)
+    b = torch.randn(n, n, dtype=dtype)
     a @ b  # warm-up
     wall = cpu = float('inf')
     for _ in range(iters):
@@ -109,10 +120,10 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
             if isinstance(module, Attention):
                 module.fused_attn = False
 
-    # FLOPs of one forward + backward (bf16 autocast, as in training).
+    # FLOPs of one forward + backward (at the training precision).
     batch = next(iter(loader))
     counter = FlopCounterMode(display=False)
-    with counter, torch.autocast('cpu', dtype=torch.bfloat16):
+    with counter, autocast(args.resolved_precision, 'cpu'):
         loss = task.training_step(batch, 0)
         loss.backward()
     task.zero_grad(set_to_none=True)
@@ -132,7 +143,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     trainer = lightning.Trainer(
         accelerator='cpu',
         devices=1,
-        precision='bf16-mixed',
+        precision=args.resolved_precision,
         max_epochs=1,
         limit_train_batches=steps,
         logger=False,
@@ -169,15 +180,17 @@ def main() -> None:
         help="timm attention of both variants: 'fused' (SDPA, timm's default) or "
         "'math' (explicit softmax(QK^T)V)",
     )
+    parser.add_argument('--precision', choices=PRECISION_CHOICES, default='auto')
     parser.add_argument('--variant', choices=['explora', 'torchgeo'])
     args = parser.parse_args()
+    args.resolved_precision = resolve_precision(args.precision, 'cpu')
 
     if args.variant:
         print(json.dumps(worker(args)))
         return
 
     torch.set_num_threads(args.threads)
-    peak, peak_cpu = matmul_peak()
+    peak, peak_cpu = matmul_peak(args.resolved_precision)
     results: dict[str, list[dict[str, Any]]] = {'explora': [], 'torchgeo': []}
     for _ in range(args.repeats):
         for variant in results:
@@ -201,20 +214,19 @@ def main() -> None:
             'trainable': runs[0]['trainable'],
         }
     e, t = rows['explora'], rows['torchgeo']
+    print(environment_report(args.threads))
     print(
-        f'machine: {platform.processor() or platform.machine()}, '
-        f'{os.cpu_count()} cores, {args.threads} threads; torch {torch.__version__}; '
-        f'bf16 matmul peak {peak / 1e9:.0f} GFLOP/s wall, '
+        f'{args.resolved_precision} matmul peak {peak / 1e9:.0f} GFLOP/s wall, '
         f'{peak_cpu / 1e9:.0f} GFLOP per CPU-s'
     )
     print(
-        f'{args.model}, batch {args.batch}, {args.img} px, bf16-mixed, {args.attn} '
-        f'attention, median of {args.steps} steps after {args.warmup} warm-up, '
-        f'{args.repeats} processes each'
+        f'{args.model}, batch {args.batch}, {args.img} px, {args.resolved_precision} '
+        f'(--precision {args.precision}), {args.attn} attention, median of '
+        f'{args.steps} steps after {args.warmup} warm-up, {args.repeats} processes each'
     )
     print(
         '| variant | trainable | step wall (s) | step CPU (s) | img/s wall | '
-        'img/CPU-s | peak RSS (GiB) | fwd+bwd GFLOP | bf16 peak used (wall / CPU) |'
+        'img/CPU-s | peak RSS (GiB) | fwd+bwd GFLOP | peak used (wall / CPU) |'
     )
     print('| --- | --- | --- | --- | --- | --- | --- | --- | --- |')
     for name, r in rows.items():
