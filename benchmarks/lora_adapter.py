@@ -13,7 +13,10 @@ on the other blocks, norms and class token), except full fine-tuning:
 
 Each variant runs in a fresh process (peak RSS is per process). Reported: step
 time (forward + backward + AdamW step), peak RSS above the process's RSS after
-building the model, and merged-model inference time against plain timm, with
+building the model, the bytes of the activations autograd saves for the
+backward pass (distinct storages other than parameters, counted with
+``torch.autograd.graph.saved_tensors_hooks`` in the first step: exact, unlike
+RSS), and merged-model inference time against plain timm, with
 the precision used and the machine's bf16-relevant ISA flags and versions.
 
 ``--precision auto`` (the default) runs bf16 autocast where the CPU computes
@@ -24,6 +27,7 @@ Usage: ``python benchmarks/lora_adapter.py [--model explora_vitb_dino] [--batch 
 """
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import resource
@@ -122,9 +126,23 @@ def run_variant(variant: str, args: dict[str, Any]) -> dict[str, Any]:
     x = torch.randn(args['batch'], 3, args['img'], args['img'])
     before = rss()
     times = []
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
     for i in range(args['warmup'] + args['steps']):
         start = time.perf_counter()
-        with autocast(args['resolved_precision'], 'cpu'):
+        hooks = (
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+            if i == 0
+            else contextlib.nullcontext()
+        )
+        with hooks, autocast(args['resolved_precision'], 'cpu'):
             loss = model(x).float().pow(2).mean()
         loss.backward()
         optimizer.step()
@@ -138,6 +156,7 @@ def run_variant(variant: str, args: dict[str, Any]) -> dict[str, Any]:
         'step_s': statistics.median(times),
         'peak_above_model_mb': (peak - before) / 2**20 if peak > before else 0.0,
         'peak_rss_mb': peak / 2**20,
+        'saved_activations_mb': sum(saved.values()) / 2**20,
     }
     if variant == 'explora':
         result['trainable'] = count_trainable_parameters(model)
@@ -176,8 +195,8 @@ def main() -> None:
     parser.add_argument('--batch', type=int, default=8)
     parser.add_argument('--img', type=int, default=224)
     parser.add_argument('--rank', type=int, default=64)
-    parser.add_argument('--steps', type=int, default=5)
-    parser.add_argument('--warmup', type=int, default=2)
+    parser.add_argument('--steps', type=int, default=3)
+    parser.add_argument('--warmup', type=int, default=1)
     parser.add_argument('--threads', type=int, default=torch.get_num_threads())
     parser.add_argument('--variants', default='explora,peft,naive,full')
     parser.add_argument('--precision', choices=PRECISION_CHOICES, default='auto')
@@ -199,13 +218,15 @@ def main() -> None:
     )
     ref = next(r for r in results if r['variant'] == 'explora')
     print(
-        '| variant | trainable | step (s) | step vs ExPLoRA | peak above model (MB) | peak RSS (MB) |'
+        '| variant | trainable | step (s) | step vs ExPLoRA | saved activations (MB) '
+        '| peak above model (MB) | peak RSS (MB) |'
     )
-    print('| --- | ---: | ---: | ---: | ---: | ---: |')
+    print('| --- | ---: | ---: | ---: | ---: | ---: | ---: |')
     for r in results:
         print(
             f'| {r["variant"]} | {r["trainable"] / 1e6:.2f}M | {r["step_s"]:.3f} | '
-            f'{r["step_s"] / ref["step_s"]:.2f}x | {r["peak_above_model_mb"]:.0f} | {r["peak_rss_mb"]:.0f} |'
+            f'{r["step_s"] / ref["step_s"]:.2f}x | {r["saved_activations_mb"]:.0f} | '
+            f'{r["peak_above_model_mb"]:.0f} | {r["peak_rss_mb"]:.0f} |'
         )
     inf = ref['inference']
     print(
