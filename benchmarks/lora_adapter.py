@@ -11,7 +11,9 @@ on the other blocks, norms and class token), except full fine-tuning:
   block padded into the qkv output.
 * ``full``: full fine-tuning of the same ViT.
 
-Each variant runs in a fresh process (peak RSS is per process). Reported: step
+Each variant runs in a fresh process (peak RSS is per process). One ``qkv``
+layer alone (ExPLoRA's vs peft's, timed alternately in one process) gives a
+speed ratio that load from other jobs distorts less. Reported: step
 time (forward + backward + AdamW step), peak RSS above the process's RSS after
 building the model, the bytes of the activations autograd saves for the
 backward pass (distinct storages other than parameters, counted with
@@ -44,6 +46,7 @@ from torch import nn
 import explora_geo  # noqa: F401
 from explora_geo.peft import (
     ExPLoRAConfig,
+    QKVLoRA,
     apply_explora,
     count_trainable_parameters,
     merge_and_unload,
@@ -126,12 +129,12 @@ def run_variant(variant: str, args: dict[str, Any]) -> dict[str, Any]:
     x = torch.randn(args['batch'], 3, args['img'], args['img'])
     before = rss()
     times = []
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    param_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
     saved: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         storage = t.untyped_storage()
-        if storage.data_ptr() not in params:
+        if storage.data_ptr() not in param_storages:
             saved[storage.data_ptr()] = storage.nbytes()
         return t
 
@@ -189,6 +192,72 @@ def inference_ratio(model: nn.Module, args: dict[str, Any]) -> dict[str, float]:
     return {'merged_s': min(t_merged), 'plain_timm_s': min(t_plain)}
 
 
+def layer_comparison(args: dict[str, Any], repeats: int = 12) -> dict[str, float]:
+    """One ``qkv`` layer alone: ExPLoRA's QKVLoRA vs peft's LoRA, interleaved.
+
+    Forward + backward of the layer of the benchmarked ViT on a batch of its
+    tokens, timed alternately (so that other load hits both alike); median
+    after two warm-up rounds. Also the saved activation bytes of each.
+    """
+    from peft import LoraConfig, inject_adapter_in_model
+
+    with torch.device('meta'):
+        vit = timm.create_model(args['model'], num_classes=0, img_size=args['img'])
+    dim = vit.embed_dim
+    tokens = vit.patch_embed.num_patches + vit.num_prefix_tokens
+    torch.manual_seed(0)
+
+    class Attention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.qkv = nn.Linear(dim, 3 * dim)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.qkv(x)
+
+    peft_layer = inject_adapter_in_model(
+        LoraConfig(r=args['rank'], lora_alpha=1, target_modules=['qkv']), Attention()
+    )
+    peft_layer.qkv.base_layer.requires_grad_(False)
+    base = nn.Linear(dim, 3 * dim).requires_grad_(False)
+    layers = {'explora': QKVLoRA(base, args['rank']), 'peft': peft_layer}
+    x = torch.randn(args['batch'], tokens, dim, requires_grad=True)
+    grad = torch.randn(args['batch'], tokens, 3 * dim)
+    times: dict[str, list[float]] = {name: [] for name in layers}
+    saved: dict[str, int] = {}
+    for i in range(repeats + 2):
+        for name, layer in layers.items():
+            storages: dict[int, int] = {}
+            frozen = {p.untyped_storage().data_ptr() for p in layer.parameters()}
+
+            def pack(
+                t: torch.Tensor,
+                storages: dict[int, int] = storages,
+                frozen: set[int] = frozen,
+            ) -> torch.Tensor:
+                storage = t.untyped_storage()
+                if storage.data_ptr() not in frozen:
+                    storages[storage.data_ptr()] = storage.nbytes()
+                return t
+
+            start = time.perf_counter()
+            with (
+                torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+                autocast(args['resolved_precision'], 'cpu'),
+            ):
+                out = layer(x)
+            out.backward(grad.to(out.dtype))
+            if i >= 2:
+                times[name].append(time.perf_counter() - start)
+            saved[name] = sum(storages.values())
+    return {
+        **{f'{n}_ms': statistics.median(t) * 1e3 for n, t in times.items()},
+        **{f'{n}_saved_mb': b / 2**20 for n, b in saved.items()},
+        'dim': dim,
+        'tokens': args['batch'] * tokens,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--model', default='explora_vitb_dino')
@@ -228,6 +297,15 @@ def main() -> None:
             f'{r["step_s"] / ref["step_s"]:.2f}x | {r["saved_activations_mb"]:.0f} | '
             f'{r["peak_above_model_mb"]:.0f} | {r["peak_rss_mb"]:.0f} |'
         )
+    torch.set_num_threads(args['threads'])
+    layer = layer_comparison(args)
+    print(
+        f'\none qkv layer ({layer["tokens"]} tokens x {layer["dim"]}), forward + '
+        f'backward, interleaved: explora {layer["explora_ms"]:.1f} ms vs peft '
+        f'{layer["peft_ms"]:.1f} ms (explora throughput '
+        f'{layer["peft_ms"] / layer["explora_ms"]:.2f}x peft); saved activations '
+        f'{layer["explora_saved_mb"]:.2f} vs {layer["peft_saved_mb"]:.2f} MB'
+    )
     inf = ref['inference']
     print(
         f'\nmerged ExPLoRA inference {inf["merged_s"]:.3f} s vs plain timm {inf["plain_timm_s"]:.3f} s '
