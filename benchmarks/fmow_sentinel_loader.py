@@ -134,7 +134,7 @@ def main() -> None:
     parser.add_argument('--images', type=int, default=1024)
     parser.add_argument('--batch', type=int, default=64)
     parser.add_argument('--epochs', type=int, default=2)
-    parser.add_argument('--vit-batch', type=int, default=8)
+    parser.add_argument('--vit-batch', type=int, default=2)
     parser.add_argument('--precision', choices=PRECISION_CHOICES, default='auto')
     args = parser.parse_args()
     precision = resolve_precision(args.precision, 'cpu')

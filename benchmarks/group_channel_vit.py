@@ -18,7 +18,7 @@ processes) and the median over iterations of the paired ratio group / plain
 embedding stage alone (patch projection(s) + encodings + class token, what the
 grouping changes) is timed separately over many repetitions.
 
-Usage: ``python benchmarks/group_channel_vit.py [--size l|b] [--batch 2] [--iters 4]
+Usage: ``python benchmarks/group_channel_vit.py [--size b|l] [--batch 2] [--iters 3]
 [--precision auto|32|bf16]``
 """
 
@@ -82,9 +82,9 @@ def timed_embedding(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument('--size', choices=sorted(SIZES), default='l')
+    parser.add_argument('--size', choices=sorted(SIZES), default='b')
     parser.add_argument('--batch', type=int, default=2)
-    parser.add_argument('--iters', type=int, default=4)
+    parser.add_argument('--iters', type=int, default=3)
     parser.add_argument('--embed-iters', type=int, default=20)
     parser.add_argument('--warmup', type=int, default=1)
     parser.add_argument('--precision', choices=PRECISION_CHOICES, default='auto')
