@@ -35,11 +35,13 @@ elsewhere (:mod:`explora_geo.precision`).
 
 import argparse
 import copy
+import inspect
 import json
 import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from typing import Any
 
 import lightning
@@ -52,6 +54,7 @@ from explora_geo.precision import (
     environment_report,
     resolve_precision,
 )
+from explora_geo.ssl import DINOv2Config
 from explora_geo.tasks.explora_dinov2 import ExPLoRADINOv2
 
 
@@ -200,12 +203,14 @@ class Timer(lightning.Callback):
 def run_variant(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     lightning.seed_everything(0, verbose=False)
+    defaults = inspect.signature(ExPLoRADINOv2).parameters
     task = VARIANTS[args.variant](
         model=args.model,
         img_size=args.img_size,
-        num_local_crops=args.local_crops,
-        warmup_steps=1,
-        freeze_last_layer_steps=0,
+        optimization=replace(defaults['optimization'].default, warmup_steps=1),
+        objective=DINOv2Config(
+            num_local_crops=args.local_crops, freeze_last_layer_steps=0
+        ),
     )
     timer = Timer()
     trainer = lightning.Trainer(

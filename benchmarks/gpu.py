@@ -33,10 +33,12 @@ Usage: ``python benchmarks/gpu.py [--tasks mae,dinov2] [--batch-mae 64]
 
 import argparse
 import gc
+import inspect
 import json
 import statistics
 import sys
 import time
+from dataclasses import replace
 from typing import Any
 
 import lightning
@@ -45,6 +47,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
+from explora_geo.peft import ExPLoRAConfig
 from explora_geo.precision import (
     PRECISION_CHOICES,
     PrecisionName,
@@ -52,6 +55,7 @@ from explora_geo.precision import (
     environment_report,
     resolve_precision,
 )
+from explora_geo.ssl import DINOv2Config
 from explora_geo.tasks import ExPLoRADINOv2, ExPLoRAMAE
 
 #: Dense bf16 tensor-core peak in TFLOP/s by a substring of the device name,
@@ -136,21 +140,22 @@ def build(name: str, args: argparse.Namespace) -> lightning.LightningModule:
         return ExPLoRAMAE(
             model='explora_vitl_mae',
             img_size=args.img_size,
-            unfrozen_blocks=(0, -1),
-            lora_rank=32,
+            adapter=ExPLoRAConfig(unfrozen_blocks=(0, -1), rank=32),
             decoder_lora_rank=32,
             model_kwargs={**TINY_VIT, **patch} if tiny else patch,
             decoder_kwargs=TINY_DECODER if tiny else None,
         )
+    defaults = inspect.signature(ExPLoRADINOv2).parameters
     return ExPLoRADINOv2(
         model='explora_vitl_dino',
         img_size=args.img_size,
-        unfrozen_blocks=(-1,),
-        lora_rank=64,
-        num_local_crops=args.local_crops,
-        num_prototypes=1024 if tiny else 65536,
-        warmup_steps=1,
-        freeze_last_layer_steps=0,
+        adapter=ExPLoRAConfig(unfrozen_blocks=(-1,), rank=64),
+        optimization=replace(defaults['optimization'].default, warmup_steps=1),
+        objective=DINOv2Config(
+            num_local_crops=args.local_crops,
+            num_prototypes=1024 if tiny else 65536,
+            freeze_last_layer_steps=0,
+        ),
         model_kwargs=TINY_VIT if tiny else None,
     )
 

@@ -67,6 +67,13 @@ def timed_forward(model: nn.Module, x: torch.Tensor, precision: PrecisionName) -
     return time.perf_counter() - start
 
 
+def embed(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The tokens the blocks see: patch projection(s), encodings, class token."""
+    if hasattr(model, 'embed_tokens'):  # the SatMAE ViTs
+        return model.embed_tokens(x)
+    return model._pos_embed(model.patch_embed(x))
+
+
 def timed_embedding(
     model: nn.Module, x: torch.Tensor, repeats: int, precision: PrecisionName
 ) -> float:
@@ -75,7 +82,7 @@ def timed_embedding(
     with torch.no_grad(), autocast(precision, 'cpu'):
         for _ in range(repeats):
             start = time.perf_counter()
-            model._pos_embed(model.patch_embed(x))
+            embed(model, x)
             best = min(best, time.perf_counter() - start)
     return best
 
