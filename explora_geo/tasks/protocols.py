@@ -111,9 +111,11 @@ def build_optimizer(
     ``no_weight_decay()`` tensors (class token, position embedding) are not
     decayed, as in MAE's and timm's fine-tuning. With ``layer_decay < 1`` the
     *backbone* gets BEiT's layer-wise decay through timm's
-    :func:`~timm.optim.param_groups_layer_decay`: with ``L`` blocks, block
-    ``i`` (1-based) trains at ``layer_decay ** (L + 1 - i)`` times *lr*, the
-    embeddings at ``layer_decay ** (L + 1)``, the rest of the task at *lr*.
+    :func:`~timm.optim.param_groups_layer_decay`: timm numbers the layers 0
+    (embeddings), 1 to ``L`` (blocks; the final norm joins the last) and
+    ``L + 1`` (the head, if the ViT has one); layer ``i`` of top layer ``n``
+    trains at ``layer_decay ** (n - i)`` times *lr*. The rest of *root* (a
+    segmentation decoder, probe heads) trains at *lr*.
 
     Args:
         name: ``'adamw'`` or ``'sgd'`` (momentum 0.9, as DinoV2's linear probe).
