@@ -263,7 +263,7 @@ def test_sweep_heads_and_feature_shapes() -> None:
                 x, indices=4, norm=True, return_prefix_tokens=True, output_fmt='NLC'
             )[1][i][1][:, 0]
             for i in range(4)
-        ]  # noqa: E501
+        ]
         for key, value in inputs.items():
             assert value.shape == (2, widths[key])
             torch.testing.assert_close(value, probe_features(vit, x, *key))
