@@ -549,6 +549,12 @@ class ClassificationTask(Classification):
         self.probes = None
         width = int(self.model.embed_dim)
         if h['probe_lrs'] is not None:
+            depth = len(getattr(self.model, 'blocks', ()))
+            if max(h['probe_blocks']) > depth:
+                raise ValueError(
+                    f"probe_blocks {tuple(h['probe_blocks'])} asks for more blocks than "
+                    f"{h['model']} has ({depth})"
+                )
             # The sweep's heads replace the model's own head.
             self.model.reset_classifier(0)
             self.probes = ProbeHeads(self.probe_specs(), width, num_outputs)

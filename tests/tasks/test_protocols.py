@@ -330,6 +330,7 @@ def test_sweep_rates_scale_with_batch(tmp_path: Path) -> None:
         ({'probe_lrs': ()}, 'at least one rate'),
         ({'probe_pooling': ('cls',)}, 'probe_pooling must be among'),
         ({'probe_blocks': (0,)}, 'probe_blocks'),
+        ({'probe_blocks': (1, 5)}, 'more blocks than'),
     ],
 )
 def test_sweep_validation(kwargs: dict[str, Any], message: str) -> None:
