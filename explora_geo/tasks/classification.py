@@ -74,6 +74,9 @@ __all__ = (
 #: How a pre-trained backbone is adapted downstream.
 FinetuneMode = Literal['lora', 'linear_probe', 'full']
 
+#: Modes of :class:`ClassificationTask`: the shared ones plus an HF peft adapter.
+ClassificationFinetune = Literal['lora', 'linear_probe', 'full', 'peft']
+
 #: Features a classification head reads.
 Pooling = Literal['token', 'avg', 'token+avg']
 
@@ -345,6 +348,46 @@ def sweep_inputs(
     }
 
 
+def inject_peft(
+    model: nn.Module, config: Mapping[str, Any], trainable: Sequence[str] = ()
+) -> nn.Module:
+    """Freeze *model* and inject an HF peft adapter into it, in place.
+
+    Args:
+        model: A timm ViT.
+        config: A :func:`peft.get_peft_config` mapping (``peft_type`` and the
+            tuner's fields; ``target_modules`` name timm modules such as
+            ``'qkv'``, ``'proj'``, ``'fc1'``, ``'fc2'``).
+        trainable: Parameter-name patterns (``fnmatch``) that also train.
+
+    Returns:
+        *model* with the adapter's layers; only they and *trainable* train.
+
+    Raises:
+        ImportError: If peft is not installed.
+        ValueError: If the config is AdaLoRA's.
+    """
+    try:
+        import peft
+    except ImportError as error:  # pragma: no cover - peft is a test dependency
+        raise ImportError(
+            "finetune='peft' needs HF peft: pip install 'explora-geo[peft]'"
+        ) from error
+    peft_config = peft.get_peft_config(dict(config))
+    if peft_config.peft_type == peft.PeftType.ADALORA:
+        raise ValueError(
+            "AdaLoRA reallocates ranks from inside peft's model wrapper during "
+            'training (update_and_allocate, orthogonal regularisation); it is not '
+            'available as a ClassificationTask peft_config'
+        )
+    model.requires_grad_(False)
+    model = peft.inject_adapter_in_model(peft_config, model)
+    for name, param in model.named_parameters():
+        if any(fnmatch.fnmatchcase(name, p) for p in trainable):
+            param.requires_grad_(True)
+    return model
+
+
 class ClassificationTask(Classification):
     """Image classification with an ExPLoRA (or any timm) ViT backbone.
 
@@ -370,7 +413,7 @@ class ClassificationTask(Classification):
         lr: float = 1e-3,
         patience: int = 10,
         freeze_backbone: bool = False,
-        finetune: FinetuneMode = 'lora',
+        finetune: ClassificationFinetune = 'lora',
         lora_rank: int = 8,
         lora_alpha: float = 8.0,
         lora_targets: Sequence[str] = ('q', 'v'),
@@ -389,6 +432,7 @@ class ClassificationTask(Classification):
         probe_lrs: Sequence[float] | None = None,
         probe_blocks: Sequence[int] = (1, 4),
         probe_pooling: Sequence[Pooling] = ('token', 'token+avg'),
+        peft_config: dict[str, Any] | None = None,
     ) -> None:
         """Initialize a new ClassificationTask instance.
 
@@ -414,7 +458,8 @@ class ClassificationTask(Classification):
             lr: Learning rate (of the last layer with *layer_decay*).
             patience: Patience of the learning-rate plateau scheduler.
             freeze_backbone: Same as ``finetune='linear_probe'``.
-            finetune: ``'lora'``, ``'linear_probe'`` or ``'full'``.
+            finetune: ``'lora'``, ``'linear_probe'``, ``'full'`` or ``'peft'``
+                (an HF peft adapter given by *peft_config*; the head trains).
             lora_rank: LoRA rank for ``'lora'``.
             lora_alpha: LoRA alpha for ``'lora'`` (scaling ``alpha / rank``).
             lora_targets: Matrices with LoRA: ``'q'``, ``'k'``, ``'v'`` (of
@@ -452,13 +497,26 @@ class ClassificationTask(Classification):
                 with it and checkpoints keep the choice.
             probe_blocks: Numbers of last blocks of the sweep's feature sets.
             probe_pooling: Poolings of the sweep's feature sets.
+            peft_config: With ``finetune='peft'``: a :func:`peft.get_peft_config`
+                mapping, e.g. ``{'peft_type': 'BOFT', 'target_modules': ['qkv'],
+                'boft_block_size': 8}`` or ``{'peft_type': 'IA3', 'target_modules':
+                ['qkv', 'fc2'], 'feedforward_modules': ['fc2']}``, for the PEFT
+                baselines the paper compares with (timm module names). AdaLoRA
+                is refused: its rank allocation runs inside peft's own model
+                wrapper and training loop.
 
         Raises:
             ValueError: If an argument is invalid.
         """
-        if finetune not in get_args(FinetuneMode):
+        if finetune not in get_args(ClassificationFinetune):
             raise ValueError(
-                f'finetune must be one of {get_args(FinetuneMode)}, got {finetune!r}'
+                f'finetune must be one of {get_args(ClassificationFinetune)}, got '
+                f'{finetune!r}'
+            )
+        if (finetune == 'peft') != (peft_config is not None):
+            raise ValueError(
+                "finetune='peft' and peft_config go together (got "
+                f'finetune={finetune!r}, peft_config={peft_config!r})'
             )
         if pooling is not None and pooling not in get_args(Pooling):
             raise ValueError(
@@ -552,8 +610,8 @@ class ClassificationTask(Classification):
             depth = len(getattr(self.model, 'blocks', ()))
             if max(h['probe_blocks']) > depth:
                 raise ValueError(
-                    f"probe_blocks {tuple(h['probe_blocks'])} asks for more blocks than "
-                    f"{h['model']} has ({depth})"
+                    f'probe_blocks {tuple(h["probe_blocks"])} asks for more blocks than '
+                    f'{h["model"]} has ({depth})'
                 )
             # The sweep's heads replace the model's own head.
             self.model.reset_classifier(0)
@@ -566,6 +624,9 @@ class ClassificationTask(Classification):
             nn.init.normal_(head.weight, std=0.01)
             nn.init.zeros_(head.bias)
             self.model.head = head
+        if self.finetune == 'peft':
+            self.model = inject_peft(self.model, h['peft_config'], ('head.*',))
+            return
         configure_finetune(
             self.model,
             self.finetune,

@@ -397,3 +397,63 @@ def test_batch_timestamps_reach_the_temporal_model(tmp_path: Path) -> None:
         logits = task(x, timestamps=batches[0]['timestamps'])
     assert logits.shape == (2, 62)
     torch.testing.assert_close(seen[-1], batches[0]['timestamps'])
+
+
+@pytest.mark.parametrize(
+    ('config', 'adapter'),
+    [
+        (
+            {'peft_type': 'BOFT', 'target_modules': ['qkv'], 'boft_block_size': 4},
+            '.boft_',
+        ),
+        (
+            {
+                'peft_type': 'IA3',
+                'target_modules': ['qkv', 'fc2'],
+                'feedforward_modules': ['fc2'],
+            },
+            '.ia3_l',
+        ),
+    ],
+)
+def test_hf_peft_baselines(config: dict[str, Any], adapter: str) -> None:
+    torch.manual_seed(0)
+    plain = ClassificationTask(
+        model='explora_vitb_dino', num_classes=3, finetune='full', model_kwargs=TINY
+    ).eval()
+    torch.manual_seed(0)
+    task = ClassificationTask(
+        model='explora_vitb_dino',
+        num_classes=3,
+        finetune='peft',
+        peft_config=config,
+        model_kwargs=TINY,
+    ).eval()
+    trainable = {n for n, p in task.named_parameters() if p.requires_grad}
+    assert {'model.head.weight', 'model.head.bias'} <= trainable
+    others = trainable - {'model.head.weight', 'model.head.bias'}
+    assert others and all(adapter in n for n in others)
+    # Both adapters start as the identity: the same outputs as the plain ViT.
+    x = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(task(x), plain(x), atol=1e-5, rtol=0)
+    loss = task.train()(x).square().mean()
+    loss.backward()
+    assert all(task.get_parameter(n).grad is not None for n in others)
+
+
+def test_peft_mode_validation() -> None:
+    with pytest.raises(ValueError, match='go together'):
+        ClassificationTask(num_classes=3, finetune='peft', model_kwargs=TINY)
+    with pytest.raises(ValueError, match='AdaLoRA'):
+        ClassificationTask(
+            model='explora_vitb_dino',
+            num_classes=3,
+            finetune='peft',
+            peft_config={
+                'peft_type': 'ADALORA',
+                'target_modules': ['qkv'],
+                'total_step': 10,
+            },
+            model_kwargs=TINY,
+        )
