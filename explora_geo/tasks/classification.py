@@ -21,8 +21,8 @@ sweep (``probe_lrs``): one head per learning rate and feature set trained in
 one run, the best on validation kept. Batches may carry ``timestamps``
 (fMoW temporal); they reach the model as ``timestamps=``.
 
-The helpers :func:`configure_finetune` and :func:`trainable_adamw` are shared
-with the segmentation and detection tasks.
+The helper :func:`configure_finetune` is shared with the segmentation and
+detection tasks.
 
 .. versionadded:: 0.1
 """
@@ -40,7 +40,6 @@ from lightning.pytorch.utilities.types import OptimizerLRScheduler
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 from torch.optim import AdamW
-from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torchgeo.datasets.utils import Sample
 from torchgeo.tasks import BaseTask, Classification
 from torchmetrics.classification import MulticlassAccuracy
@@ -68,7 +67,6 @@ __all__ = (
     'downstream_input_spec',
     'probe_features',
     'record_task',
-    'trainable_adamw',
 )
 
 #: How a pre-trained backbone is adapted downstream.
@@ -213,32 +211,6 @@ def configure_finetune(
             f'finetune must be one of {get_args(FinetuneMode)}, got {mode!r}'
         )
     return backbone
-
-
-def trainable_adamw(task: BaseTask) -> OptimizerLRScheduler:
-    """AdamW over the trainable tensors of *task*, with TorchGeo's plateau scheduler.
-
-    Args:
-        task: A task with ``lr`` and ``patience`` hyperparameters.
-
-    Returns:
-        Optimizer and scheduler, monitoring ``task.monitor`` in ``task.mode``.
-
-    Raises:
-        ValueError: If nothing in *task* trains.
-    """
-    params = [p for p in task.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError(f'{type(task).__name__} has no trainable parameters')
-    optimizer = AdamW(params, lr=task.hparams['lr'])
-    mode: Literal['min', 'max'] = 'max' if task.mode == 'max' else 'min'
-    scheduler = ReduceLROnPlateau(
-        optimizer, mode=mode, patience=task.hparams['patience']
-    )
-    return {
-        'optimizer': optimizer,
-        'lr_scheduler': {'scheduler': scheduler, 'monitor': task.monitor},
-    }
 
 
 def block_tokens(

@@ -457,3 +457,29 @@ def test_peft_mode_validation() -> None:
             },
             model_kwargs=TINY,
         )
+
+
+def test_detection_protocol_options() -> None:
+    from explora_geo.tasks.detection import ObjectDetectionTask
+
+    task = ObjectDetectionTask(
+        backbone='explora_vitb_dino',
+        finetune='full',
+        lr=1.0,
+        layer_decay=0.5,
+        drop_path_rate=0.1,
+        fpn_channels=16,
+        model_kwargs={**TINY, 'img_size': 32},
+    )
+    vit = task.model.backbone.body.vit
+    assert vit.blocks[-1].drop_path1.drop_prob == pytest.approx(0.1)
+    config = task.configure_optimizers()
+    optimizer = config['optimizer']  # type: ignore[index]
+    lr_of = {id(p): g['lr'] for g in optimizer.param_groups for p in g['params']}
+    assert lr_of[id(vit.blocks[0].attn.qkv.weight)] == pytest.approx(0.5)
+    head = next(p for p in task.model.roi_heads.parameters() if p.requires_grad)
+    assert lr_of[id(head)] == 1.0
+    # TorchGeo's plateau schedule on the detection metric by default.
+    scheduler = config['lr_scheduler']  # type: ignore[index]
+    assert scheduler['monitor'] == task.monitor
+    assert scheduler['scheduler'].mode == task.mode
