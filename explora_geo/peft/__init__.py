@@ -1,4 +1,4 @@
-"""The ExPLoRA adapter: LoRA on Q/V of a fused qkv, unfrozen blocks, merge and Δ_T files."""
+"""The ExPLoRA adapter: LoRA on Q/V of a fused qkv (or whole linears), unfrozen blocks, merge and Δ_T files."""
 
 from .explora import (
     ExPLoRAConfig,
@@ -6,6 +6,7 @@ from .explora import (
     apply_explora,
     count_trainable_parameters,
     get_blocks,
+    inject_linear_lora,
     inject_qkv_lora,
     load_delta,
     lora_layers,
@@ -15,15 +16,18 @@ from .explora import (
     trainable_parameters,
     unmerge_lora,
 )
+from .linear_lora import LinearLoRA
 from .lora import QKVLoRA
 
 __all__ = (
     'ExPLoRAConfig',
+    'LinearLoRA',
     'QKVLoRA',
     'apply_delta',
     'apply_explora',
     'count_trainable_parameters',
     'get_blocks',
+    'inject_linear_lora',
     'inject_qkv_lora',
     'load_delta',
     'lora_layers',

@@ -23,7 +23,14 @@ from torch import Tensor, nn
 
 from ..atomic import write_atomic
 from ..models.checkpoints import load_into
-from .lora import QKVLoRA
+from .linear_lora import LINEAR_TARGETS, LinearLoRA
+from .lora import QKV_INDEX, QKVLoRA
+
+#: Every LoRA layer type an adapter injects.
+LoRALayer = QKVLoRA | LinearLoRA
+
+#: Names accepted in :attr:`ExPLoRAConfig.targets`.
+LORA_TARGETS = (*QKV_INDEX, *LINEAR_TARGETS)
 
 #: Normalisation layers made trainable by ``train_norms``.
 NORM_LAYERS: tuple[type[nn.Module], ...] = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
@@ -42,7 +49,11 @@ class ExPLoRAConfig:
         unfrozen_blocks: Blocks trained in full (they get no LoRA).
         rank: LoRA rank r of every other block; 0 disables LoRA.
         alpha: LoRA alpha; updates are scaled by ``alpha / rank``.
-        targets: Projections of the fused ``qkv`` that get LoRA.
+        targets: Matrices of every LoRA block that get LoRA: ``'q'``, ``'k'``,
+            ``'v'`` (slices of the fused ``attn.qkv``), ``'proj'``
+            (``attn.proj``), ``'fc1'``, ``'fc2'`` (``mlp.fc1``, ``mlp.fc2``).
+            ExPLoRA uses ``('q', 'v')``; all six is the paper's "LoRA on all
+            matrices" ablation.
         dropout: Dropout on the LoRA input.
         train_norms: Train every normalisation layer.
         train_cls_token: Train the class token.
@@ -83,6 +94,14 @@ class ExPLoRAConfig:
         # Accept lists from YAML/JSON.
         for name in ('unfrozen_blocks', 'targets', 'trainable'):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        unknown = [t for t in self.targets if t not in LORA_TARGETS]
+        if unknown or len(set(self.targets)) != len(self.targets):
+            raise ValueError(
+                f'targets must be distinct names among {LORA_TARGETS}, got '
+                f'{self.targets}'
+            )
+        if self.rank > 0 and not self.targets:
+            raise ValueError('targets must name at least one matrix when rank > 0')
 
     @classmethod
     def lora_finetune(cls, rank: int = 8, alpha: float = 8.0) -> Self:
@@ -212,6 +231,48 @@ def inject_qkv_lora(
     return layers
 
 
+def inject_linear_lora(
+    blocks: Iterable[nn.Module],
+    rank: int,
+    alpha: float = 1.0,
+    targets: Sequence[str] = ('proj', 'fc1', 'fc2'),
+    dropout: float = 0.0,
+) -> list[LinearLoRA]:
+    """Wrap whole linear layers of each block (``attn.proj``, ``mlp.fc1/fc2``) in LoRA.
+
+    Args:
+        blocks: Transformer blocks of a timm-style ViT.
+        rank: LoRA rank.
+        alpha: LoRA alpha.
+        targets: Keys of :data:`~explora_geo.peft.linear_lora.LINEAR_TARGETS`.
+        dropout: LoRA dropout.
+
+    Returns:
+        The new adapter layers, their factors trainable.
+
+    Raises:
+        TypeError: If a block has no such ``nn.Linear``, or it is adapted already.
+    """
+    layers = []
+    for block in blocks:
+        for target in targets:
+            path = LINEAR_TARGETS[target]
+            parent_name, _, child = path.rpartition('.')
+            parent = block.get_submodule(parent_name) if parent_name else block
+            base = getattr(parent, child, None)
+            if isinstance(base, LinearLoRA):
+                raise TypeError(f'block already has a LoRA adapter on {path}')
+            if not isinstance(base, nn.Linear):
+                raise TypeError(
+                    f'{type(block).__name__} has no {path} nn.Linear to adapt '
+                    f'(LoRA target {target!r})'
+                )
+            layer = LinearLoRA(base, rank=rank, alpha=alpha, dropout=dropout)
+            setattr(parent, child, layer)
+            layers.append(layer)
+    return layers
+
+
 def apply_explora(model: nn.Module, config: ExPLoRAConfig) -> nn.Module:
     """Inject the adapter into *model* in place and set ``requires_grad``.
 
@@ -238,9 +299,14 @@ def apply_explora(model: nn.Module, config: ExPLoRAConfig) -> nn.Module:
     model.requires_grad_(False)
     if config.rank > 0:
         lora_blocks = [b for i, b in enumerate(blocks) if i not in unfrozen]
-        inject_qkv_lora(
-            lora_blocks, config.rank, config.alpha, config.targets, config.dropout
-        )
+        qkv = [t for t in config.targets if t in QKV_INDEX]
+        linear = [t for t in config.targets if t in LINEAR_TARGETS]
+        if qkv:
+            inject_qkv_lora(lora_blocks, config.rank, config.alpha, qkv, config.dropout)
+        if linear:
+            inject_linear_lora(
+                lora_blocks, config.rank, config.alpha, linear, config.dropout
+            )
     for i in unfrozen:
         blocks[i].requires_grad_(True)
     if config.train_norms:
@@ -264,9 +330,9 @@ def apply_explora(model: nn.Module, config: ExPLoRAConfig) -> nn.Module:
     return model
 
 
-def lora_layers(model: nn.Module) -> list[QKVLoRA]:
-    """All LoRA layers of *model*."""
-    return [m for m in model.modules() if isinstance(m, QKVLoRA)]
+def lora_layers(model: nn.Module) -> list[LoRALayer]:
+    """All LoRA layers of *model* (on ``qkv`` slices and on whole linears)."""
+    return [m for m in model.modules() if isinstance(m, QKVLoRA | LinearLoRA)]
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
@@ -310,7 +376,7 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
     """
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
-            if isinstance(child, QKVLoRA):
+            if isinstance(child, QKVLoRA | LinearLoRA):
                 setattr(module, name, child.to_linear())
     if hasattr(model, 'explora_config'):
         del model.explora_config

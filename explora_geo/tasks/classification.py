@@ -14,29 +14,50 @@ channels adapted, strict key check) and the paper's fine-tuning regimes:
   tokens), as the paper probes;
 * ``'full'``: everything trains.
 
-The helpers :func:`configure_finetune` and :func:`trainable_adamw` are shared
-with the segmentation and detection tasks.
+The paper's protocols are options (see :mod:`explora_geo.tasks.protocols`):
+linear warm-up then cosine decay per optimiser step, drop-path, layer-wise
+learning-rate decay, label smoothing, SGD or AdamW, and DinoV2's linear-probe
+sweep (``probe_lrs``): one head per learning rate and feature set trained in
+one run, the best on validation kept. Batches may carry ``timestamps``
+(fMoW temporal); they reach the model as ``timestamps=``.
+
+The helper :func:`configure_finetune` is shared with the segmentation and
+detection tasks.
 
 .. versionadded:: 0.1
 """
 
+import contextlib
 import dataclasses
 import fnmatch
-from collections.abc import Mapping, Sequence
+import itertools
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal, Self, get_args
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.types import OptimizerLRScheduler
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 from torch.optim import AdamW
-from torch.optim.lr_scheduler import ReduceLROnPlateau
+from torchgeo.datasets.utils import Sample
 from torchgeo.tasks import BaseTask, Classification
+from torchmetrics.classification import MulticlassAccuracy
 from torchvision.models._api import WeightsEnum
 
 from ..models.weights import create_model
 from ..peft import ExPLoRAConfig, apply_explora
 from ..sensors import InputSpec, Normalization, write_input_spec
+from .protocols import (
+    OptimizerName,
+    ProbeHeads,
+    ProbeSpec,
+    SchedulerName,
+    build_optimizer,
+    build_scheduler,
+    effective_batch_size,
+    probe_inputs,
+)
 
 __all__ = (
     'TASK_CLASS_KEY',
@@ -46,14 +67,20 @@ __all__ = (
     'downstream_input_spec',
     'probe_features',
     'record_task',
-    'trainable_adamw',
 )
 
 #: How a pre-trained backbone is adapted downstream.
 FinetuneMode = Literal['lora', 'linear_probe', 'full']
 
+#: Modes of :class:`ClassificationTask`: the shared ones plus an HF peft adapter.
+ClassificationFinetune = Literal['lora', 'linear_probe', 'full', 'peft']
+
 #: Features a classification head reads.
 Pooling = Literal['token', 'avg', 'token+avg']
+
+#: Batch size the probe sweep's learning rates are given for (DinoV2 scales
+#: them linearly with the effective batch size).
+PROBE_REFERENCE_BATCH = 256
 
 
 def finetune_mode(hparams: Mapping[str, Any]) -> str:
@@ -186,30 +213,53 @@ def configure_finetune(
     return backbone
 
 
-def trainable_adamw(task: BaseTask) -> OptimizerLRScheduler:
-    """AdamW over the trainable tensors of *task*, with TorchGeo's plateau scheduler.
+def block_tokens(
+    vit: VisionTransformer,
+    x: Tensor,
+    blocks: int = 1,
+    class_token: bool = True,
+    **model_inputs: Any,
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Normalised outputs of the last *blocks* blocks of a timm ViT.
 
     Args:
-        task: A task with ``lr`` and ``patience`` hyperparameters.
+        vit: A timm ``VisionTransformer``.
+        x: Images ``(B, C, H, W)``.
+        blocks: Number of last blocks.
+        class_token: Also return the class tokens.
+        **model_inputs: Extra inputs of the model (e.g. ``timestamps``).
 
     Returns:
-        Optimizer and scheduler, monitoring ``task.monitor`` in ``task.mode``.
+        Patch tokens ``(B, N, D)`` and class tokens ``(B, D)`` (empty without
+        *class_token*) of each block, in block order.
 
     Raises:
-        ValueError: If nothing in *task* trains.
+        ValueError: If *class_token* is asked of a ViT without one.
     """
-    params = [p for p in task.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError(f'{type(task).__name__} has no trainable parameters')
-    optimizer = AdamW(params, lr=task.hparams['lr'])
-    mode: Literal['min', 'max'] = 'max' if task.mode == 'max' else 'min'
-    scheduler = ReduceLROnPlateau(
-        optimizer, mode=mode, patience=task.hparams['patience']
+    has_prefix = int(getattr(vit, 'num_prefix_tokens', 0)) > 0
+    if class_token and not has_prefix:
+        raise ValueError(
+            f'class-token features need a class token; {type(vit).__name__} has none'
+        )
+    # With intermediates_only: a list of tokens, or of (tokens, prefix) pairs.
+    outputs: list[Any] = vit.forward_intermediates(  # type: ignore[assignment]
+        x,
+        indices=blocks,
+        norm=True,
+        output_fmt='NLC',
+        intermediates_only=True,
+        return_prefix_tokens=has_prefix,
+        **model_inputs,
     )
-    return {
-        'optimizer': optimizer,
-        'lr_scheduler': {'scheduler': scheduler, 'monitor': task.monitor},
-    }
+    patches: list[Tensor] = [o[0] for o in outputs] if has_prefix else outputs
+    cls_tokens = [o[1][:, 0] for o in outputs] if class_token else []
+    return patches, cls_tokens
+
+
+def pooled_norm(vit: nn.Module) -> nn.Module | None:
+    """The norm a ViT applies after pooling (timm's ``fc_norm``), if any."""
+    fc_norm = getattr(vit, 'fc_norm', None)
+    return fc_norm if isinstance(fc_norm, nn.Module) else None
 
 
 def probe_features(
@@ -234,30 +284,80 @@ def probe_features(
     Raises:
         ValueError: If *pooling* needs a class token the ViT does not have.
     """
-    has_prefix = int(getattr(vit, 'num_prefix_tokens', 0)) > 0
-    if 'token' in pooling and not has_prefix:
+    if 'token' in pooling and not int(getattr(vit, 'num_prefix_tokens', 0)):
         raise ValueError(
             f'pooling {pooling!r} needs a class token; {type(vit).__name__} has none'
         )
-    # With intermediates_only: a list of tokens, or of (tokens, prefix) pairs.
-    outputs: list[Any] = vit.forward_intermediates(  # type: ignore[assignment]
-        x,
-        indices=blocks,
-        norm=True,
-        output_fmt='NLC',
-        intermediates_only=True,
-        return_prefix_tokens=has_prefix,
-    )
-    patches: list[Tensor] = [o[0] for o in outputs] if has_prefix else outputs
-    parts: list[Tensor] = [o[1][:, 0] for o in outputs] if 'token' in pooling else []
-    if 'avg' in pooling:
-        parts.append(patches[-1].mean(dim=1))
+    patches, cls_tokens = block_tokens(vit, x, blocks, 'token' in pooling)
+    return sweep_inputs(vit, patches, cls_tokens, [(blocks, pooling)])[
+        (blocks, pooling)
+    ]
+
+
+def sweep_inputs(
+    vit: nn.Module,
+    patches: Sequence[Tensor],
+    cls_tokens: Sequence[Tensor],
+    features: Sequence[tuple[int, str]],
+) -> dict[tuple[int, str], Tensor]:
+    """Linear-probe inputs of several feature sets from one pass of the backbone.
+
+    Args:
+        vit: The ViT the tokens come from (for its ``fc_norm``).
+        patches: Normalised patch tokens of the last blocks.
+        cls_tokens: Their class tokens.
+        features: ``(blocks, pooling)`` pairs.
+
+    Returns:
+        ``(B, F)`` features by pair.
+    """
     # Models that pool before normalising (timm's fc_norm, e.g. SatMAE's
     # classifiers) have an identity `norm`: normalise each pooled part instead.
-    fc_norm = getattr(vit, 'fc_norm', None)
-    if isinstance(fc_norm, nn.Module):
-        parts = [fc_norm(p) for p in parts]
-    return torch.cat(parts, dim=-1)
+    norm = pooled_norm(vit)
+    return {
+        f: probe_inputs(patches, cls_tokens, *f, part_norm=norm)
+        for f in dict.fromkeys(features)
+    }
+
+
+def inject_peft(
+    model: nn.Module, config: Mapping[str, Any], trainable: Sequence[str] = ()
+) -> nn.Module:
+    """Freeze *model* and inject an HF peft adapter into it, in place.
+
+    Args:
+        model: A timm ViT.
+        config: A :func:`peft.get_peft_config` mapping (``peft_type`` and the
+            tuner's fields; ``target_modules`` name timm modules such as
+            ``'qkv'``, ``'proj'``, ``'fc1'``, ``'fc2'``).
+        trainable: Parameter-name patterns (``fnmatch``) that also train.
+
+    Returns:
+        *model* with the adapter's layers; only they and *trainable* train.
+
+    Raises:
+        ImportError: If peft is not installed.
+        ValueError: If the config is AdaLoRA's.
+    """
+    try:
+        import peft
+    except ImportError as error:  # pragma: no cover - peft is a test dependency
+        raise ImportError(
+            "finetune='peft' needs HF peft: pip install 'explora-geo[peft]'"
+        ) from error
+    peft_config = peft.get_peft_config(dict(config))
+    if peft_config.peft_type == peft.PeftType.ADALORA:
+        raise ValueError(
+            "AdaLoRA reallocates ranks from inside peft's model wrapper during "
+            'training (update_and_allocate, orthogonal regularisation); it is not '
+            'available as a ClassificationTask peft_config'
+        )
+    model.requires_grad_(False)
+    model = peft.inject_adapter_in_model(peft_config, model)
+    for name, param in model.named_parameters():
+        if any(fnmatch.fnmatchcase(name, p) for p in trainable):
+            param.requires_grad_(True)
+    return model
 
 
 class ClassificationTask(Classification):
@@ -265,6 +365,9 @@ class ClassificationTask(Classification):
 
     .. versionadded:: 0.1
     """
+
+    #: The probe sweep (``probe_lrs`` given), else ``None``.
+    probes: ProbeHeads | None
 
     def __init__(
         self,
@@ -282,7 +385,7 @@ class ClassificationTask(Classification):
         lr: float = 1e-3,
         patience: int = 10,
         freeze_backbone: bool = False,
-        finetune: FinetuneMode = 'lora',
+        finetune: ClassificationFinetune = 'lora',
         lora_rank: int = 8,
         lora_alpha: float = 8.0,
         lora_targets: Sequence[str] = ('q', 'v'),
@@ -290,6 +393,18 @@ class ClassificationTask(Classification):
         pooled_blocks: int = 1,
         model_kwargs: dict[str, Any] | None = None,
         normalization: dict[str, Any] | None = None,
+        optimizer: OptimizerName = 'adamw',
+        weight_decay: float = 0.01,
+        scheduler: SchedulerName = 'plateau',
+        warmup_epochs: float = 0.0,
+        min_lr: float = 0.0,
+        layer_decay: float = 1.0,
+        drop_path_rate: float = 0.0,
+        label_smoothing: float = 0.0,
+        probe_lrs: Sequence[float] | None = None,
+        probe_blocks: Sequence[int] = (1, 4),
+        probe_pooling: Sequence[Pooling] = ('token', 'token+avg'),
+        peft_config: dict[str, Any] | None = None,
     ) -> None:
         """Initialize a new ClassificationTask instance.
 
@@ -312,13 +427,15 @@ class ClassificationTask(Classification):
                 class and used with 'ce' loss.
             ignore_index: Optional integer class index to ignore in the loss and
                 metrics.
-            lr: Learning rate of AdamW.
+            lr: Learning rate (of the last layer with *layer_decay*).
             patience: Patience of the learning-rate plateau scheduler.
             freeze_backbone: Same as ``finetune='linear_probe'``.
-            finetune: ``'lora'``, ``'linear_probe'`` or ``'full'``.
+            finetune: ``'lora'``, ``'linear_probe'``, ``'full'`` or ``'peft'``
+                (an HF peft adapter given by *peft_config*; the head trains).
             lora_rank: LoRA rank for ``'lora'``.
             lora_alpha: LoRA alpha for ``'lora'`` (scaling ``alpha / rank``).
-            lora_targets: Projections of ``qkv`` with LoRA.
+            lora_targets: Matrices with LoRA: ``'q'``, ``'k'``, ``'v'`` (of
+                ``qkv``), ``'proj'``, ``'fc1'``, ``'fc2'``.
             pooling: Head input. ``None``: the model's own pooling (timm's
                 ``global_pool``: the class token for DinoV2/MAE ViTs). Else
                 DinoV2's linear-probe features (see :func:`probe_features`):
@@ -328,17 +445,50 @@ class ClassificationTask(Classification):
                 the class tokens of this many last blocks (DinoV2 probes
                 with 1 or 4).
             model_kwargs: Extra :func:`timm.create_model` arguments
-                (``img_size``, ``drop_path_rate``, architecture overrides).
+                (``img_size``, architecture overrides).
             normalization: How raw band values become model input
                 (:meth:`~explora_geo.sensors.Normalization.to_dict`), recorded in
                 checkpoints for prediction; default the datamodule's.
+            optimizer: ``'adamw'`` or ``'sgd'`` (momentum 0.9).
+            weight_decay: Weight decay of the matrices (biases, norms, class
+                token and position embedding are not decayed).
+            scheduler: ``'plateau'`` (TorchGeo's, on ``val_loss``) or
+                ``'cosine'`` (linear warm-up, then cosine decay to *min_lr*,
+                updated every optimiser step).
+            warmup_epochs: Warm-up of the cosine schedule, in epochs.
+            min_lr: Final learning rate of the cosine schedule.
+            layer_decay: Layer-wise learning-rate decay (BEiT/MAE); 1: none.
+            drop_path_rate: Stochastic depth rate of the ViT's blocks.
+            label_smoothing: Label smoothing of the cross-entropy loss.
+            probe_lrs: Linear probe only: train one head per learning rate,
+                per number of last blocks in *probe_blocks* and per pooling in
+                *probe_pooling*, all on the same frozen features (DinoV2's
+                linear evaluation). Rates are for a batch of 256 and scale
+                linearly with the effective batch size. Each validation picks
+                the head with the best top-1 accuracy; the task predicts
+                with it and checkpoints keep the choice.
+            probe_blocks: Numbers of last blocks of the sweep's feature sets.
+            probe_pooling: Poolings of the sweep's feature sets.
+            peft_config: With ``finetune='peft'``: a :func:`peft.get_peft_config`
+                mapping, e.g. ``{'peft_type': 'BOFT', 'target_modules': ['qkv'],
+                'boft_block_size': 8}`` or ``{'peft_type': 'IA3', 'target_modules':
+                ['qkv', 'fc2'], 'feedforward_modules': ['fc2']}``, for the PEFT
+                baselines the paper compares with (timm module names). AdaLoRA
+                is refused: its rank allocation runs inside peft's own model
+                wrapper and training loop.
 
         Raises:
-            ValueError: If *finetune*, *pooling* or *pooled_blocks* is invalid.
+            ValueError: If an argument is invalid.
         """
-        if finetune not in get_args(FinetuneMode):
+        if finetune not in get_args(ClassificationFinetune):
             raise ValueError(
-                f'finetune must be one of {get_args(FinetuneMode)}, got {finetune!r}'
+                f'finetune must be one of {get_args(ClassificationFinetune)}, got '
+                f'{finetune!r}'
+            )
+        if (finetune == 'peft') != (peft_config is not None):
+            raise ValueError(
+                "finetune='peft' and peft_config go together (got "
+                f'finetune={finetune!r}, peft_config={peft_config!r})'
             )
         if pooling is not None and pooling not in get_args(Pooling):
             raise ValueError(
@@ -351,6 +501,24 @@ class ClassificationTask(Classification):
                 "pooled_blocks > 1 concatenates class tokens: it needs pooling='token' "
                 f"or 'token+avg' (got pooling={pooling!r}, pooled_blocks={pooled_blocks})"
             )
+        if not 0 <= label_smoothing < 1:
+            raise ValueError(
+                f'label_smoothing must be in [0, 1), got {label_smoothing}'
+            )
+        if probe_lrs is not None:
+            probing = freeze_backbone or finetune == 'linear_probe'
+            if not probing or task != 'multiclass' or not probe_lrs:
+                raise ValueError(
+                    "probe_lrs sweeps linear heads: it needs finetune='linear_probe', "
+                    f"task='multiclass' and at least one rate (got finetune={finetune!r}, "
+                    f'task={task!r}, probe_lrs={probe_lrs})'
+                )
+            bad = [p for p in probe_pooling if p not in get_args(Pooling)]
+            if bad or not probe_pooling or not probe_blocks or min(probe_blocks) < 1:
+                raise ValueError(
+                    f'probe_pooling must be among {get_args(Pooling)} and probe_blocks '
+                    f'positive (got {tuple(probe_pooling)}, {tuple(probe_blocks)})'
+                )
         super().__init__(
             model=model,
             weights=weights,
@@ -367,6 +535,7 @@ class ClassificationTask(Classification):
             patience=patience,
             freeze_backbone=freeze_backbone,
         )
+        self._model_inputs: dict[str, Tensor] = {}
 
     @property
     def finetune(self) -> str:
@@ -376,21 +545,50 @@ class ClassificationTask(Classification):
     @property
     def uses_timm_head(self) -> bool:
         """Whether the head reads the model's own pooled features."""
-        return self.hparams['pooling'] is None
+        return self.hparams['pooling'] is None and self.probes is None
+
+    def probe_specs(self) -> list[ProbeSpec]:
+        """The heads of the probe sweep (empty without ``probe_lrs``)."""
+        h = self.hparams
+        if h['probe_lrs'] is None:
+            return []
+        specs = []
+        for blocks, pooling, lr in itertools.product(
+            h['probe_blocks'], h['probe_pooling'], h['probe_lrs']
+        ):
+            # The average-pooled feature alone does not depend on the blocks.
+            spec = ProbeSpec(blocks if 'token' in pooling else 1, pooling, float(lr))
+            if spec not in specs:
+                specs.append(spec)
+        return specs
 
     def configure_models(self) -> None:
         """Build the ViT, load the weights and set what trains."""
         h = self.hparams
         num_outputs = h['num_classes'] or h['num_labels'] or 1
+        kwargs = dict(h['model_kwargs'] or {})
+        if h['drop_path_rate']:
+            kwargs['drop_path_rate'] = h['drop_path_rate']
         self.model = create_model(
             h['model'],
             weights=self.weights,
             num_classes=num_outputs,
             in_chans=h['in_channels'],
-            **(h['model_kwargs'] or {}),
+            **kwargs,
         )
-        if not self.uses_timm_head:
-            width = int(self.model.embed_dim)
+        self.probes = None
+        width = int(self.model.embed_dim)
+        if h['probe_lrs'] is not None:
+            depth = len(getattr(self.model, 'blocks', ()))
+            if max(h['probe_blocks']) > depth:
+                raise ValueError(
+                    f'probe_blocks {tuple(h["probe_blocks"])} asks for more blocks than '
+                    f'{h["model"]} has ({depth})'
+                )
+            # The sweep's heads replace the model's own head.
+            self.model.reset_classifier(0)
+            self.probes = ProbeHeads(self.probe_specs(), width, num_outputs)
+        elif h['pooling'] is not None:
             tokens = h['pooled_blocks'] if 'token' in h['pooling'] else 0
             in_features = width * (tokens + ('avg' in h['pooling']))
             head = nn.Linear(in_features, num_outputs)
@@ -398,6 +596,9 @@ class ClassificationTask(Classification):
             nn.init.normal_(head.weight, std=0.01)
             nn.init.zeros_(head.bias)
             self.model.head = head
+        if self.finetune == 'peft':
+            self.model = inject_peft(self.model, h['peft_config'], ('head.*',))
+            return
         configure_finetune(
             self.model,
             self.finetune,
@@ -407,37 +608,223 @@ class ClassificationTask(Classification):
             trainable=('head.*',),
         )
 
-    def features(self, x: Tensor) -> Tensor:
+    def configure_losses(self) -> None:
+        """TorchGeo's losses; cross-entropy with ``label_smoothing`` when given."""
+        super().configure_losses()
+        h = self.hparams
+        if h['loss'] == 'ce' and h['label_smoothing']:
+            weights = h['class_weights']
+            if weights is not None and not isinstance(weights, Tensor):
+                weights = torch.tensor(weights, dtype=torch.float32)
+            ignore = -1000 if h['ignore_index'] is None else h['ignore_index']
+            self.criterion = nn.CrossEntropyLoss(
+                weight=weights,
+                ignore_index=ignore,
+                label_smoothing=h['label_smoothing'],
+            )
+
+    def configure_metrics(self) -> None:
+        """TorchGeo's metrics, plus the top-1 accuracy of every probe head."""
+        super().configure_metrics()
+        h = self.hparams
+        count = len(self.probes.specs) if self.probes is not None else 0
+        self.probe_metrics = nn.ModuleList(
+            MulticlassAccuracy(
+                num_classes=h['num_classes'],
+                average='micro',
+                ignore_index=h['ignore_index'],
+            )
+            for _ in range(count)
+        )
+
+    @contextlib.contextmanager
+    def model_inputs(self, batch: Mapping[str, Any]) -> Iterator[None]:
+        """Pass the batch's extra model inputs (``timestamps``) to :meth:`forward`.
+
+        TorchGeo's steps call ``self(batch['image'])``; within this context
+        :meth:`forward` also gives the model the batch's ``timestamps``.
+
+        Args:
+            batch: The batch of the step.
+
+        Yields:
+            Nothing.
+        """
+        timestamps = batch.get('timestamps')
+        self._model_inputs = {} if timestamps is None else {'timestamps': timestamps}
+        try:
+            yield
+        finally:
+            self._model_inputs = {}
+
+    def features(self, x: Tensor, **model_inputs: Any) -> Tensor:
         """The pooled features the head reads.
 
         Args:
-            x: Images ``(B, C, H, W)``.
+            x: Images ``(B, C, H, W)`` (``(B, T, C, H, W)`` for temporal models).
+            **model_inputs: Extra model inputs (``timestamps``).
 
         Returns:
             Features ``(B, F)``.
         """
         if self.uses_timm_head:
-            tokens = self.model.forward_features(x)
+            tokens = self.model.forward_features(x, **model_inputs)
             pooled: Tensor = self.model.forward_head(tokens, pre_logits=True)
             return pooled
+        if self.probes is not None:
+            spec = self.probes.best_spec
+            return self.sweep_features(x, [spec.features], **model_inputs)[
+                spec.features
+            ]
         h = self.hparams
-        return probe_features(self.model, x, h['pooled_blocks'], h['pooling'])
+        patches, cls_tokens = block_tokens(
+            self.model, x, h['pooled_blocks'], 'token' in h['pooling'], **model_inputs
+        )
+        key = (h['pooled_blocks'], h['pooling'])
+        return sweep_inputs(self.model, patches, cls_tokens, [key])[key]
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Logits of the head.
+    def sweep_features(
+        self, x: Tensor, features: Sequence[tuple[int, str]], **model_inputs: Any
+    ) -> dict[tuple[int, str], Tensor]:
+        """Several linear-probe feature sets from one pass of the backbone.
 
         Args:
-            x: Images ``(B, C, H, W)``.
+            x: Images.
+            features: ``(blocks, pooling)`` pairs.
+            **model_inputs: Extra model inputs.
+
+        Returns:
+            ``(B, F)`` features by pair.
+        """
+        blocks = max(b if 'token' in p else 1 for b, p in features)
+        class_token = any('token' in p for _, p in features)
+        patches, cls_tokens = block_tokens(
+            self.model, x, blocks, class_token, **model_inputs
+        )
+        return sweep_inputs(self.model, patches, cls_tokens, features)
+
+    def forward(self, x: Tensor, timestamps: Tensor | None = None) -> Tensor:
+        """Logits of the head (the chosen head of a probe sweep).
+
+        Args:
+            x: Images ``(B, C, H, W)`` (``(B, T, C, H, W)`` for temporal models).
+            timestamps: ``(B, T, 3)`` calendar values for temporal models;
+                default: the batch's, inside :meth:`model_inputs`.
 
         Returns:
             Logits ``(B, num_classes)``.
         """
+        inputs = dict(self._model_inputs)
+        if timestamps is not None:
+            inputs['timestamps'] = timestamps
         frozen = self.finetune == 'linear_probe'
         # A frozen backbone needs no autograd graph.
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
-            features = self.features(x)
+            features = self.features(x, **inputs)
+        if self.probes is not None:
+            best = int(self.probes.best)
+            head: nn.Module = self.probes.heads[best]
+            return head(features)
         logits: Tensor = self.model.get_classifier()(features)
         return logits
+
+    def training_step(
+        self, batch: Sample, batch_idx: int, dataloader_idx: int = 0
+    ) -> Tensor:
+        """Training loss (with a probe sweep: the sum of every head's loss).
+
+        Args:
+            batch: The output of the DataLoader.
+            batch_idx: Index of this batch.
+            dataloader_idx: Index of the current dataloader.
+
+        Returns:
+            The loss tensor.
+        """
+        if self.probes is None:
+            with self.model_inputs(batch):
+                return super().training_step(batch, batch_idx, dataloader_idx)
+        x, y = batch['image'], batch['label']
+        with torch.no_grad():
+            inputs = self.sweep_features(x, [s.features for s in self.probes.specs])
+        logits = self.probes(inputs)
+        loss = torch.stack([self.criterion(out, y) for out in logits]).sum()
+        self.train_metrics(logits[int(self.probes.best)], y)
+        self.log('train_loss', loss, batch_size=x.shape[0])
+        return loss
+
+    def validation_step(
+        self, batch: Sample, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        """Validation loss and metrics (of every head of a probe sweep).
+
+        Args:
+            batch: The output of the DataLoader.
+            batch_idx: Index of this batch.
+            dataloader_idx: Index of the current dataloader.
+        """
+        if self.probes is None:
+            with self.model_inputs(batch):
+                super().validation_step(batch, batch_idx, dataloader_idx)
+            return
+        x, y = batch['image'], batch['label']
+        inputs = self.sweep_features(x, [s.features for s in self.probes.specs])
+        logits = self.probes(inputs)
+        metrics: list[MulticlassAccuracy] = list(self.probe_metrics)  # type: ignore[arg-type]
+        for metric, out in zip(metrics, logits, strict=True):
+            metric.update(out, y)
+        y_hat = logits[int(self.probes.best)]
+        self.val_metrics(y_hat, y)
+        self.log('val_loss', self.criterion(y_hat, y), batch_size=x.shape[0])
+
+    def on_validation_epoch_end(self) -> None:
+        """Log the validation metrics; choose and report the best probe head."""
+        super().on_validation_epoch_end()
+        if self.probes is None:
+            return
+        metrics: list[MulticlassAccuracy] = list(self.probe_metrics)  # type: ignore[arg-type]
+        accuracies = torch.stack([m.compute() for m in metrics])
+        for metric in metrics:
+            metric.reset()
+        if self._trainer is not None and self.trainer.sanity_checking:
+            return
+        best = int(accuracies.argmax())
+        self.probes.best.fill_(best)
+        for spec, accuracy in zip(self.probes.specs, accuracies, strict=True):
+            self.log(f'val_probe/{spec.name}', accuracy)
+        self.log('val_probe_best_accuracy', accuracies[best])
+        self.log('val_probe_best', float(best))
+        rank_zero_info(
+            f'best linear probe: {self.probes.specs[best].name} '
+            f'(val top-1 {float(accuracies[best]):.4f})'
+        )
+
+    def test_step(self, batch: Sample, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Test loss and metrics, with the batch's extra model inputs.
+
+        Args:
+            batch: The output of the DataLoader.
+            batch_idx: Index of this batch.
+            dataloader_idx: Index of the current dataloader.
+        """
+        with self.model_inputs(batch):
+            super().test_step(batch, batch_idx, dataloader_idx)
+
+    def predict_step(
+        self, batch: Sample, batch_idx: int, dataloader_idx: int = 0
+    ) -> Tensor:
+        """Class probabilities, with the batch's extra model inputs.
+
+        Args:
+            batch: The output of the DataLoader.
+            batch_idx: Index of this batch.
+            dataloader_idx: Index of the current dataloader.
+
+        Returns:
+            Predicted probabilities.
+        """
+        with self.model_inputs(batch):
+            return super().predict_step(batch, batch_idx, dataloader_idx)
 
     def train(self, mode: bool = True) -> Self:
         """Set training mode; a linear probe's frozen backbone stays in eval mode.
@@ -455,12 +842,47 @@ class ClassificationTask(Classification):
         return self
 
     def configure_optimizers(self) -> OptimizerLRScheduler:
-        """AdamW over the trainable tensors only.
+        """The optimiser and schedule of the hyperparameters.
+
+        Without a probe sweep: :func:`~explora_geo.tasks.protocols.build_optimizer`
+        over the trainable tensors (layer-wise decay over the ViT). With one:
+        one group per head at its rate times ``effective batch / 256``.
 
         Returns:
             Optimizer and learning-rate scheduler.
         """
-        return trainable_adamw(self)
+        h = self.hparams
+        if self.probes is None:
+            optimizer = build_optimizer(
+                h['optimizer'],
+                self,
+                h['lr'],
+                h['weight_decay'],
+                layer_decay=h['layer_decay'],
+                backbone=self.model,
+            )
+        else:
+            scale = 1.0
+            if self._trainer is not None:
+                scale = effective_batch_size(self.trainer) / PROBE_REFERENCE_BATCH
+            groups = self.probes.param_groups(scale)
+            if h['optimizer'] == 'sgd':
+                optimizer = torch.optim.SGD(
+                    groups, lr=h['lr'], momentum=0.9, weight_decay=h['weight_decay']
+                )
+            else:
+                optimizer = AdamW(groups, lr=h['lr'], weight_decay=h['weight_decay'])
+        scheduler = build_scheduler(
+            h['scheduler'],
+            optimizer,
+            self._trainer,
+            warmup_epochs=h['warmup_epochs'],
+            min_lr=h['min_lr'],
+            patience=h['patience'],
+            monitor=self.monitor,
+            mode=self.mode,
+        )
+        return {'optimizer': optimizer, 'lr_scheduler': scheduler}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record the task class and what the model expects (see :func:`record_task`).

@@ -32,8 +32,8 @@ from .classification import (
     configure_finetune,
     finetune_mode,
     record_task,
-    trainable_adamw,
 )
+from .protocols import OptimizerName, SchedulerName, build_optimizer, build_scheduler
 
 __all__ = ('ObjectDetectionTask', 'ViTDetBackbone')
 
@@ -113,6 +113,13 @@ class ObjectDetectionTask(ObjectDetection):
         model_kwargs: dict[str, Any] | None = None,
         labels: list[str] | None = None,
         normalization: dict[str, Any] | None = None,
+        optimizer: OptimizerName = 'adamw',
+        weight_decay: float = 0.01,
+        scheduler: SchedulerName = 'plateau',
+        warmup_epochs: float = 0.0,
+        min_lr: float = 0.0,
+        layer_decay: float = 1.0,
+        drop_path_rate: float = 0.0,
     ) -> None:
         """Initialize a new ObjectDetectionTask instance.
 
@@ -146,6 +153,17 @@ class ObjectDetectionTask(ObjectDetection):
             normalization: How raw band values become model input
                 (:meth:`~explora_geo.sensors.Normalization.to_dict`), recorded in
                 checkpoints for prediction; default the datamodule's.
+            optimizer: ``'adamw'`` or ``'sgd'`` (momentum 0.9).
+            weight_decay: Weight decay of the matrices (biases, norms, class
+                token and position embedding are not decayed).
+            scheduler: ``'plateau'`` (TorchGeo's, on ``val_map``) or
+                ``'cosine'`` (linear warm-up, then cosine decay to *min_lr*,
+                updated every optimiser step).
+            warmup_epochs: Warm-up of the cosine schedule, in epochs.
+            min_lr: Final learning rate of the cosine schedule.
+            layer_decay: Layer-wise learning-rate decay over the ViT's blocks
+                (pyramid and detector train at *lr*); 1: none.
+            drop_path_rate: Stochastic depth rate of the ViT's blocks.
 
         Raises:
             ValueError: If *model*, *finetune* or *anchor_sizes* is invalid.
@@ -184,6 +202,8 @@ class ObjectDetectionTask(ObjectDetection):
         """Build the ViT, the pyramid and Faster R-CNN; load weights; set what trains."""
         h = self.hparams
         kwargs = dict(h['model_kwargs'] or {})
+        if h['drop_path_rate']:
+            kwargs['drop_path_rate'] = h['drop_path_rate']
         if h['dynamic_img_size']:
             kwargs |= {'dynamic_img_size': True, 'dynamic_img_pad': True}
         vit = create_model(
@@ -224,12 +244,31 @@ class ObjectDetectionTask(ObjectDetection):
         self.model.transform = GeneralizedRCNNTransformNoOp()
 
     def configure_optimizers(self) -> OptimizerLRScheduler:
-        """AdamW over the trainable tensors only.
+        """The optimiser and schedule of the hyperparameters (trainable tensors only).
 
         Returns:
             Optimizer and learning-rate scheduler.
         """
-        return trainable_adamw(self)
+        h = self.hparams
+        optimizer = build_optimizer(
+            h['optimizer'],
+            self,
+            h['lr'],
+            h['weight_decay'],
+            layer_decay=h['layer_decay'],
+            backbone=self.model.backbone.body.vit,
+        )
+        scheduler = build_scheduler(
+            h['scheduler'],
+            optimizer,
+            self._trainer,
+            warmup_epochs=h['warmup_epochs'],
+            min_lr=h['min_lr'],
+            patience=h['patience'],
+            monitor=self.monitor,
+            mode=self.mode,
+        )
+        return {'optimizer': optimizer, 'lr_scheduler': scheduler}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record the task class and what the model expects.
