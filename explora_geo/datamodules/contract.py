@@ -16,16 +16,35 @@ arrive in the scale they take, every task to record them in its checkpoints.
 from collections.abc import Sequence
 
 import kornia.augmentation as K
+import torch
+from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
 from ..sensors import Normalization
 
 
-def device_normalize(norm: Normalization) -> K.Normalize:
-    """The on-device step of *norm* for ``(B, C, H, W)`` batches.
+def device_stats(norm: Normalization) -> tuple[Tensor, Tensor]:
+    """Mean and std of the on-device ``Normalize`` step of *norm*.
 
     ``'satmae'`` clips, so datasets apply it per sample; its device step is the
     identity.
+
+    Args:
+        norm: The normalisation.
+
+    Returns:
+        Per-band shift and divisor, float32 ``(C,)``.
+
+    .. versionadded:: 0.1
+    """
+    if norm.kind == 'satmae':
+        n = len(norm.bands)
+        return torch.zeros(n), torch.ones(n)
+    return norm.affine()
+
+
+def device_normalize(norm: Normalization) -> K.Normalize:
+    """The on-device step of *norm* for ``(B, C, H, W)`` batches (see :func:`device_stats`).
 
     Args:
         norm: The normalisation.
@@ -35,14 +54,11 @@ def device_normalize(norm: Normalization) -> K.Normalize:
 
     .. versionadded:: 0.1
     """
-    if norm.kind == 'satmae':
-        n = len(norm.bands)
-        return K.Normalize(mean=[0.0] * n, std=[1.0] * n)
-    shift, divisor = norm.affine()
-    return K.Normalize(mean=shift, std=divisor)
+    mean, std = device_stats(norm)
+    return K.Normalize(mean=mean, std=std)
 
 
-def dataset_classes(dataset: Dataset | None) -> tuple[str, ...] | None:  # type: ignore[type-arg]
+def dataset_classes(dataset: Dataset | None) -> tuple[str, ...] | None:
     """Class names of *dataset* (looking through ``Subset``), if it has any.
 
     Args:

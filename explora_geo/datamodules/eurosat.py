@@ -9,7 +9,7 @@ from torchgeo.datamodules import EuroSATDataModule
 from torchgeo.datasets.utils import Sample
 
 from ..sensors import SENTINEL2, Normalization
-from .contract import DataContract, device_normalize
+from .contract import DataContract, device_normalize, device_stats
 from .image_splits import compose_transforms
 
 #: The 10 Sentinel-2 bands of the SatMAE group-channel ViT, in its input order
@@ -79,6 +79,7 @@ class EuroSATSatMAEDataModule(DataContract, EuroSATDataModule):
             batch_size, num_workers, bands=bands, transforms=transforms, **kwargs
         )
         self.image_size = image_size
+        self.mean, self.std = device_stats(self.normalization)
         self.aug = K.AugmentationSequential(
             K.Resize(int(image_size / 0.875), antialias=True),
             K.CenterCrop(image_size),

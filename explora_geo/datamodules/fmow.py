@@ -13,7 +13,7 @@ from ..datasets.fmow import FMoW, FMoWTemporal
 from ..datasets.fmow_metadata import FMOW_CLASSES
 from ..datasets.fmow_sentinel import FMoWSentinel
 from ..sensors import FMOW_RGB, SENTINEL2, Normalization
-from .contract import DataContract, device_normalize
+from .contract import DataContract, device_normalize, device_stats
 
 
 def collate_keys(samples: list[Sample], keys: Sequence[str]) -> Sample:
@@ -71,6 +71,7 @@ class _FMoWDataModule(DataContract, NonGeoDataModule):
                 'image_size >= 1 and 0 < crop_pct <= 1'
             )
         self.normalization = norm
+        self.mean, self.std = device_stats(norm)
         kwargs['size'] = int(image_size / crop_pct)
         super().__init__(dataset_class, batch_size, num_workers, **kwargs)
         self.image_size = image_size

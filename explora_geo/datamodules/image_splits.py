@@ -16,7 +16,7 @@ from torchgeo.datasets import NonGeoDataset
 from torchgeo.datasets.utils import Sample
 
 from ..sensors import IMAGENET_RGB, Normalization
-from .contract import DataContract, device_normalize
+from .contract import DataContract, device_normalize, device_stats
 
 
 def compose_transforms(
@@ -118,7 +118,7 @@ class ImageSplitsDataModule(DataContract, NonGeoDataModule):
             norm = Normalization('unit', norm.bands, scale=norm.scale)
         self.normalization = norm
         # torchgeo's default device augmentation normalises with these.
-        self.mean, self.std = norm.affine()
+        self.mean, self.std = device_stats(norm)
         super().__init__(dataset_class, batch_size, num_workers, **kwargs)
         self.unlabeled_class = unlabeled_class
         self.unlabeled = unlabeled

@@ -3,16 +3,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from explora_geo.datamodules.image_splits import IMAGENET_MEAN
 from explora_geo.datamodules.naip_landcover import NAIPLandCoverDataModule
 from explora_geo.datasets.naip_landcover import NAIPLandCover
+from explora_geo.sensors import IMAGENET_RGB
 
 ROOT = Path(__file__).parents[1] / 'data' / 'naip_landcover'
 
 
 def test_rgb_defaults() -> None:
     dm = NAIPLandCoverDataModule(batch_size=2, image_size=32, root=ROOT)
-    torch.testing.assert_close(dm.mean, IMAGENET_MEAN)
+    assert dm.normalization == IMAGENET_RGB.normalization('standard')
+    torch.testing.assert_close(dm.mean, IMAGENET_RGB.stats()[0])
     dm.setup('fit')
     batch = next(iter(dm.train_dataloader()))
     assert batch['image'].shape == (2, 3, 32, 32)

@@ -17,7 +17,9 @@ import rasterio
 from rasterio.transform import from_origin
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-BASE = os.path.join('ds', 'images', 'remote_sensing', 'otherDatasets', 'sentinel_2', 'tif')
+BASE = os.path.join(
+    'ds', 'images', 'remote_sensing', 'otherDatasets', 'sentinel_2', 'tif'
+)
 CLASSES = ('AnnualCrop', 'Forest')
 SPLITS = ('train', 'train', 'val', 'test')
 SIZE = 8
@@ -47,7 +49,9 @@ def main() -> None:
                 'crs': 'EPSG:32631',
                 'transform': from_origin(500000, 5000000 + 80 * c, 10, 10),
             }
-            with rasterio.open(os.path.join(folder, f'{stem}.tif'), 'w', **profile) as dst:
+            with rasterio.open(
+                os.path.join(folder, f'{stem}.tif'), 'w', **profile
+            ) as dst:
                 dst.write(data)
             names[split].append(f'{stem}.jpg')
     for split, files in names.items():

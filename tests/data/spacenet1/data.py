@@ -67,11 +67,17 @@ def main() -> None:
     for i in range(1, NUM_TRAIN + 1):
         west, north = -43.7 + i * 0.001, -22.9
         base = os.path.join(ROOT, DATASET, 'train')
-        write_chip(os.path.join(base, '3band', f'3band_AOI_1_RIO_img{i}.tif'), west, north, i)
-        write_building(os.path.join(base, 'geojson', f'Geo_AOI_1_RIO_img{i}.geojson'), west, north)
+        write_chip(
+            os.path.join(base, '3band', f'3band_AOI_1_RIO_img{i}.tif'), west, north, i
+        )
+        write_building(
+            os.path.join(base, 'geojson', f'Geo_AOI_1_RIO_img{i}.geojson'), west, north
+        )
     for i in range(1, NUM_TEST + 1):
         west, north = -43.6 + i * 0.001, -22.9
-        path = os.path.join(ROOT, DATASET, 'test', '3band', f'3band_AOI_1_RIO_img{i}.tif')
+        path = os.path.join(
+            ROOT, DATASET, 'test', '3band', f'3band_AOI_1_RIO_img{i}.tif'
+        )
         write_chip(path, west, north, 100 + i)
 
 
