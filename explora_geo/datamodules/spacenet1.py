@@ -28,7 +28,9 @@ class SpaceNet1ImageNetDataModule(DataContract, SpaceNet1DataModule):
 
     normalization = IMAGENET_RGB.normalization('standard')
     mean, std = normalization.affine()
-    class_names = ('background', 'building')
+    # Label order of the batches: torchgeo's datamodule pads masks with 0 and
+    # shifts the dataset's labels by one.
+    class_names = ('padding', 'background', 'building')
 
     def __init__(
         self,

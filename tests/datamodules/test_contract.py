@@ -65,7 +65,7 @@ CASES: dict[str, tuple[Callable[..., LightningDataModule], int, bool]] = {
     ),
     'iwildcam': (
         lambda **kw: IWildCamDataModule(root=DATA / 'iwildcam', image_size=16, **kw),
-        182,
+        4,  # the fixture's categories.csv
         True,
     ),
     'naip_landcover': (
@@ -77,7 +77,7 @@ CASES: dict[str, tuple[Callable[..., LightningDataModule], int, bool]] = {
     ),
     'spacenet1': (
         lambda **kw: SpaceNet1ImageNetDataModule(root=DATA / 'spacenet1', **kw),
-        2,
+        3,  # padding, background, building
         False,
     ),
 }

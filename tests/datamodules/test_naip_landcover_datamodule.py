@@ -47,5 +47,16 @@ def test_four_bands_need_statistics() -> None:
     batch = next(iter(dm.train_dataloader()))
     assert set(batch) == {'image'}
     assert batch['image'].shape == (3, 4, 16, 16)
-    normalized = dm.aug(batch)['image']
+    # Unlabelled (pre-training) batches are scaled to [0, 1] only ...
+    assert dm.normalization.kind == 'unit'
+    torch.testing.assert_close(dm.aug(batch)['image'], batch['image'] / 255)
+    # ... labelled ones standardised with the given statistics.
+    labelled = NAIPLandCoverDataModule(
+        root=ROOT,
+        bands=('R', 'G', 'B', 'NIR'),
+        mean=[0.0, 0.0, 0.0, 10.0],
+        std=[1.0, 1.0, 1.0, 2.0],
+    )
+    normalized = labelled.aug(batch)['image']
     torch.testing.assert_close(normalized[:, 3], (batch['image'][:, 3] - 10) / 2)
+    assert labelled.normalization.bands == ('R', 'G', 'B', 'NIR')
