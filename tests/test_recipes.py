@@ -36,11 +36,11 @@ TEMPORAL_DECODER = (
 DINOV2 = [
     f'--model.init_args.model_kwargs={VIT}',
     '--model.init_args.img_size=56',
-    '--model.init_args.global_crop_size=56',
-    '--model.init_args.local_crop_size=28',
-    '--model.init_args.head_hidden_dim=64',
-    '--model.init_args.head_bottleneck_dim=32',
-    '--model.init_args.num_prototypes=128',
+    '--model.init_args.objective.global_crop_size=56',
+    '--model.init_args.objective.local_crop_size=28',
+    '--model.init_args.objective.head_hidden_dim=64',
+    '--model.init_args.objective.head_bottleneck_dim=32',
+    '--model.init_args.objective.num_prototypes=128',
 ]
 VIT_28 = [f'--model.init_args.model_kwargs={{img_size: 28, {VIT[1:-1]}}}']
 

@@ -195,7 +195,7 @@ class TestFit:
         dm = fmow()
         dm.setup('fit')
         raw = torch.stack([dm.train_dataset[i]['image'] for i in range(4)]) / 255
-        images = task.normalize(raw)
+        images = task.objective.normalize(raw)
         torch.manual_seed(7)
         mask = random_masking(4, 16, 0.75).mask
         target = normalize_mean_var(patchify(images, 8))
@@ -253,7 +253,7 @@ def test_normalised_datamodule_is_refused(tmp_path: Path) -> None:
         r'.*takes values in \[0, 1\]',
     ):
         trainer(tmp_path, max_steps=1).fit(task, datamodule=labelled)
-    with pytest.raises(ValueError, match=r'ExPLoRAMAE expects images scaled to'):
+    with pytest.raises(ValueError, match=r'the MAE objective expects images scaled to'):
         task.training_step({'image': torch.full((2, 3, IMG, IMG), 255.0)}, 0)
 
 
@@ -263,9 +263,9 @@ def test_rgb_is_normalised_after_augmentation() -> None:
     task = ExPLoRAMAE(**task_kwargs())
     x = torch.linspace(0, 1, 3 * 4).view(1, 3, 2, 2)
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in IMAGENET_RGB.unit_stats())
-    torch.testing.assert_close(task.normalize(x), (x - mean) / std)
+    torch.testing.assert_close(task.objective.normalize(x), (x - mean) / std)
     bands = torch.rand(1, 10, 2, 2)
-    assert task.normalize(bands) is bands
+    assert task.objective.normalize(bands) is bands
 
 
 def test_export_loads_everywhere(tmp_path: Path, source: Path) -> None:
