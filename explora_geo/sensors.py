@@ -110,6 +110,38 @@ class Normalization:
             return (x - mean) / std
         return ((x - (mean - 2 * std)) / (4 * std)).clamp(0, 1)
 
+    def affine(self) -> tuple[Tensor, Tensor]:
+        """Per-band shift and divisor: the normalization is ``(x - shift) / divisor``.
+
+        For building an on-device ``kornia.augmentation.Normalize``.
+
+        Returns:
+            Float32 tensors of shape ``(C,)``.
+
+        Raises:
+            ValueError: For ``'satmae'``, which clips and is not affine.
+        """
+        if self.kind == 'unit':
+            n = len(self.bands)
+            return torch.zeros(n), torch.full((n,), float(self.scale))
+        if self.kind == 'standard':
+            return torch.tensor(self.mean), torch.tensor(self.std)
+        raise ValueError(
+            "'satmae' normalization clips to [0, 1] and is not affine; apply it "
+            'with Normalization.__call__'
+        )
+
+    def describe(self) -> str:
+        """A short human description: kind, bands and value range."""
+        span = self.output_range
+        where = 'unbounded' if span is None else f'values in [{span[0]:g}, {span[1]:g}]'
+        how = {
+            'unit': f'x / {self.scale:g}',
+            'standard': '(x - mean) / std',
+            'satmae': 'clip((x - (mean - 2 std)) / (4 std), 0, 1)',
+        }[self.kind]
+        return f'{self.kind!r} ({how}, {where}) of bands {list(self.bands)}'
+
     def select(self, bands: Sequence[str]) -> 'Normalization':
         """The same normalization for a subset or reordering of the bands.
 
@@ -223,6 +255,19 @@ class Sensor:
         """
         full = Normalization(kind, self.bands, self.mean, self.std, self.scale)
         return full if bands is None else full.select(bands)
+
+    def band_stats(self) -> tuple[dict[str, float], dict[str, float]]:
+        """Per-band mean and std in raw units, keyed by band name."""
+        return dict(zip(self.bands, self.mean, strict=True)), dict(
+            zip(self.bands, self.std, strict=True)
+        )
+
+    def unit_stats(
+        self, bands: Sequence[str] | None = None
+    ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Per-band mean and std of *bands* for values already divided by :attr:`scale`."""
+        norm = self.normalization('standard', bands)
+        return _scaled(norm.mean, 1 / self.scale), _scaled(norm.std, 1 / self.scale)
 
     def stats(self, bands: Sequence[str] | None = None) -> tuple[Tensor, Tensor]:
         """Per-band mean and std (raw units) of *bands* as float32 tensors."""

@@ -5,12 +5,11 @@ from functools import partial
 from typing import Any
 
 import kornia.augmentation as K
-import torch
-from torch import Tensor
 from torchgeo.datamodules import EuroSATDataModule
 from torchgeo.datasets.utils import Sample
 
-from ..datasets.fmow_sentinel import FMoWSentinel
+from ..sensors import SENTINEL2, Normalization
+from .contract import DataContract, device_normalize, device_stats
 from .image_splits import compose_transforms
 
 #: The 10 Sentinel-2 bands of the SatMAE group-channel ViT, in its input order
@@ -18,27 +17,26 @@ from .image_splits import compose_transforms
 SATMAE_BANDS = ('B02', 'B03', 'B04', 'B05', 'B06', 'B07', 'B08', 'B8A', 'B11', 'B12')
 
 
-def _satmae_scale(sample: Sample, low: Tensor, span: Tensor) -> Sample:
-    """Scale a sample's image as SatMAE does: ``clip((x - low) / span, 0, 1)``.
+def _satmae_scale(sample: Sample, norm: Normalization) -> Sample:
+    """Scale a sample's image with *norm* (SatMAE's ``clip((x - low) / span, 0, 1)``).
 
     Args:
         sample: A sample with an ``'image'`` of shape (C, H, W).
-        low: Per-band ``mean - 2 std``, shape (C, 1, 1).
-        span: Per-band ``4 std``, shape (C, 1, 1).
+        norm: The ``'satmae'`` normalisation of the sample's bands.
 
     Returns:
         The sample with its image scaled to [0, 1].
     """
-    return {**sample, 'image': ((sample['image'] - low) / span).clamp(0, 1)}
+    return {**sample, 'image': norm(sample['image'])}
 
 
-class EuroSATSatMAEDataModule(EuroSATDataModule):
+class EuroSATSatMAEDataModule(DataContract, EuroSATDataModule):
     """EuroSAT as the ExPLoRA paper fine-tunes it: 13-band release, SatMAE inputs.
 
     Reuses torchgeo's :class:`~torchgeo.datasets.EuroSAT` and its splits, and
     changes what the model sees to match the SatMAE group-channel ViT
     pre-trained on fMoW-Sentinel: the 10 SatMAE bands in their order, each scaled
-    with the fMoW-Sentinel statistics as ``clip((x - (mean - 2 std)) / (4 std),
+    with the fMoW-Sentinel statistics (:data:`~explora_geo.sensors.SENTINEL2`) as ``clip((x - (mean - 2 std)) / (4 std),
     0, 1)`` (per sample, before any resampling, as in SatMAE), and 96 x 96 px
     images (the 64 px chips are upsampled). Training batches get a random resized
     crop (SatMAE's scale range 0.2-1) and a horizontal flip; evaluation batches
@@ -69,12 +67,11 @@ class EuroSATSatMAEDataModule(EuroSATDataModule):
                 :class:`~torchgeo.datasets.EuroSAT` (``root``, ``download``, ...).
         """
         bands = tuple(bands)
-        # torchgeo names bands 'B02', fMoW-Sentinel 'B2'.
+        # torchgeo names bands 'B02', the Sentinel-2 sensor 'B2'.
         names = [b[0] + b[1:].lstrip('0') for b in bands]
-        mean = torch.tensor([FMoWSentinel.mean[n] for n in names]).view(-1, 1, 1)
-        std = torch.tensor([FMoWSentinel.std[n] for n in names]).view(-1, 1, 1)
+        self.normalization = SENTINEL2.normalization('satmae', names)
         scale: Callable[[Sample], Sample] = partial(
-            _satmae_scale, low=mean - 2 * std, span=4 * std
+            _satmae_scale, norm=self.normalization
         )
         user = kwargs.pop('transforms', None)
         transforms = scale if user is None else partial(compose_transforms, scale, user)
@@ -82,12 +79,12 @@ class EuroSATSatMAEDataModule(EuroSATDataModule):
             batch_size, num_workers, bands=bands, transforms=transforms, **kwargs
         )
         self.image_size = image_size
-        # Images arrive in [0, 1]; the device-side Normalize is the identity.
-        self.mean = torch.zeros(len(bands))
-        self.std = torch.ones(len(bands))
+        self.mean, self.std = device_stats(self.normalization)
         self.aug = K.AugmentationSequential(
             K.Resize(int(image_size / 0.875), antialias=True),
             K.CenterCrop(image_size),
+            # Images arrive in [0, 1]; the device-side step is the identity.
+            device_normalize(self.normalization),
             data_keys=None,
             keepdim=True,
         )

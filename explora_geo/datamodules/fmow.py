@@ -5,13 +5,15 @@ from functools import partial
 from typing import Any, Literal
 
 import kornia.augmentation as K
-import torch
 from torch.utils.data import default_collate
 from torchgeo.datamodules import NonGeoDataModule
 from torchgeo.datasets.utils import Sample
 
 from ..datasets.fmow import FMoW, FMoWTemporal
+from ..datasets.fmow_metadata import FMOW_CLASSES
 from ..datasets.fmow_sentinel import FMoWSentinel
+from ..sensors import FMOW_RGB, SENTINEL2, Normalization
+from .contract import DataContract, device_normalize, device_stats
 
 
 def collate_keys(samples: list[Sample], keys: Sequence[str]) -> Sample:
@@ -29,15 +31,21 @@ def collate_keys(samples: list[Sample], keys: Sequence[str]) -> Sample:
     return default_collate([{k: s[k] for k in keys} for s in samples])
 
 
-class _FMoWDataModule(NonGeoDataModule):
+class _FMoWDataModule(DataContract, NonGeoDataModule):
     """Shared set-up of the fMoW datamodules.
 
     The dataset resizes the shorter side of each image to ``image_size / crop_pct``
     and crops the centre square (SatMAE's evaluation resize, e.g. 256 px for 224 px
     inputs). On the device, training batches get a random resized crop to
     ``image_size`` (scale 0.2-1, bicubic) and a horizontal flip; validation and test
-    batches the central ``image_size`` crop. Then the channels are normalised.
+    batches the central ``image_size`` crop. Then the channels are normalised
+    (:attr:`normalization`).
+
+    With ``unlabeled=True`` training batches are only normalised: the
+    self-supervised objective crops and flips them itself.
     """
+
+    class_names = FMOW_CLASSES
 
     #: Keys of a batch in unlabeled mode.
     unlabeled_keys: tuple[str, ...] = ('image',)
@@ -50,8 +58,7 @@ class _FMoWDataModule(NonGeoDataModule):
         image_size: int,
         crop_pct: float,
         unlabeled: bool,
-        mean: torch.Tensor,
-        std: torch.Tensor,
+        norm: Normalization,
         **kwargs: Any,
     ) -> None:
         if 'size' in kwargs:
@@ -63,19 +70,22 @@ class _FMoWDataModule(NonGeoDataModule):
                 f'image_size={image_size}, crop_pct={crop_pct} are invalid; expected '
                 'image_size >= 1 and 0 < crop_pct <= 1'
             )
-        self.mean = mean
-        self.std = std
+        self.normalization = norm
+        self.mean, self.std = device_stats(norm)
         kwargs['size'] = int(image_size / crop_pct)
         super().__init__(dataset_class, batch_size, num_workers, **kwargs)
         self.image_size = image_size
         self.crop_pct = crop_pct
         self.unlabeled = unlabeled
-        self.train_aug = self._augmentations(
-            K.RandomResizedCrop(
-                (image_size, image_size), scale=(0.2, 1.0), resample='BICUBIC'
-            ),
-            K.RandomHorizontalFlip(),
-        )
+        if unlabeled:
+            self.train_aug = self._augmentations()
+        else:
+            self.train_aug = self._augmentations(
+                K.RandomResizedCrop(
+                    (image_size, image_size), scale=(0.2, 1.0), resample='BICUBIC'
+                ),
+                K.RandomHorizontalFlip(),
+            )
         self.aug = self._augmentations(K.CenterCrop(image_size))
         if unlabeled:
             self.collate_fn = partial(collate_keys, keys=self.unlabeled_keys)
@@ -91,7 +101,7 @@ class _FMoWDataModule(NonGeoDataModule):
         """
         return K.AugmentationSequential(
             *ops,
-            K.Normalize(mean=self.mean, std=self.std),
+            device_normalize(self.normalization),
             data_keys=None,
             keepdim=True,
         )
@@ -101,9 +111,9 @@ class FMoWDataModule(_FMoWDataModule):
     """LightningDataModule for the fMoW-RGB dataset.
 
     Images are 224 px by default (the paper's resolution) and normalised with the
-    fMoW-RGB statistics; the dataset returns 0-255 values, so the statistics are
-    scaled by 255. ``unlabeled=True`` gives batches with the image only, for
-    self-supervised pre-training.
+    fMoW-RGB statistics (:data:`~explora_geo.sensors.FMOW_RGB`, ``'standard'``).
+    ``unlabeled=True`` gives batches with the image only, scaled to [0, 1]
+    (``'unit'``) and not augmented, for self-supervised pre-training.
 
     .. versionadded:: 0.1
     """
@@ -139,8 +149,7 @@ class FMoWDataModule(_FMoWDataModule):
             image_size,
             crop_pct,
             unlabeled,
-            255 * torch.tensor(FMoW.mean),
-            255 * torch.tensor(FMoW.std),
+            FMOW_RGB.normalization('unit' if unlabeled else 'standard'),
             **kwargs,
         )
 
@@ -152,8 +161,9 @@ class FMoWSentinelDataModule(_FMoWDataModule):
     ``normalization='satmae'`` (default) scales every band in the dataset with
     SatMAE's ``clip((x - (mean - 2 std)) / (4 std), 0, 1)`` and applies no further
     normalisation; ``'zscore'`` loads raw values and standardises them with the
-    per-band mean and std on the device. ``unlabeled=True`` gives batches with the
-    image only, for self-supervised pre-training.
+    per-band mean and std on the device (statistics of
+    :data:`~explora_geo.sensors.SENTINEL2`). ``unlabeled=True`` gives batches with
+    the image only, not augmented, for self-supervised pre-training.
 
     .. versionadded:: 0.1
     """
@@ -184,7 +194,6 @@ class FMoWSentinelDataModule(_FMoWDataModule):
         Raises:
             ValueError: if an argument is invalid.
         """
-        mean, std = _sentinel_statistics(normalization, kwargs)
         super().__init__(
             FMoWSentinel,
             batch_size,
@@ -192,24 +201,23 @@ class FMoWSentinelDataModule(_FMoWDataModule):
             image_size,
             crop_pct,
             unlabeled,
-            mean,
-            std,
+            _sentinel_normalization(normalization, kwargs),
             **kwargs,
         )
-        self.normalization = normalization
 
 
-def _sentinel_statistics(
+def _sentinel_normalization(
     normalization: str, kwargs: dict[str, Any]
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> Normalization:
     """Configure the Sentinel-2 normalisation of a datamodule.
 
     Args:
-        normalization: ``'satmae'`` or ``'zscore'``.
+        normalization: ``'satmae'`` (applied by the dataset) or ``'zscore'``
+            (raw values from the dataset, standardised on the device).
         kwargs: dataset keyword arguments; ``normalization`` is set in them.
 
     Returns:
-        mean and std of the device-side normalisation.
+        The normalisation batches carry.
 
     Raises:
         ValueError: if *normalization* is invalid.
@@ -217,12 +225,10 @@ def _sentinel_statistics(
     bands = kwargs.get('bands') or FMoWSentinel.default_bands
     if normalization == 'satmae':
         kwargs['normalization'] = 'satmae'
-        return torch.zeros(len(bands)), torch.ones(len(bands))
+        return SENTINEL2.normalization('satmae', bands)
     if normalization == 'zscore':
         kwargs['normalization'] = 'none'
-        mean = torch.tensor([FMoWSentinel.mean[b] for b in bands])
-        std = torch.tensor([FMoWSentinel.std[b] for b in bands])
-        return mean, std
+        return SENTINEL2.normalization('standard', bands)
     raise ValueError(
         f"normalization={normalization!r} is invalid; expected 'satmae' or 'zscore'"
     )
@@ -235,7 +241,7 @@ class FMoWTemporalDataModule(_FMoWDataModule):
     ``(B, T, 3)``. The same random crop and flip are applied to all ``T`` images of
     a sample. Defaults follow the paper: 224 px for ``sensor='rgb'`` and 96 px for
     ``sensor='sentinel'``, with the normalisation of :class:`FMoWDataModule` or
-    :class:`FMoWSentinelDataModule`. ``unlabeled=True`` keeps the images and their
+    :class:`FMoWSentinelDataModule` (RGB in unlabelled mode: ``'unit'``). ``unlabeled=True`` keeps the images and their
     timestamps, for temporal pre-training.
 
     .. versionadded:: 0.1
@@ -273,11 +279,12 @@ class FMoWTemporalDataModule(_FMoWDataModule):
             ValueError: if an argument is invalid.
         """
         kwargs['sensor'] = sensor
+        norm: Normalization
         if sensor == 'sentinel':
-            mean, std = _sentinel_statistics(normalization, kwargs)
+            norm = _sentinel_normalization(normalization, kwargs)
             size = 96 if image_size is None else image_size
         else:
-            mean, std = 255 * torch.tensor(FMoW.mean), 255 * torch.tensor(FMoW.std)
+            norm = FMOW_RGB.normalization('unit' if unlabeled else 'standard')
             size = 224 if image_size is None else image_size
         super().__init__(
             FMoWTemporal,
@@ -286,8 +293,7 @@ class FMoWTemporalDataModule(_FMoWDataModule):
             size,
             crop_pct,
             unlabeled,
-            mean,
-            std,
+            norm,
             **kwargs,
         )
 
@@ -302,7 +308,7 @@ class FMoWTemporalDataModule(_FMoWDataModule):
         """
         frames = K.VideoSequential(
             *ops,
-            K.Normalize(mean=self.mean, std=self.std),
+            device_normalize(self.normalization),
             data_format='BTCHW',
             same_on_frame=True,
         )

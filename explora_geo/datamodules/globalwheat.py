@@ -6,6 +6,7 @@ import kornia.augmentation as K
 from torchgeo.datamodules.utils import collate_fn_detection
 
 from ..datasets.globalwheat import GlobalWheat, GlobalWheatUnlabeled
+from .contract import device_normalize
 from .image_splits import ImageSplitsDataModule
 
 
@@ -20,7 +21,8 @@ class GlobalWheatDataModule(ImageSplitsDataModule):
     hold a stacked ``'image'`` and per-image lists ``'bbox_xyxy'`` and
     ``'label'`` (TorchGeo's detection collation). With ``unlabeled=True`` the
     training loader yields images of *pretrain_split* only (``'train'``, the
-    labeled training images, as in the ExPLoRA paper, or an unlabeled split).
+    labeled training images, as in the ExPLoRA paper, or an unlabeled split),
+    scaled to [0, 1] and not augmented.
 
     Box coordinates follow kornia's convention when augmented: a horizontal
     flip maps ``x`` to ``W - 1 - x`` and a resize scales by
@@ -76,7 +78,7 @@ class GlobalWheatDataModule(ImageSplitsDataModule):
         )
         if not self.unlabeled:
             self.train_aug = K.AugmentationSequential(
-                K.Normalize(mean=self.mean, std=self.std),
+                device_normalize(self.normalization),
                 K.RandomHorizontalFlip(),
                 K.RandomVerticalFlip(),
                 data_keys=None,

@@ -6,21 +6,17 @@ pre-training, images of varying size that are resized per sample (so that they
 can be batched), and augmentation plus normalisation applied on the device.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 import kornia.augmentation as K
-import torch
-from torch import Tensor
 from torchgeo.datamodules import NonGeoDataModule
 from torchgeo.datasets import NonGeoDataset
 from torchgeo.datasets.utils import Sample
 
-#: ImageNet channel means and standard deviations on the 0-255 scale, the
-#: normalisation of the DinoV2 and MAE checkpoints that ExPLoRA starts from.
-IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]) * 255
-IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]) * 255
+from ..sensors import IMAGENET_RGB, Normalization
+from .contract import DataContract, device_normalize, device_stats
 
 
 def compose_transforms(
@@ -65,15 +61,16 @@ def resize_short_side(size: int) -> K.AugmentationSequential:
     )
 
 
-class ImageSplitsDataModule(NonGeoDataModule):
+class ImageSplitsDataModule(DataContract, NonGeoDataModule):
     """Datamodule over named splits of an image dataset, with an unlabeled mode.
 
     In the labeled mode, *train_split*, *val_split* and *test_split* of
     *dataset_class* feed the training, validation and test loaders. With
     ``unlabeled=True``, the training loader reads *pretrain_split* of
     *unlabeled_class* (images only) and the validation loader
-    *pretrain_val_split* if given; on-device augmentation is then only
-    normalisation, leaving crops to the self-supervised objective.
+    *pretrain_val_split* if given; images are then only scaled to [0, 1]
+    (``'unit'``), leaving crops, colour augmentation and normalisation to the
+    self-supervised objective.
 
     Subclasses set :attr:`sample_transform` (applied per sample, on the CPU, so
     that samples can be batched) and :attr:`train_aug`.
@@ -93,8 +90,7 @@ class ImageSplitsDataModule(NonGeoDataModule):
         test_split: str = 'test',
         pretrain_split: str = 'train',
         pretrain_val_split: str | None = None,
-        mean: Sequence[float] | Tensor = IMAGENET_MEAN,
-        std: Sequence[float] | Tensor = IMAGENET_STD,
+        normalization: Normalization | None = None,
         **kwargs: Any,
     ) -> None:
         """Initialize a new ImageSplitsDataModule instance.
@@ -111,12 +107,18 @@ class ImageSplitsDataModule(NonGeoDataModule):
             pretrain_split: Split of *unlabeled_class* used for pre-training.
             pretrain_val_split: Split of *unlabeled_class* used for validation
                 during pre-training, or None for no validation loader.
-            mean: Per-channel mean subtracted on the device.
-            std: Per-channel standard deviation divided by on the device.
+            normalization: Normalisation of the labeled mode, applied on the
+                device (default: ImageNet statistics,
+                :data:`~explora_geo.sensors.IMAGENET_RGB`); the unlabeled mode
+                divides by its ``scale`` only.
             **kwargs: Additional keyword arguments passed to the dataset classes.
         """
-        self.mean = torch.as_tensor(mean, dtype=torch.float32)
-        self.std = torch.as_tensor(std, dtype=torch.float32)
+        norm = normalization or IMAGENET_RGB.normalization('standard')
+        if unlabeled:
+            norm = Normalization('unit', norm.bands, scale=norm.scale)
+        self.normalization = norm
+        # torchgeo's default device augmentation normalises with these.
+        self.mean, self.std = device_stats(norm)
         super().__init__(dataset_class, batch_size, num_workers, **kwargs)
         self.unlabeled_class = unlabeled_class
         self.unlabeled = unlabeled
@@ -229,7 +231,7 @@ class ImageClassificationSplitsDataModule(ImageSplitsDataModule):
         self.sample_transform = resize_short_side(image_size)
         if not self.unlabeled:
             augmentations: list[K.AugmentationBase2D] = [
-                K.Normalize(mean=self.mean, std=self.std)
+                device_normalize(self.normalization)
             ]
             if crop_scale is not None:
                 augmentations.append(

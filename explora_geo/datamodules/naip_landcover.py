@@ -4,11 +4,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..datasets.naip_landcover import NAIPLandCover, NAIPLandCoverUnlabeled
-from .image_splits import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    ImageClassificationSplitsDataModule,
-)
+from ..sensors import IMAGENET_RGB, Normalization
+from .image_splits import ImageClassificationSplitsDataModule
 
 
 class NAIPLandCoverDataModule(ImageClassificationSplitsDataModule):
@@ -72,12 +69,15 @@ class NAIPLandCoverDataModule(ImageClassificationSplitsDataModule):
                     f'No default normalisation for bands {bands}: pass mean= and '
                     'std= (one value per band, 0-255 scale)'
                 )
-            mean, std = IMAGENET_MEAN.tolist(), IMAGENET_STD.tolist()
+            mean, std = IMAGENET_RGB.mean, IMAGENET_RGB.std
         if len(mean) != len(bands) or len(std) != len(bands):
             raise ValueError(
                 f'mean and std need one value per band {bands}; got {len(mean)} '
                 f'and {len(std)}'
             )
+        norm = Normalization(
+            'standard', bands, tuple(map(float, mean)), tuple(map(float, std)), 255.0
+        )
         super().__init__(
             NAIPLandCover,
             NAIPLandCoverUnlabeled,
@@ -91,7 +91,6 @@ class NAIPLandCoverDataModule(ImageClassificationSplitsDataModule):
             test_split=test_split,
             pretrain_split=pretrain_split,
             bands=bands,
-            mean=mean,
-            std=std,
+            normalization=norm,
             **kwargs,
         )

@@ -4,14 +4,15 @@ from typing import Any
 
 from torchgeo.datamodules import SpaceNet1DataModule
 
-from .image_splits import IMAGENET_MEAN, IMAGENET_STD
+from ..sensors import IMAGENET_RGB
+from .contract import DataContract
 
 #: Images of the labeled SpaceNet 1 release held out for testing in the paper
 #: (1,940 of 6,940; the other 5,000 are for training).
 PAPER_TEST_FRACTION = 1940 / 6940
 
 
-class SpaceNet1ImageNetDataModule(SpaceNet1DataModule):
+class SpaceNet1ImageNetDataModule(DataContract, SpaceNet1DataModule):
     """SpaceNet 1 building segmentation for ViTs initialised from natural images.
 
     Reuses torchgeo's :class:`~torchgeo.datamodules.SpaceNet1DataModule` (the
@@ -25,8 +26,11 @@ class SpaceNet1ImageNetDataModule(SpaceNet1DataModule):
     .. versionadded:: 0.1
     """
 
-    mean = IMAGENET_MEAN
-    std = IMAGENET_STD
+    normalization = IMAGENET_RGB.normalization('standard')
+    mean, std = normalization.affine()
+    # Label order of the batches: torchgeo's datamodule pads masks with 0 and
+    # shifts the dataset's labels by one.
+    class_names = ('padding', 'background', 'building')
 
     def __init__(
         self,

@@ -12,6 +12,7 @@ from PIL import Image
 from torch import Tensor
 from torchgeo.datasets.utils import Path, Sample
 
+from ..sensors import FMOW_RGB
 from .fmow_base import FMoWBase, OnError
 from .fmow_metadata import (
     FMoWSampleError,
@@ -55,18 +56,9 @@ class FMoW(FMoWBase):
 
     bands: tuple[str, ...] = ('R', 'G', 'B')
     rgb_bands: tuple[str, ...] = ('R', 'G', 'B')
-    #: Per-channel mean of fMoW-RGB for images scaled to [0, 1] (SatMAE).
-    mean: tuple[float, ...] = (
-        0.4182007312774658,
-        0.4214799106121063,
-        0.3991275727748871,
-    )
-    #: Per-channel standard deviation of fMoW-RGB for images scaled to [0, 1].
-    std: tuple[float, ...] = (
-        0.28774282336235046,
-        0.27541765570640564,
-        0.2764017581939697,
-    )
+    #: Per-channel mean and standard deviation of fMoW-RGB for images scaled to
+    #: [0, 1] (:data:`~explora_geo.sensors.FMOW_RGB`).
+    mean, std = FMOW_RGB.unit_stats()
 
     csv_files: ClassVar[dict[str, str]] = {
         'train': 'train_62classes.csv',

@@ -208,10 +208,17 @@ class FMoWBase(NonGeoDataset, abc.ABC):
             the sample (see the subclass for its keys).
 
         Raises:
+            IndexError: if *index* is out of range (which also ends iteration
+                over the dataset).
             FMoWSampleError: if the sample is bad and ``on_error='raise'``, or if no
                 sample of the dataset can be read.
         """
-        sample = self._load_valid(index)
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(
+                f'index {index} is out of range for {type(self).__name__} of {n} samples'
+            )
+        sample = self._load_valid(index % n)
         if self.transforms is not None:
             sample = self.transforms(sample)
         return sample

@@ -12,6 +12,7 @@ from torch import Tensor
 from torchgeo.datasets import RGBBandsMissingError
 from torchgeo.datasets.utils import Path, Sample
 
+from ..sensors import SENTINEL2
 from .fmow_base import FMoWBase, OnError
 from .fmow_metadata import (
     FMoWSampleError,
@@ -76,38 +77,9 @@ class FMoWSentinel(FMoWBase):
     )
     rgb_bands: tuple[str, ...] = ('B4', 'B3', 'B2')
 
-    #: Per-band mean of the fMoW-Sentinel training set (digital numbers).
-    mean: ClassVar[dict[str, float]] = {
-        'B1': 1370.19151926,
-        'B2': 1184.3824625,
-        'B3': 1120.77120066,
-        'B4': 1136.26026392,
-        'B5': 1263.73947144,
-        'B6': 1645.40315151,
-        'B7': 1846.87040806,
-        'B8': 1762.59530783,
-        'B8A': 1972.62420416,
-        'B9': 582.72633433,
-        'B10': 14.77112979,
-        'B11': 1732.16362238,
-        'B12': 1247.91870117,
-    }
-    #: Per-band standard deviation of the fMoW-Sentinel training set.
-    std: ClassVar[dict[str, float]] = {
-        'B1': 633.15169573,
-        'B2': 650.2842772,
-        'B3': 712.12507725,
-        'B4': 965.23119807,
-        'B5': 948.9819932,
-        'B6': 1108.06650639,
-        'B7': 1258.36394548,
-        'B8': 1233.1492281,
-        'B8A': 1364.38688993,
-        'B9': 472.37967789,
-        'B10': 14.3114637,
-        'B11': 1310.36996126,
-        'B12': 1087.6020813,
-    }
+    #: Per-band mean and standard deviation of the fMoW-Sentinel training set
+    #: (digital numbers, :data:`~explora_geo.sensors.SENTINEL2`).
+    mean, std = SENTINEL2.band_stats()
 
     csv_files: ClassVar[dict[str, str]] = {
         'train': 'train.csv',

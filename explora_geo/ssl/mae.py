@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torchgeo.tasks.mae import mae_augmentation
 
 from ..models.mae import MAEOutput, MaskedAutoencoder
+from ..sensors import IMAGENET_RGB
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,46 @@ class MAEObjective(nn.Module):
         assert isinstance(out, Tensor)
         return out
 
+    @staticmethod
+    def check_scale(images: Tensor) -> None:
+        """Check that *images* hold values in ``[0, 1]``, as the objective takes them.
+
+        Args:
+            images: The batch's images, before augmentation.
+
+        Raises:
+            ValueError: If values lie outside ``[0, 1]``.
+        """
+        low, high = torch.aminmax(images.detach())
+        if low < -1e-3 or high > 1 + 1e-3:
+            raise ValueError(
+                f'the MAE objective expects images scaled to [0, 1], got values in '
+                f'[{float(low):.4g}, {float(high):.4g}]; hand it unnormalised images '
+                "(the datamodule's unlabeled=True mode) and leave normalisation to it"
+            )
+
+    @staticmethod
+    def normalize(images: Tensor) -> Tensor:
+        """Standardise RGB as MAE's reference code does, after the crops.
+
+        Three-band images are normalised with the ImageNet statistics of the
+        source MAE; other band sets (Sentinel-2 scaled by SatMAE's formula) are
+        taken as they are, as in SatMAE.
+
+        Args:
+            images: ``(B, C, H, W)`` or ``(B, T, C, H, W)`` in ``[0, 1]``.
+
+        Returns:
+            The images the model takes.
+        """
+        if images.shape[-3] != 3:
+            return images
+        mean, std = IMAGENET_RGB.unit_stats()
+        shape = (3, 1, 1)
+        m = torch.tensor(mean, dtype=images.dtype, device=images.device).view(shape)
+        s = torch.tensor(std, dtype=images.dtype, device=images.device).view(shape)
+        return (images - m) / s
+
     def forward(self, batch: Mapping[str, Any], augment: bool = True) -> MAEOutput:
         """Mask, reconstruct and score one batch.
 
@@ -117,10 +158,12 @@ class MAEObjective(nn.Module):
         Returns:
             The model's loss, predictions and mask.
         """
-        images = batch['image']
+        images = batch['image'].float()
         extra = {k: batch[k] for k in self.extra_inputs if k in batch}
+        self.check_scale(images)
         if augment:
             images = self.augment(images)
+        images = self.normalize(images)
         output: MAEOutput = self.network(
             images.float(), mask_ratio=self.config.mask_ratio, **extra
         )

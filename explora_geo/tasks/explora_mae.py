@@ -22,6 +22,7 @@ from torchvision.models._api import WeightsEnum
 
 from ..models.mae import MaskedAutoencoder, create_mae
 from ..peft import ExPLoRAConfig, inject_qkv_lora
+from ..sensors import IMAGENET_RGB, Normalization
 from ..ssl.mae import MAEConfig, MAEObjective
 from .pretraining import ExPLoRAPretrainingTask, OptimizationConfig
 
@@ -149,6 +150,28 @@ class ExPLoRAMAE(ExPLoRAPretrainingTask):
             The objective.
         """
         return MAEObjective(self.model, self.objective_config, self.hparams['img_size'])
+
+    def input_normalization(self, data: Normalization) -> Normalization:
+        """The datamodule's ``[0, 1]`` RGB scaling followed by ImageNet mean / std.
+
+        Args:
+            data: The datamodule's normalisation.
+
+        Returns:
+            A ``'standard'`` normalisation in raw units for 3-band ``'unit'``
+            data (see :meth:`~explora_geo.ssl.mae.MAEObjective.normalize`), else
+            *data*.
+        """
+        if data.kind != 'unit' or len(data.bands) != 3:
+            return data
+        mean, std = IMAGENET_RGB.unit_stats()
+        return Normalization(
+            'standard',
+            data.bands,
+            tuple(data.scale * m for m in mean),
+            tuple(data.scale * s for s in std),
+            data.scale,
+        )
 
     @property
     def encoder(self) -> nn.Module:

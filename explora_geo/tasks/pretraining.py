@@ -186,6 +186,10 @@ class ExPLoRAPretrainingTask(BaseTask):
     ignore: Sequence[str] | str | None = ('weights',)
     monitor = 'train_loss'
 
+    #: Value range the objective takes its images in: it crops, jitters and
+    #: normalises them itself (see the data contract in docs/architecture.md).
+    input_range: tuple[float, float] = (0.0, 1.0)
+
     #: The source network being adapted (the ViT, or the ViT with a decoder).
     model: nn.Module
     #: The self-supervised objective.
@@ -274,6 +278,26 @@ class ExPLoRAPretrainingTask(BaseTask):
         return self.model
 
     # Training -----------------------------------------------------------------
+
+    def on_fit_start(self) -> None:
+        """Check that the datamodule hands images in :attr:`input_range`.
+
+        Raises:
+            ValueError: Naming the datamodule and task, and the scale of each,
+                if the datamodule's ``normalization`` gives another range.
+        """
+        datamodule = getattr(self.trainer, 'datamodule', None)
+        norm = getattr(datamodule, 'normalization', None)
+        if isinstance(norm, Normalization) and norm.output_range != self.input_range:
+            low, high = self.input_range
+            raise ValueError(
+                f'{type(datamodule).__name__} hands {type(self).__name__} images '
+                f'normalised {norm.describe()}, but {type(self).__name__} takes '
+                f'values in [{low:g}, {high:g}] (it augments and normalises them '
+                "itself): use the datamodule with unlabeled=True and its 'unit' or "
+                "'satmae' scaling"
+            )
+        super().on_fit_start()
 
     def on_train_start(self) -> None:
         """Log how many values train."""

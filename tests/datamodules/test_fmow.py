@@ -14,12 +14,12 @@ from explora_geo.datamodules.fmow import (
 )
 from explora_geo.datasets.fmow import FMoW, FMoWTemporal
 from explora_geo.datasets.fmow_base import resize_and_center_crop
+from explora_geo.datasets.fmow_metadata import FMOW_CLASSES
 from explora_geo.datasets.fmow_sentinel import FMoWSentinel
+from explora_geo.sensors import FMOW_RGB, SENTINEL2
 
 RGB = os.path.join('tests', 'data', 'fmow')
 SENTINEL = os.path.join('tests', 'data', 'fmow_sentinel')
-RGB_MEAN = torch.tensor([0.4182, 0.4215, 0.3991])
-RGB_STD = torch.tensor([0.2877, 0.2754, 0.2764])
 
 
 def transfer(
@@ -45,8 +45,10 @@ class TestFMoWDataModule:
         dm = FMoWDataModule(root=RGB)
         assert dm.image_size == 224
         assert dm.kwargs['size'] == 256  # SatMAE: resize to 224 / 0.875, crop 224
-        torch.testing.assert_close(dm.mean, 255 * RGB_MEAN, atol=0.02, rtol=0)
-        torch.testing.assert_close(dm.std, 255 * RGB_STD, atol=0.02, rtol=0)
+        assert dm.normalization == FMOW_RGB.normalization('standard')
+        torch.testing.assert_close(dm.mean, torch.tensor(FMOW_RGB.mean))
+        torch.testing.assert_close(dm.std, torch.tensor(FMOW_RGB.std))
+        assert dm.classes == FMOW_CLASSES and len(dm.classes) == 62
         assert FMoWSentinelDataModule(root=SENTINEL).kwargs['size'] == 109
 
     def test_eval_normalisation(self) -> None:
@@ -76,11 +78,18 @@ class TestFMoWDataModule:
         assert out['label'].dtype == torch.int64
 
     def test_unlabeled(self) -> None:
+        # Pre-training objectives crop and normalise: batches are the dataset's
+        # images (resized to image_size / crop_pct) divided by 255, nothing else.
         dm = FMoWDataModule(root=RGB, batch_size=2, image_size=16, unlabeled=True)
+        assert dm.normalization == FMOW_RGB.normalization('unit')
+        assert dm.classes is None
         dm.setup('fit')
+        images = torch.stack([dm.train_dataset[i]['image'] for i in range(2)])  # type: ignore[index]
+        out = transfer(dm, {'image': images.clone()}, 'training')['image']
+        assert out.shape == (2, 3, 18, 18)
+        torch.testing.assert_close(out, images / 255)
         batch = next(iter(dm.train_dataloader()))
         assert set(batch) == {'image'}
-        assert transfer(dm, batch, 'training')['image'].shape == (2, 3, 16, 16)
 
     def test_test_split_and_plot(self) -> None:
         dm = FMoWDataModule(root=RGB, batch_size=1, image_size=16)
@@ -132,18 +141,26 @@ class TestFMoWSentinelDataModule:
                 for i in range(2)
             ]
         )
-        mean = torch.tensor([FMoWSentinel.mean[b] for b in bands]).view(1, 3, 1, 1)
-        std = torch.tensor([FMoWSentinel.std[b] for b in bands]).view(1, 3, 1, 1)
-        torch.testing.assert_close(out['image'], (raw - mean) / std)
+        mean, std = SENTINEL2.stats(bands)
+        expected = (raw - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+        torch.testing.assert_close(out['image'], expected)
+        assert dm.normalization == SENTINEL2.normalization('standard', bands)
 
     def test_unlabeled(self) -> None:
         dm = FMoWSentinelDataModule(
             root=SENTINEL, batch_size=4, image_size=8, unlabeled=True
         )
         dm.setup('fit')
+        assert dm.normalization == SENTINEL2.normalization(
+            'satmae', FMoWSentinel.default_bands
+        )
         batch = next(iter(dm.train_dataloader()))
         assert set(batch) == {'image'}
-        assert transfer(dm, batch, 'training')['image'].shape == (4, 10, 8, 8)
+        images = batch['image'].clone()
+        out = transfer(dm, batch, 'training')['image']
+        assert out.shape == (4, 10, 9, 9)
+        torch.testing.assert_close(out, images)
+        assert out.min() >= 0 and out.max() <= 1
 
     def test_invalid_normalization(self) -> None:
         with pytest.raises(ValueError, match="normalization='minmax' is invalid"):
@@ -207,5 +224,9 @@ class TestFMoWTemporalDataModule:
         dm.setup('fit')
         batch = next(iter(dm.train_dataloader()))
         assert set(batch) == {'image', 'timestamps'}
+        images = batch['image'].clone()
         out = transfer(dm, batch, 'training')
-        assert out['image'].shape == (2, 3, 10, 8, 8)
+        assert out['image'].shape == (2, 3, 10, 9, 9)
+        torch.testing.assert_close(out['image'], images)
+        rgb = FMoWTemporalDataModule(root=RGB, unlabeled=True)
+        assert rgb.normalization == FMOW_RGB.normalization('unit')

@@ -7,13 +7,12 @@ from kornia.geometry.transform import resize
 from lightning.pytorch import Trainer
 from torchgeo.tasks import Classification
 
-from explora_geo.datamodules.image_splits import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    resize_short_side,
-)
+from explora_geo.datamodules.image_splits import resize_short_side
 from explora_geo.datamodules.iwildcam import IWildCamDataModule
 from explora_geo.datasets.iwildcam import IWildCam
+from explora_geo.sensors import IMAGENET_RGB
+
+IMAGENET_MEAN, IMAGENET_STD = IMAGENET_RGB.stats()
 
 ROOT = Path(__file__).parents[1] / 'data' / 'iwildcam'
 

@@ -3,16 +3,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from explora_geo.datamodules.image_splits import IMAGENET_MEAN
 from explora_geo.datamodules.naip_landcover import NAIPLandCoverDataModule
 from explora_geo.datasets.naip_landcover import NAIPLandCover
+from explora_geo.sensors import IMAGENET_RGB
 
 ROOT = Path(__file__).parents[1] / 'data' / 'naip_landcover'
 
 
 def test_rgb_defaults() -> None:
     dm = NAIPLandCoverDataModule(batch_size=2, image_size=32, root=ROOT)
-    torch.testing.assert_close(dm.mean, IMAGENET_MEAN)
+    assert dm.normalization == IMAGENET_RGB.normalization('standard')
+    torch.testing.assert_close(dm.mean, IMAGENET_RGB.stats()[0])
     dm.setup('fit')
     batch = next(iter(dm.train_dataloader()))
     assert batch['image'].shape == (2, 3, 32, 32)
@@ -46,5 +47,16 @@ def test_four_bands_need_statistics() -> None:
     batch = next(iter(dm.train_dataloader()))
     assert set(batch) == {'image'}
     assert batch['image'].shape == (3, 4, 16, 16)
-    normalized = dm.aug(batch)['image']
+    # Unlabelled (pre-training) batches are scaled to [0, 1] only ...
+    assert dm.normalization.kind == 'unit'
+    torch.testing.assert_close(dm.aug(batch)['image'], batch['image'] / 255)
+    # ... labelled ones standardised with the given statistics.
+    labelled = NAIPLandCoverDataModule(
+        root=ROOT,
+        bands=('R', 'G', 'B', 'NIR'),
+        mean=[0.0, 0.0, 0.0, 10.0],
+        std=[1.0, 1.0, 1.0, 2.0],
+    )
+    normalized = labelled.aug(batch)['image']
     torch.testing.assert_close(normalized[:, 3], (batch['image'][:, 3] - 10) / 2)
+    assert labelled.normalization.bands == ('R', 'G', 'B', 'NIR')

@@ -3,8 +3,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from explora_geo.datamodules.image_splits import IMAGENET_MEAN, IMAGENET_STD
 from explora_geo.datamodules.spacenet1 import SpaceNet1ImageNetDataModule
+from explora_geo.sensors import IMAGENET_RGB
+
+IMAGENET_MEAN, IMAGENET_STD = IMAGENET_RGB.stats()
 
 
 def make_listing(root: Path, count: int) -> None:

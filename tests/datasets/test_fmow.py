@@ -66,6 +66,14 @@ class TestFMoWRelease:
         assert len(test) == 1
         assert os.path.join('test_gt', 'dam') in str(test.files[0])
 
+    def test_iteration_ends(self) -> None:
+        ds = FMoW(ROOT, 'val')
+        samples = list(ds)  # stops at the IndexError of index len(ds)
+        assert [int(s['label']) for s in samples] == ds.labels.tolist()
+        assert torch.equal(ds[-1]['image'], samples[-1]['image'])
+        with pytest.raises(IndexError, match='index 2 is out of range for FMoW of 2'):
+            ds[2]
+
     def test_sample(self) -> None:
         ds = FMoW(ROOT, 'train')
         sample = ds[1]

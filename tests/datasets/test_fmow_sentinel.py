@@ -14,39 +14,12 @@ from torchgeo.datasets import DatasetNotFoundError, RGBBandsMissingError
 from explora_geo.datasets.fmow_base import resize_and_center_crop
 from explora_geo.datasets.fmow_metadata import FMoWSampleError
 from explora_geo.datasets.fmow_sentinel import FMoWSentinel
+from explora_geo.sensors import SENTINEL2
 
 ROOT = os.path.join('tests', 'data', 'fmow_sentinel')
 REAL = os.path.join('tests', 'data', 'fmow_sentinel_real')
-MEAN = [
-    1370.19,
-    1184.38,
-    1120.77,
-    1136.26,
-    1263.74,
-    1645.40,
-    1846.87,
-    1762.60,
-    1972.62,
-    582.73,
-    14.77,
-    1732.16,
-    1247.92,
-]
-STD = [
-    633.15,
-    650.28,
-    712.13,
-    965.23,
-    948.98,
-    1108.07,
-    1258.36,
-    1233.15,
-    1364.39,
-    472.38,
-    14.31,
-    1310.37,
-    1087.60,
-]
+MEAN = list(SENTINEL2.mean)
+STD = list(SENTINEL2.std)
 
 
 def copy_root(tmp_path: Path) -> Path:

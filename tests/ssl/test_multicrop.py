@@ -2,6 +2,7 @@ import kornia.augmentation as K
 import pytest
 import torch
 
+from explora_geo.sensors import IMAGENET_RGB
 from explora_geo.ssl.multicrop import SOLARIZE_THRESHOLD, MultiCrop
 
 
@@ -82,8 +83,7 @@ def test_normalisation_and_no_local_crops() -> None:
     images = torch.full((2, 3, 32, 32), 0.5)
     global_crops, local_crops = crop(images)
     assert local_crops is None
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in IMAGENET_RGB.unit_stats())
     torch.testing.assert_close(global_crops, ((0.5 - mean) / std).expand(4, 3, 28, 28))
 
 

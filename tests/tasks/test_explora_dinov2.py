@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from explora_geo import apply_delta, create_model
+from explora_geo.datamodules import FMoWDataModule
 from explora_geo.peft import count_trainable_parameters, load_delta
 from explora_geo.ssl.dinov2 import vit_tokens
 from explora_geo.ssl.schedules import cosine_schedule
@@ -21,6 +22,19 @@ from tests.data.checkpoints import layouts
 from tests.tasks.grouping import grouped
 
 TINY_VIT = {'depth': 2, 'embed_dim': 64, 'num_heads': 2}
+FMOW = Path(__file__).parents[1] / 'data' / 'fmow'
+
+
+def fmow(batch_size: int = 2, **kwargs: Any) -> FMoWDataModule:
+    """fMoW-RGB fixture images as pre-training hands them: 64 px, [0, 1]."""
+    return FMoWDataModule(
+        root=FMOW,
+        batch_size=batch_size,
+        image_size=64,
+        crop_pct=1.0,
+        unlabeled=True,
+        **kwargs,
+    )
 
 
 def task_kwargs(**overrides: Any) -> dict[str, Any]:
@@ -204,7 +218,7 @@ def test_mask_token_from_source(source: Path) -> None:
 def test_fit_bf16_logs_losses_and_counts() -> None:
     task = ExPLoRADINOv2(**task_kwargs())
     t = trainer(max_steps=2, precision='bf16-mixed')
-    t.fit(task, loader())
+    t.fit(task, datamodule=fmow())
     metrics = t.callback_metrics
     for key in (
         'train_loss',
@@ -246,7 +260,8 @@ def test_last_layer_frozen_for_the_first_steps() -> None:
     task = ExPLoRADINOv2(**task_kwargs(freeze_last_layer_steps=2, warmup_steps=0))
     initial = trainable_state(task)
     record = Record()
-    trainer(max_steps=3, callbacks=[record]).fit(task, loader(n=6))
+    # 7 fixture images: 3 batches of 2 per epoch.
+    trainer(max_steps=3, callbacks=[record]).fit(task, datamodule=fmow())
     last = 'objective.head.last_layer.weight_v'
     # Steps 1 and 2: the prototypes stay; step 3: they move.
     assert torch.equal(record.states[0][last], initial[last])
@@ -275,7 +290,7 @@ def test_ema_per_optimizer_step_with_accumulation_and_lr_scaling() -> None:
     task = ExPLoRADINOv2(**task_kwargs(warmup_steps=0))
     initial = trainable_state(task)
     t = trainer(max_steps=1, accumulate_grad_batches=2)
-    t.fit(task, loader(n=4, batch_size=2))
+    t.fit(task, datamodule=fmow(batch_size=2))
     assert t.global_step == 1
     # sqrt scaling with the effective batch 2 x 2 (lr at step 0 of the cosine).
     assert task.effective_lr() == pytest.approx(1e-3 * math.sqrt(4 / 1024))
@@ -465,6 +480,19 @@ def test_configuration_errors() -> None:
     # Without iBOT the small grid is fine.
     task = ExPLoRADINOv2(**task_kwargs(img_size=28, ibot_loss_weight=0.0))
     assert task.objective.masking is None
+
+
+def test_normalised_datamodule_is_refused() -> None:
+    # A labelled-mode datamodule standardises with fMoW statistics; the task
+    # takes [0, 1] images and says so before the first step.
+    task = ExPLoRADINOv2(**task_kwargs())
+    labelled = FMoWDataModule(root=FMOW, batch_size=2, image_size=64, crop_pct=1.0)
+    with pytest.raises(
+        ValueError,
+        match=r"FMoWDataModule hands ExPLoRADINOv2 images normalised 'standard' "
+        r'.*takes values in \[0, 1\]',
+    ):
+        trainer(max_steps=1).fit(task, datamodule=labelled)
 
 
 def test_bad_inputs_are_reported() -> None:

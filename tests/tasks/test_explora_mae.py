@@ -1,15 +1,20 @@
 import fnmatch
 from pathlib import Path
+from typing import Any
 
+import lightning
 import pytest
 import torch
 from lightly.models.utils import normalize_mean_var, patchify
 from torch import nn
+from torch.utils.data import DataLoader
 from torchgeo.tasks import Classification
 
 from explora_geo import apply_delta, create_model
+from explora_geo.datamodules import FMoWDataModule, FMoWTemporalDataModule
 from explora_geo.models.mae import create_mae, random_masking
 from explora_geo.peft import ExPLoRAConfig, apply_explora, count_trainable_parameters
+from explora_geo.sensors import IMAGENET_RGB
 from explora_geo.tasks.explora_mae import ExPLoRAMAE, freeze_decoder
 from explora_geo.tasks.pretraining import NonFiniteLossError
 from tests.data.checkpoints import layouts
@@ -17,13 +22,38 @@ from tests.tasks.tiny_mae import (
     IMG,
     TINY,
     TINY_TEMPORAL,
-    RandomImages,
     Reseed,
     loader,
     single_thread,  # noqa: F401  (autouse fixture)
     task_kwargs,
     trainer,
 )
+
+FMOW = Path(__file__).parents[1] / 'data' / 'fmow'
+
+
+class CaptureBatch(lightning.Callback):
+    """Keep the last training batch as the task received it."""
+
+    batch: dict[str, torch.Tensor]
+
+    def on_train_batch_start(
+        self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self.batch = batch
+
+
+def fmow(batch_size: int = 4, temporal: bool = False, **kwargs: Any) -> Any:
+    """fMoW-RGB fixture images as pre-training hands them: 32 px, [0, 1]."""
+    cls = FMoWTemporalDataModule if temporal else FMoWDataModule
+    return cls(
+        root=FMOW,
+        batch_size=batch_size,
+        image_size=IMG,
+        crop_pct=1.0,
+        unlabeled=True,
+        **kwargs,
+    )
 
 
 @pytest.fixture
@@ -131,7 +161,7 @@ class TestFit:
     def test_fit_logs_and_scales_lr(self, tmp_path: Path) -> None:
         task = ExPLoRAMAE(**task_kwargs())
         t = trainer(tmp_path, max_steps=2)
-        t.fit(task, loader(batch_size=4))
+        t.fit(task, datamodule=fmow(batch_size=4))
         assert t.global_step == 2
         assert torch.isfinite(t.logged_metrics['train_loss_step'])
         assert t.logged_metrics[
@@ -145,7 +175,7 @@ class TestFit:
         task = ExPLoRAMAE(**task_kwargs())
         before = task.model.encoder.blocks[1].mlp.fc1.weight.detach().clone()
         t = trainer(tmp_path, fast_dev_run=True, precision='bf16-mixed')
-        t.fit(task, loader())
+        t.fit(task, datamodule=fmow())
         assert torch.isfinite(t.logged_metrics['train_loss_step'])
         after = task.model.encoder.blocks[1].mlp.fc1.weight
         assert after.dtype == torch.float32
@@ -161,7 +191,11 @@ class TestFit:
         task = ExPLoRAMAE(
             **task_kwargs(lr=lr, min_lr=lr, lr_scaling='none', transform=nn.Identity())
         )
-        images = RandomImages(n=4).images
+        # Four fixture images in [0, 1]; the model sees them normalised.
+        dm = fmow()
+        dm.setup('fit')
+        raw = torch.stack([dm.train_dataset[i]['image'] for i in range(4)]) / 255
+        images = task.objective.normalize(raw)
         torch.manual_seed(7)
         mask = random_masking(4, 16, 0.75).mask
         target = normalize_mean_var(patchify(images, 8))
@@ -180,7 +214,8 @@ class TestFit:
 
         start = fixed_loss()
         t = trainer(tmp_path, max_steps=20, callbacks=[Reseed(offset=7, fixed=True)])
-        t.fit(task, loader(batch_size=4, n=4, repeat=20))
+        fixed = [{'image': image} for image in raw] * 20
+        t.fit(task, DataLoader(fixed, batch_size=4, shuffle=False))
         end = fixed_loss()
         assert floor < end < start - 0.5 * (start - floor)
 
@@ -193,11 +228,13 @@ class TestFit:
 
     def test_extra_inputs_reach_the_model(self, tmp_path: Path) -> None:
         task = ExPLoRAMAE(**task_kwargs(model=TINY_TEMPORAL, decoder_kwargs=None))
-        data = loader(batch_size=2, n=2, frames=3)
-        trainer(tmp_path, fast_dev_run=True).fit(task, data)
+        dm = fmow(batch_size=2, temporal=True)
+        capture = CaptureBatch()
+        t = trainer(tmp_path, max_steps=1, limit_val_batches=0, callbacks=[capture])
+        t.fit(task, datamodule=dm)
         seen = task.model.last_timestamps
-        assert seen is not None
-        assert torch.equal(seen, next(iter(data))['timestamps'])
+        assert seen is not None and seen.shape == (2, 3, 3)
+        assert torch.equal(seen, capture.batch['timestamps'])
 
     def test_augment_keeps_time_steps_aligned(self) -> None:
         task = ExPLoRAMAE(**task_kwargs())
@@ -205,6 +242,30 @@ class TestFit:
         out = task.objective.augment(frames)
         assert out.shape == frames.shape
         assert torch.equal(out[:, 0], out[:, 2])
+
+
+def test_normalised_datamodule_is_refused(tmp_path: Path) -> None:
+    task = ExPLoRAMAE(**task_kwargs())
+    labelled = FMoWDataModule(root=FMOW, batch_size=4, image_size=IMG, crop_pct=1.0)
+    with pytest.raises(
+        ValueError,
+        match=r"FMoWDataModule hands ExPLoRAMAE images normalised 'standard' "
+        r'.*takes values in \[0, 1\]',
+    ):
+        trainer(tmp_path, max_steps=1).fit(task, datamodule=labelled)
+    with pytest.raises(ValueError, match=r'the MAE objective expects images scaled to'):
+        task.training_step({'image': torch.full((2, 3, IMG, IMG), 255.0)}, 0)
+
+
+def test_rgb_is_normalised_after_augmentation() -> None:
+    # MAE's reference pipeline: crop and flip [0, 1] images, then standardise
+    # RGB with ImageNet statistics; other band sets stay as they come.
+    task = ExPLoRAMAE(**task_kwargs())
+    x = torch.linspace(0, 1, 3 * 4).view(1, 3, 2, 2)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in IMAGENET_RGB.unit_stats())
+    torch.testing.assert_close(task.objective.normalize(x), (x - mean) / std)
+    bands = torch.rand(1, 10, 2, 2)
+    assert task.objective.normalize(bands) is bands
 
 
 def test_export_loads_everywhere(tmp_path: Path, source: Path) -> None:

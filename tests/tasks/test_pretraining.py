@@ -147,10 +147,16 @@ def test_export_records_the_datamodule_normalization(tmp_path: Path) -> None:
         assert record.model == TINY and record.img_size == IMG
         assert record.global_step == 1
         assert record.input_spec is not None
-        assert record.input_spec.normalization == RGB
+        # The MAE objective standardises 'unit' RGB with ImageNet statistics
+        # after its crops: the encoder's input is that composition.
+        assert record.input_spec.normalization == task.input_normalization(RGB)
         assert record.input_spec.patch_size == 8
     checkpoint = torch.load(files['encoder'], weights_only=True)
-    assert checkpoint[INPUT_SPEC_KEY]['normalization']['kind'] == 'unit'
+    assert checkpoint[INPUT_SPEC_KEY]['normalization']['kind'] == 'standard'
+    x = torch.rand(1, 3, 4, 4) * 255
+    torch.testing.assert_close(
+        task.input_normalization(RGB)(x), task.objective.normalize(x / 255)
+    )
     assert INPUT_SPEC_KEY not in checkpoint['hyper_parameters']
 
 
@@ -198,7 +204,7 @@ def test_offline_export_keeps_the_input_spec(tmp_path: Path) -> None:
     t.fit(task, datamodule=Unit8Bit())
     files = export_from_checkpoint(tmp_path / 'ckpt' / 'last.ckpt', tmp_path / 'out')
     spec = read_record(files['encoder']).input_spec
-    assert spec is not None and spec.normalization == RGB
+    assert spec is not None and spec.normalization == task.input_normalization(RGB)
     merged = merge_delta(files['delta'], tmp_path / 'merged.ckpt')
     assert read_record(merged).input_spec == spec
     with pytest.raises(ValueError, match=r'not an encoder export .*\[.state_dict.\]'):

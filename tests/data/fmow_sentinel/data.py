@@ -17,8 +17,10 @@ import numpy as np
 import rasterio
 from rasterio.transform import from_origin
 
+from explora_geo.sensors import SENTINEL2
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-MEAN = [1370, 1184, 1121, 1136, 1264, 1645, 1847, 1763, 1973, 583, 15, 1732, 1248]
+MEAN = [round(m) for m in SENTINEL2.mean]
 STD = [633, 650, 712, 965, 949, 1108, 1258, 1233, 1364, 472, 14, 1310, 1088]
 
 # split directory -> [(category, location_id, [(image_id, width, height, timestamp)])]
