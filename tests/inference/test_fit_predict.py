@@ -29,7 +29,6 @@ def fit(args: list[str], root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
             '--trainer.limit_val_batches=1',
             '--trainer.accelerator=cpu',
             '--trainer.devices=1',
-            '--trainer.precision=32',
             '--trainer.logger=false',
             '--trainer.enable_progress_bar=false',
             f'--trainer.default_root_dir={root}',
