@@ -109,7 +109,11 @@ def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     run_demo(
-        output=Path(args.output), weights=args.weights, fast=args.fast, seed=args.seed
+        output=Path(args.output),
+        weights=args.weights,
+        fast=args.fast,
+        seed=args.seed,
+        seeds=args.seeds,
     )
     return 0
 
@@ -145,7 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         '--fast', action='store_true', help='a shorter schedule (smoke test)'
     )
-    demo.add_argument('--seed', type=int, default=0)
+    demo.add_argument('--seed', type=int, default=0, help='first random seed')
+    demo.add_argument(
+        '--seeds',
+        type=int,
+        default=1,
+        help='repeat ExPLoRA, evaluation and fine-tuning with this many seeds '
+        '(--seed, --seed + 1, ...) and report their mean and spread',
+    )
     demo.set_defaults(func=_demo)
 
     export = sub.add_parser(
