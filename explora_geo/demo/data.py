@@ -99,9 +99,11 @@ def majority_labels(pixel_labels: Tensor, size: int, stride: int) -> Tensor:
 
 
 def stretch(image: Tensor, low: float = 2, high: float = 98) -> Tensor:
-    """Percentile stretch of ``(C, H, W)`` values to [0, 1] (one range for all bands)."""
-    lo, hi = np.percentile(image.numpy(), [low, high])
-    return ((image - float(lo)) / float(hi - lo)).clamp(0, 1)
+    """Per-band percentile stretch of ``(C, H, W)`` values to [0, 1]."""
+    flat = image.flatten(1).double()
+    lo = torch.quantile(flat, low / 100, dim=1)[:, None, None].float()
+    hi = torch.quantile(flat, high / 100, dim=1)[:, None, None].float()
+    return ((image - lo) / (hi - lo)).clamp(0, 1)
 
 
 class ChipGrid:

@@ -165,9 +165,9 @@ def plot_reconstructions(
             if row == 0:
                 ax.set_title(title, fontsize=9)
             if col == 2:
-                ax.set_xlabel(f'MSE {errors[0][row]:.3f}', fontsize=8)
+                ax.set_xlabel(f'MSE {errors[0][row]:.4f}', fontsize=8)
             if col == 3:
-                ax.set_xlabel(f'MSE {errors[1][row]:.3f}', fontsize=8)
+                ax.set_xlabel(f'MSE {errors[1][row]:.4f}', fontsize=8)
         axes[row, 0].set_ylabel(CLASSES[labels[row]], fontsize=8)
     fig.suptitle(
         'Held-out Sentinel-2 chips (320 m), false colour: masked reconstruction by the\n'
@@ -221,7 +221,7 @@ def plot_maps(
     offset = (chip - stride) / 2
     extent = (offset, offset + cols * stride, offset + rows * stride, offset)
     panels = [('labels from NDWI / NDVI\n', labels), *maps.items()]
-    fig = Figure(figsize=(9.6, 10.8))
+    fig = Figure(figsize=(9.6, 10.8), layout='constrained')
     axes = fig.subplots(2, 2).ravel()
     axes[0].imshow(rgb.permute(1, 2, 0).numpy(), extent=(0, width, height, 0))
     axes[0].set_title('scene, natural colour (B4, B3, B2)\n', fontsize=10)
@@ -253,7 +253,7 @@ def plot_maps(
         handles=[
             Patch(color=c, label=n) for c, n in zip(CLASS_COLOURS, CLASSES, strict=True)
         ],
-        loc='lower center',
+        loc='outside lower center',
         ncol=len(CLASSES),
         fontsize=9,
         frameon=False,
@@ -265,7 +265,6 @@ def plot_maps(
         'training area. Predictions: LoRA-fine-tuned classifiers',
         fontsize=10,
     )
-    fig.tight_layout(rect=(0, 0.03, 1, 0.96))
     return _save(fig, path)
 
 
