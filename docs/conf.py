@@ -9,7 +9,7 @@ import sys
 
 sys.path.insert(0, os.path.abspath('..'))
 
-import explora_geo  # noqa: E402
+import explora_geo
 
 project = 'explora_geo'
 author = 'explora_geo developers'

@@ -16,7 +16,9 @@ def test_every_tutorial_has_code() -> None:
 
 
 @pytest.mark.parametrize('path', TUTORIALS, ids=lambda p: p.stem)
-def test_tutorial_runs(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tutorial_runs(
+    path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {'__name__': '__tutorial__'}
     for i, code in enumerate(BLOCK.findall(path.read_text())):

@@ -107,9 +107,9 @@ def _write_text(path: Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def _save(fig: Figure, path: Path, dpi: int = 120) -> Path:
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, bbox_inches='tight')
+        fig.savefig(tmp, dpi=dpi, bbox_inches='tight')
     return path
 
 
@@ -265,7 +265,7 @@ def plot_maps(
         'training area. Predictions: LoRA-fine-tuned classifiers',
         fontsize=10,
     )
-    return _save(fig, path)
+    return _save(fig, path, dpi=90)
 
 
 def plot_summary(results: Mapping[str, Any], path: Path) -> Path:

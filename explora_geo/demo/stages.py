@@ -201,7 +201,7 @@ def pretrain_explora(
         default_root_dir=output,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        log_every_n_steps=5,
+        log_every_n_steps=min(5, config.explora_steps),
     )
     print(
         f'{stage} ExPLoRA M-[1,L]-r{config.lora_rank} on '
