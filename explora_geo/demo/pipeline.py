@@ -11,9 +11,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 
+from ..atomic import write_atomic
 from ..models.weights import create_model, get_weight
-from ..tasks.pretraining import write_atomic
 from .config import CLASSES, DemoConfig
 from .data import RGB_NORMALIZATION, ChipGrid, majority_labels, read_scene, scene_path
 from .report import (
@@ -243,8 +244,8 @@ def _run_seed(
         },
     }
     print(f'4/5{tag} LoRA-r{config.finetune_rank} fine-tuning on the land-cover labels')
-    initial_ckpt = output / 'initial_encoder.ckpt'
-    _save_encoder(initial.encoder, arch.group_model, initial_ckpt)
+    initial_ckpt = output / 'initial_encoder.safetensors'
+    _save_encoder(initial.encoder, initial_ckpt)
     source_ft = finetune(
         str(initial_ckpt),
         config,
@@ -270,15 +271,10 @@ def _run_seed(
     return run
 
 
-def _save_encoder(encoder: torch.nn.Module, model: str, path: Path) -> None:
-    """The encoder before ExPLoRA, in the merged-encoder layout ``weights=`` reads."""
-    write_atomic(
-        {
-            'hyper_parameters': {'model': model},
-            'state_dict': {f'model.{k}': v for k, v in encoder.state_dict().items()},
-        },
-        path,
-    )
+def _save_encoder(encoder: torch.nn.Module, path: Path) -> None:
+    """The encoder before ExPLoRA as a safetensors state dict (``weights=<path>``)."""
+    state = {k: v.contiguous() for k, v in encoder.state_dict().items()}
+    write_atomic(path, lambda tmp: save_file(state, tmp))
 
 
 def _figures(

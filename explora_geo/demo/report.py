@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 from torch import Tensor
 
-from ..inference import atomic_path
+from ..atomic import atomic_path
 from .config import CLASSES
 from .data import FALSE_COLOUR, SCENE_NORMALIZATION
 

@@ -14,8 +14,9 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
+from ..atomic import write_atomic
 from ..models.mae import create_mae
-from ..tasks.pretraining import warmup_cosine, write_atomic
+from ..tasks.pretraining import warmup_cosine
 from .config import DemoConfig
 from .data import RGB_NORMALIZATION, rgb_source_images
 
@@ -89,4 +90,5 @@ def pretrain_source(config: DemoConfig, path: Path, seed: int) -> Path:
         (k[len('encoder.') :] if k.startswith('encoder.') else k): v.detach().clone()
         for k, v in mae.state_dict().items()
     }
-    return write_atomic({'model': state, 'demo_recipe': recipe}, path)
+    checkpoint = {'model': state, 'demo_recipe': recipe}
+    return write_atomic(path, lambda tmp: torch.save(checkpoint, tmp))

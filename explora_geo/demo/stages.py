@@ -21,7 +21,8 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from ..inference import RasterPrediction, atomic_path, predict_raster
+from ..atomic import atomic_path
+from ..inference import RasterPrediction, predict_raster
 from ..inference.cli import load_task
 from ..models.mae import MaskedAutoencoder, create_mae
 from ..models.satmae_group import patchify_bands
