@@ -284,22 +284,24 @@ def plot_summary(results: Mapping[str, Any], path: Path) -> Path:
     """
     seeds = results['seeds']
     sizes = [len(results[key]) for key, _, _ in MEASURES]
-    fig = Figure(figsize=(8.0, 1.2 + 0.42 * sum(sizes) + 0.9 * len(sizes)))
+    fig = Figure(figsize=(8.6, 1.2 + 0.42 * sum(sizes) + 0.9 * len(sizes)))
     axes = fig.subplots(len(MEASURES), 1, gridspec_kw={'height_ratios': sizes})
     for ax, (key, title, unit) in zip(axes, MEASURES, strict=True):
         data = results[key]
         names = list(data)
         scale = 100 if unit == '%' else 1
         values = [np.asarray(data[n], dtype=float) * scale for n in names]
+        digits = 1 if unit == '%' else 3
         for i, v in enumerate(values):
             y = len(names) - 1 - i
             ax.scatter(v, np.full(len(v), y), s=22, color='#888888', zorder=3)
             ax.plot([v.mean()], [y], marker='|', markersize=18, mew=3, color='#d9480f')
-            ax.annotate(
-                f'{v.mean():.1f}' if unit == '%' else f'{v.mean():.3f}',
-                (v.mean(), y),
-                xytext=(8, 0),
-                textcoords='offset points',
+            spread = f' ± {v.std(ddof=1):.{digits}f}' if len(v) > 1 else ''
+            ax.text(
+                1.02,
+                y,
+                f'{v.mean():.{digits}f}{spread}',
+                transform=ax.get_yaxis_transform(),
                 va='center',
                 fontsize=9,
                 color='#d9480f',
@@ -321,7 +323,7 @@ def plot_summary(results: Mapping[str, Any], path: Path) -> Path:
         ax.tick_params(axis='x', labelsize=9)
     many = len(seeds) > 1
     fig.suptitle(
-        f'Grey dots: seeds {", ".join(map(str, seeds))}; orange: mean'
+        f'Grey dots: seeds {", ".join(map(str, seeds))}; orange: mean (± SD on the right)'
         if many
         else f'One run (seed {seeds[0]}); run with --seeds 3 for the spread',
         fontsize=10,
