@@ -25,7 +25,7 @@ from explora_geo.demo import (
 from explora_geo.demo.report import results_table
 from explora_geo.demo.stages import reconstruct
 from explora_geo.models.mae import MAEOutput, create_mae
-from explora_geo.models.satmae_group import patchify_bands
+from explora_geo.models.satmae_group_mae import patchify_bands
 from explora_geo.sensors import INPUT_SPEC_KEY, SENTINEL2, InputSpec
 
 
@@ -223,7 +223,8 @@ def test_demo_is_repeatable_and_writes_its_products(
     with rasterio.open(scene_path()) as scene:
         crs, bounds = scene.crs, scene.bounds
     # The land-cover map: a COG of class indices in the scene's CRS.
-    with rasterio.open(first['outputs']['land-cover map (COG)']) as src:
+    demo_map = first['outputs']['land-cover map (COG)']
+    with rasterio.open(demo_map) as src:
         assert src.crs == crs
         assert src.tags(ns='IMAGE_STRUCTURE').get('LAYOUT') == 'COG'
         assert src.count == 1 and src.res == (160.0, 160.0)
@@ -238,28 +239,21 @@ def test_demo_is_repeatable_and_writes_its_products(
             assert handle.read(8) == b'\x89PNG\r\n\x1a\n'
 
     # The classifier carries its input spec, and `explora-geo predict` reads it.
-    checkpoint = first['outputs']['classifier (explora-geo predict --checkpoint)']
+    checkpoint = first['outputs']['classifier (explora-geo predict CKPT)']
     spec = InputSpec.from_dict(
         torch.load(checkpoint, weights_only=True)[INPUT_SPEC_KEY]
     )
     assert spec.normalization == SENTINEL2.normalization('satmae')
     assert (spec.img_size, spec.patch_size, spec.classes) == (32, 8, CLASSES)
-    assert (
-        main(
-            [
-                'predict',
-                str(scene_path()),
-                '--checkpoint',
-                checkpoint,
-                '--output',
-                str(tmp_path / 'cli.tif'),
-                '--tile-size',
-                '32',
-                '--overlap',
-                '16',
-            ]
-        )
-        == 0
-    )
-    with rasterio.open(tmp_path / 'cli.tif') as src:
+    # Nothing but the checkpoint, the raster and the output: the CLI runs.
+    out = tmp_path / 'cli.tif'
+    assert main(['predict', checkpoint, str(scene_path()), '-o', str(out)]) == 0
+    with rasterio.open(out) as src:
         assert src.crs == crs and src.count == len(CLASSES)
+    # With the demo's overlap and a class map, the CLI writes the demo's map.
+    out = tmp_path / 'cli_classes.tif'
+    args = ['--overlap', '16', '--output', 'classes']
+    assert main(['predict', checkpoint, str(scene_path()), '-o', str(out), *args]) == 0
+    with rasterio.open(out) as src, rasterio.open(demo_map) as expected:
+        assert np.array_equal(src.read(), expected.read())
+        assert src.transform == expected.transform

@@ -168,7 +168,7 @@ def run_demo(
     results['outputs'] = {
         'merged_encoder': str(first['pretrained'].encoder_ckpt),
         'delta': str(first['pretrained'].delta),
-        'classifier (explora-geo predict --checkpoint)': str(first['classifier']),
+        'classifier (explora-geo predict CKPT)': str(first['classifier']),
         'land-cover map (COG)': str(product.path),
         'land-cover polygons (GeoPackage)': str(product.vector_path),
         **figures,

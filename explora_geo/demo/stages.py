@@ -16,7 +16,7 @@ import lightning
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
@@ -25,9 +25,8 @@ from ..atomic import atomic_path
 from ..inference import RasterPrediction, predict_raster
 from ..inference.cli import load_task
 from ..models.mae import MaskedAutoencoder, create_mae
-from ..models.satmae_group import patchify_bands
+from ..models.satmae_group_mae import patchify_bands
 from ..peft import ExPLoRAConfig
-from ..sensors import INPUT_SPEC_KEY, InputSpec
 from ..ssl.mae import MAEConfig
 from ..tasks.callbacks import ExPLoRAExport
 from ..tasks.classification import ClassificationTask
@@ -345,30 +344,6 @@ def linear_probe(
         return float((probe(test_x).argmax(1) == test_y).float().mean())
 
 
-class RecordInputs(Callback):
-    """Write the model's :class:`~explora_geo.sensors.InputSpec` into every checkpoint."""
-
-    def __init__(self, spec: InputSpec) -> None:
-        """Keep the spec.
-
-        Args:
-            spec: What the model expects and what its outputs mean.
-        """
-        self.spec = spec
-
-    def on_save_checkpoint(
-        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
-        """Add the spec under :data:`~explora_geo.sensors.INPUT_SPEC_KEY`.
-
-        Args:
-            trainer: The trainer.
-            pl_module: The task.
-            checkpoint: The checkpoint being written.
-        """
-        checkpoint[INPUT_SPEC_KEY] = self.spec.to_dict()
-
-
 def finetune(
     weights: str,
     config: DemoConfig,
@@ -407,6 +382,7 @@ def finetune(
         lora_rank=config.finetune_rank,
         lr=3e-3,
         model_kwargs={**arch.group_kwargs, 'img_size': arch.img_size},
+        normalization=SCENE_NORMALIZATION.to_dict(),
     )
     is_val = torch.arange(len(train_y)) % 6 == 5
     train = DataLoader(
@@ -416,13 +392,6 @@ def finetune(
         generator=torch.Generator().manual_seed(seed),
     )
     val = DataLoader(LabelledChips(train_x[is_val], train_y[is_val]), batch_size=256)
-    embed: Any = task.model.patch_embed
-    spec = InputSpec(
-        normalization=SCENE_NORMALIZATION,
-        img_size=arch.img_size,
-        patch_size=int(embed.patch_size[0]),
-        classes=CLASSES,
-    )
     trainer = Trainer(
         max_epochs=config.finetune_epochs,
         accelerator='cpu',
@@ -430,7 +399,6 @@ def finetune(
         logger=False,
         enable_checkpointing=False,
         enable_model_summary=False,
-        callbacks=[RecordInputs(spec)],
         default_root_dir=path.parent,
     )
     trainer.fit(task, train_dataloaders=train, val_dataloaders=val)
@@ -465,10 +433,11 @@ def predict_scene(
 ) -> RasterPrediction:
     """Land-cover map of a whole raster from a fine-tuned classifier's checkpoint.
 
-    The checkpoint is loaded as ``explora-geo predict`` loads it, and its
-    recorded bands, normalisation and input size drive the tiled prediction:
-    chips of the model's input size, *stride* pixels apart, one output pixel
-    per chip (a Cloud-Optimised GeoTIFF of class indices in the raster's CRS).
+    The checkpoint is loaded and run exactly as ``explora-geo predict CKPT
+    RASTER -o OUT`` does: its recorded bands, normalisation and input size
+    drive the tiled prediction. Chips of the model's input size, *stride*
+    pixels apart, give one output pixel each: a Cloud-Optimised GeoTIFF of
+    class indices in the raster's CRS.
 
     Args:
         checkpoint: A checkpoint written by :func:`finetune`.
@@ -479,28 +448,15 @@ def predict_scene(
 
     Returns:
         What was written.
-
-    Raises:
-        ValueError: If the checkpoint records no input size or normalisation.
     """
     task = load_task(checkpoint)
-    record = torch.load(checkpoint, map_location='cpu', weights_only=True)
-    spec = InputSpec.from_dict(record.get(INPUT_SPEC_KEY) or {})
-    if spec.img_size is None or spec.normalization is None:
-        raise ValueError(
-            f'{checkpoint}: no input size and normalisation recorded under '
-            f'{INPUT_SPEC_KEY!r}'
-        )
+    size = int(task.hparams['model_kwargs']['img_size'])
     return predict_raster(
         task,
         raster,
         output,
-        bands=list(spec.normalization.bands),
-        tile_size=spec.img_size,
-        overlap=spec.img_size - stride,
+        overlap=size - stride,
         batch_size=256,
-        normalize=spec.normalization,
         output='classes',
         vector_path=vectors,
-        labels=spec.classes,
     )
