@@ -23,6 +23,7 @@ import time
 import torch
 from torch.profiler import profile
 
+from explora_geo.precision import environment_report
 from explora_geo.tasks import ObjectDetectionTask
 
 
@@ -92,6 +93,7 @@ def main() -> None:
     parser.add_argument('--profile', action='store_true')
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    print(environment_report(args.threads), flush=True)
     for config in args.configs:
         size, channels, precision = config.split(':')
         result = measure(

@@ -45,6 +45,7 @@ from torch import nn
 import explora_geo
 from explora_geo.inference.tiles import TileGrid, predict_raster
 from explora_geo.inference.writers import final_copy
+from explora_geo.precision import environment_report
 from explora_geo.tasks.segmentation import ViTUPerNet
 
 BANDS = 13
@@ -349,8 +350,9 @@ def main() -> None:
         f'{args.threads} torch threads; torch {torch.__version__}, rasterio '
         f'{rasterio.__version__} (GDAL {rasterio.__gdal_version__}), explora_geo '
         f'{explora_geo.__version__}, {platform.machine()}, {os.cpu_count()} CPUs, '
-        f'load average {os.getloadavg()[0]:.1f}'
+        f'load average {os.getloadavg()[0]:.1f}; inference in fp32'
     )
+    print(environment_report(args.threads))
     parts = args.parts.split(',')
     with tempfile.TemporaryDirectory() as tmp:
         if 'throughput' in parts:
