@@ -12,9 +12,10 @@ and parameter names (``lora_A``, ``lora_B``) as ``QKVLoRA``.
 
 import math
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .lora_base import LoRALayer
 
 __all__ = ('LINEAR_TARGETS', 'LinearLoRA')
 
@@ -22,7 +23,7 @@ __all__ = ('LINEAR_TARGETS', 'LinearLoRA')
 LINEAR_TARGETS = {'proj': 'attn.proj', 'fc1': 'mlp.fc1', 'fc2': 'mlp.fc2'}
 
 
-class LinearLoRA(nn.Linear):
+class LinearLoRA(LoRALayer):
     """A linear layer with a LoRA update: ``y = W x + b + scaling * B A x``.
 
     ``scaling = alpha / rank``; ``A`` (``(rank, in_features)``) is initialised
@@ -50,24 +51,8 @@ class LinearLoRA(nn.Linear):
         """
         if rank < 1:
             raise ValueError(f'LoRA rank must be >= 1, got {rank}')
-        nn.Module.__init__(self)
-        self.in_features = base.in_features
-        self.out_features = base.out_features
-        self.weight = base.weight
-        self.register_parameter('bias', base.bias)
-        self.rank = rank
-        self.alpha = alpha
-        self.scaling = alpha / rank
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.merged = False
-        device, dtype = self.weight.device, self.weight.dtype
-        self.lora_A = nn.Parameter(
-            torch.empty(rank, self.in_features, device=device, dtype=dtype)
-        )
-        self.lora_B = nn.Parameter(
-            torch.zeros(self.out_features, rank, device=device, dtype=dtype)
-        )
-        self.reset_lora_parameters()
+        self.adopt(base, rank, alpha, dropout)
+        self.lora_factors((rank, self.in_features), (self.out_features, rank))
 
     def reset_lora_parameters(self) -> None:
         """Initialise A kaiming-uniform (a = sqrt(5)) and B with zeros."""
@@ -77,20 +62,6 @@ class LinearLoRA(nn.Linear):
     def delta_weight(self) -> Tensor:
         """The dense weight update ``scaling * B A``, in the weight's dtype."""
         return (self.lora_B @ self.lora_A * self.scaling).to(self.weight.dtype)
-
-    @torch.no_grad()
-    def merge(self) -> None:
-        """Fold the update into ``weight`` (idempotent)."""
-        if not self.merged:
-            self.weight.add_(self.delta_weight())
-            self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        """Subtract a merged update from ``weight`` again (idempotent)."""
-        if self.merged:
-            self.weight.sub_(self.delta_weight())
-            self.merged = False
 
     def forward(self, x: Tensor) -> Tensor:
         """Apply the layer and, unless merged, its low-rank update.
@@ -106,23 +77,6 @@ class LinearLoRA(nn.Linear):
             return out
         update = F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B)
         return out + update * self.scaling
-
-    def to_linear(self) -> nn.Linear:
-        """A plain ``nn.Linear`` holding the merged weights (sharing the tensors).
-
-        Returns:
-            The layer with the update folded in.
-        """
-        self.merge()
-        linear = nn.Linear(
-            self.in_features,
-            self.out_features,
-            bias=self.bias is not None,
-            device='meta',
-        )
-        linear.weight = self.weight
-        linear.register_parameter('bias', self.bias)
-        return linear
 
     def extra_repr(self) -> str:
         """Summary shown in the module's repr."""

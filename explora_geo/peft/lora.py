@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .lora_base import LoRALayer
+
 #: Position of each projection in a fused ``qkv`` output.
 QKV_INDEX = {'q': 0, 'k': 1, 'v': 2}
 
@@ -131,7 +133,7 @@ class _QKVLoRAFunction(torch.autograd.Function):
         return grad_x, grad_x_lora, grad_w, grad_b, grad_a, grad_up, None, None
 
 
-class QKVLoRA(nn.Linear):
+class QKVLoRA(LoRALayer):
     """A fused ``qkv`` linear layer with LoRA on some of its Q, K, V slices.
 
     ``y = W x + b + scaling * [B_q A_q x, 0, B_v A_v x]`` for targets ``('q', 'v')``,
@@ -186,26 +188,10 @@ class QKVLoRA(nn.Linear):
                 f"LoRA targets must be distinct names among 'q', 'k', 'v', got "
                 f'{tuple(targets)}'
             )
-        nn.Module.__init__(self)
-        self.in_features = base.in_features
-        self.out_features = base.out_features
-        self.weight = base.weight
-        self.register_parameter('bias', base.bias)
-        self.rank = rank
-        self.alpha = alpha
-        self.scaling = alpha / rank
+        self.adopt(base, rank, alpha, dropout)
         self.targets = tuple(sorted(targets, key=QKV_INDEX.__getitem__))
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.merged = False
-        dim = base.in_features
-        device, dtype = self.weight.device, self.weight.dtype
-        self.lora_A = nn.Parameter(
-            torch.empty(len(self.targets), rank, dim, device=device, dtype=dtype)
-        )
-        self.lora_B = nn.Parameter(
-            torch.zeros(len(self.targets), dim, rank, device=device, dtype=dtype)
-        )
-        self.reset_lora_parameters()
+        dim, count = base.in_features, len(self.targets)
+        self.lora_factors((count, rank, dim), (count, dim, rank))
 
     def reset_lora_parameters(self) -> None:
         """Initialise A kaiming-uniform (a = sqrt(5)) per target and B with zeros."""
@@ -225,20 +211,6 @@ class QKVLoRA(nn.Linear):
         index = torch.tensor([QKV_INDEX[t] for t in self.targets], device=delta.device)
         delta = delta.index_copy(0, index, update.to(delta.dtype))
         return delta.reshape(3 * dim, dim)
-
-    @torch.no_grad()
-    def merge(self) -> None:
-        """Fold the update into ``weight`` (idempotent)."""
-        if not self.merged:
-            self.weight.add_(self.delta_weight())
-            self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        """Subtract a merged update from ``weight`` again (idempotent)."""
-        if self.merged:
-            self.weight.sub_(self.delta_weight())
-            self.merged = False
 
     def forward(self, x: Tensor) -> Tensor:
         """Compute the fused projection plus the low-rank update of the targets.
@@ -264,23 +236,6 @@ class QKVLoRA(nn.Linear):
             self.scaling,
         )
         return out
-
-    def to_linear(self) -> nn.Linear:
-        """A plain ``nn.Linear`` holding the merged weights (sharing the tensors).
-
-        Returns:
-            The fused layer with the update folded in.
-        """
-        self.merge()
-        linear = nn.Linear(
-            self.in_features,
-            self.out_features,
-            bias=self.bias is not None,
-            device='meta',
-        )
-        linear.weight = self.weight
-        linear.register_parameter('bias', self.bias)
-        return linear
 
     def extra_repr(self) -> str:
         """Summary shown in the module's repr."""

@@ -62,6 +62,7 @@ from .protocols import (
 __all__ = (
     'TASK_CLASS_KEY',
     'ClassificationTask',
+    'DownstreamProtocol',
     'FinetuneMode',
     'configure_finetune',
     'downstream_input_spec',
@@ -164,6 +165,77 @@ def record_task(task: BaseTask, checkpoint: dict[str, Any]) -> None:
     """
     checkpoint[TASK_CLASS_KEY] = f'{type(task).__module__}.{type(task).__qualname__}'
     write_input_spec(checkpoint, downstream_input_spec(task))
+
+
+class DownstreamProtocol(BaseTask):
+    """The fine-tuning protocol shared by the downstream tasks.
+
+    Mixed in before a TorchGeo task (``class T(DownstreamProtocol,
+    SemanticSegmentation)``): the effective fine-tuning mode, the optimiser and
+    schedule of the hyperparameters (:func:`~explora_geo.tasks.protocols.build_optimizer`
+    and :func:`~explora_geo.tasks.protocols.build_scheduler`) and the checkpoint
+    record of :func:`record_task`. Subclasses name the ViT that layer-wise
+    decay runs over in :meth:`decay_backbone`.
+
+    .. versionadded:: 0.1
+    """
+
+    @property
+    def finetune(self) -> str:
+        """The effective fine-tuning mode (``freeze_backbone`` means a frozen ViT)."""
+        return finetune_mode(self.hparams)
+
+    def decay_backbone(self) -> nn.Module:
+        """The ViT whose blocks layer-wise learning-rate decay runs over.
+
+        Returns:
+            The backbone module.
+        """
+        raise NotImplementedError
+
+    def build_protocol_optimizer(self) -> torch.optim.Optimizer:
+        """The optimiser of the hyperparameters over the trainable tensors.
+
+        Returns:
+            The optimiser (layer-wise decay over :meth:`decay_backbone`).
+        """
+        h = self.hparams
+        return build_optimizer(
+            h['optimizer'],
+            self,
+            h['lr'],
+            h['weight_decay'],
+            layer_decay=h['layer_decay'],
+            backbone=self.decay_backbone(),
+        )
+
+    def configure_optimizers(self) -> OptimizerLRScheduler:
+        """The optimiser and schedule of the hyperparameters (trainable tensors only).
+
+        Returns:
+            Optimizer and learning-rate scheduler.
+        """
+        h = self.hparams
+        optimizer = self.build_protocol_optimizer()
+        scheduler = build_scheduler(
+            h['scheduler'],
+            optimizer,
+            self._trainer,
+            warmup_epochs=h['warmup_epochs'],
+            min_lr=h['min_lr'],
+            patience=h['patience'],
+            monitor=self.monitor,
+            mode=self.mode,
+        )
+        return {'optimizer': optimizer, 'lr_scheduler': scheduler}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the task class and what the model expects (see :func:`record_task`).
+
+        Args:
+            checkpoint: The checkpoint being written.
+        """
+        record_task(self, checkpoint)
 
 
 def configure_finetune(
@@ -360,7 +432,7 @@ def inject_peft(
     return model
 
 
-class ClassificationTask(Classification):
+class ClassificationTask(DownstreamProtocol, Classification):
     """Image classification with an ExPLoRA (or any timm) ViT backbone.
 
     .. versionadded:: 0.1
@@ -536,11 +608,6 @@ class ClassificationTask(Classification):
             freeze_backbone=freeze_backbone,
         )
         self._model_inputs: dict[str, Tensor] = {}
-
-    @property
-    def finetune(self) -> str:
-        """The effective fine-tuning mode (``freeze_backbone`` means linear probing)."""
-        return finetune_mode(self.hparams)
 
     @property
     def uses_timm_head(self) -> bool:
@@ -841,53 +908,33 @@ class ClassificationTask(Classification):
             self.model.get_classifier().train(mode)
         return self
 
-    def configure_optimizers(self) -> OptimizerLRScheduler:
-        """The optimiser and schedule of the hyperparameters.
+    def decay_backbone(self) -> nn.Module:
+        """The ViT (the whole timm model) that layer-wise decay runs over.
+
+        Returns:
+            The model.
+        """
+        return self.model
+
+    def build_protocol_optimizer(self) -> torch.optim.Optimizer:
+        """The optimiser of the hyperparameters.
 
         Without a probe sweep: :func:`~explora_geo.tasks.protocols.build_optimizer`
         over the trainable tensors (layer-wise decay over the ViT). With one:
         one group per head at its rate times ``effective batch / 256``.
 
         Returns:
-            Optimizer and learning-rate scheduler.
+            The optimiser.
         """
-        h = self.hparams
         if self.probes is None:
-            optimizer = build_optimizer(
-                h['optimizer'],
-                self,
-                h['lr'],
-                h['weight_decay'],
-                layer_decay=h['layer_decay'],
-                backbone=self.model,
+            return super().build_protocol_optimizer()
+        h = self.hparams
+        scale = 1.0
+        if self._trainer is not None:
+            scale = effective_batch_size(self.trainer) / PROBE_REFERENCE_BATCH
+        groups = self.probes.param_groups(scale)
+        if h['optimizer'] == 'sgd':
+            return torch.optim.SGD(
+                groups, lr=h['lr'], momentum=0.9, weight_decay=h['weight_decay']
             )
-        else:
-            scale = 1.0
-            if self._trainer is not None:
-                scale = effective_batch_size(self.trainer) / PROBE_REFERENCE_BATCH
-            groups = self.probes.param_groups(scale)
-            if h['optimizer'] == 'sgd':
-                optimizer = torch.optim.SGD(
-                    groups, lr=h['lr'], momentum=0.9, weight_decay=h['weight_decay']
-                )
-            else:
-                optimizer = AdamW(groups, lr=h['lr'], weight_decay=h['weight_decay'])
-        scheduler = build_scheduler(
-            h['scheduler'],
-            optimizer,
-            self._trainer,
-            warmup_epochs=h['warmup_epochs'],
-            min_lr=h['min_lr'],
-            patience=h['patience'],
-            monitor=self.monitor,
-            mode=self.mode,
-        )
-        return {'optimizer': optimizer, 'lr_scheduler': scheduler}
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Record the task class and what the model expects (see :func:`record_task`).
-
-        Args:
-            checkpoint: The checkpoint being written.
-        """
-        record_task(self, checkpoint)
+        return AdamW(groups, lr=h['lr'], weight_decay=h['weight_decay'])

@@ -14,7 +14,6 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, Literal, cast, get_args
 
-from lightning.pytorch.utilities.types import OptimizerLRScheduler
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 from torchgeo.tasks import ObjectDetection
@@ -27,13 +26,8 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ..models.feature_pyramid import SimpleFeaturePyramid, ViTFeatureMaps
 from ..models.weights import create_model
-from .classification import (
-    FinetuneMode,
-    configure_finetune,
-    finetune_mode,
-    record_task,
-)
-from .protocols import OptimizerName, SchedulerName, build_optimizer, build_scheduler
+from .classification import DownstreamProtocol, FinetuneMode, configure_finetune
+from .protocols import OptimizerName, SchedulerName
 
 __all__ = ('ObjectDetectionTask', 'ViTDetBackbone')
 
@@ -84,7 +78,7 @@ class ViTDetBackbone(nn.Module):
         return OrderedDict(zip(names, levels, strict=True))
 
 
-class ObjectDetectionTask(ObjectDetection):
+class ObjectDetectionTask(DownstreamProtocol, ObjectDetection):
     """Object detection with an ExPLoRA (or any timm) ViT backbone.
 
     .. versionadded:: 0.1
@@ -193,11 +187,6 @@ class ObjectDetectionTask(ObjectDetection):
             freeze_backbone=freeze_backbone,
         )
 
-    @property
-    def finetune(self) -> str:
-        """The effective fine-tuning mode (``freeze_backbone`` means a frozen ViT)."""
-        return finetune_mode(self.hparams)
-
     def configure_models(self) -> None:
         """Build the ViT, the pyramid and Faster R-CNN; load weights; set what trains."""
         h = self.hparams
@@ -243,39 +232,10 @@ class ObjectDetectionTask(ObjectDetection):
         )
         self.model.transform = GeneralizedRCNNTransformNoOp()
 
-    def configure_optimizers(self) -> OptimizerLRScheduler:
-        """The optimiser and schedule of the hyperparameters (trainable tensors only).
+    def decay_backbone(self) -> nn.Module:
+        """The ViT that layer-wise decay runs over.
 
         Returns:
-            Optimizer and learning-rate scheduler.
+            The ViT under the head.
         """
-        h = self.hparams
-        optimizer = build_optimizer(
-            h['optimizer'],
-            self,
-            h['lr'],
-            h['weight_decay'],
-            layer_decay=h['layer_decay'],
-            backbone=self.model.backbone.body.vit,
-        )
-        scheduler = build_scheduler(
-            h['scheduler'],
-            optimizer,
-            self._trainer,
-            warmup_epochs=h['warmup_epochs'],
-            min_lr=h['min_lr'],
-            patience=h['patience'],
-            monitor=self.monitor,
-            mode=self.mode,
-        )
-        return {'optimizer': optimizer, 'lr_scheduler': scheduler}
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Record the task class and what the model expects.
-
-        See :func:`~explora_geo.tasks.classification.record_task`.
-
-        Args:
-            checkpoint: The checkpoint being written.
-        """
-        record_task(self, checkpoint)
+        return cast(nn.Module, self.model.backbone.body.vit)

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from typing import Any, Literal, cast, get_args
 
 import torch.nn.functional as F
-from lightning.pytorch.utilities.types import OptimizerLRScheduler
 from segmentation_models_pytorch.base import SegmentationHead
 from segmentation_models_pytorch.decoders.dpt.decoder import (
     DPTDecoder,
@@ -33,13 +32,8 @@ from torchvision.models._api import WeightsEnum
 
 from ..models.feature_pyramid import SimpleFeaturePyramid, ViTFeatureMaps
 from ..models.weights import create_model
-from .classification import (
-    FinetuneMode,
-    configure_finetune,
-    finetune_mode,
-    record_task,
-)
-from .protocols import OptimizerName, SchedulerName, build_optimizer, build_scheduler
+from .classification import DownstreamProtocol, FinetuneMode, configure_finetune
+from .protocols import OptimizerName, SchedulerName
 
 __all__ = ('SemanticSegmentationTask', 'ViTDPT', 'ViTUPerNet')
 
@@ -47,15 +41,50 @@ __all__ = ('SemanticSegmentationTask', 'ViTDPT', 'ViTUPerNet')
 SegmentationModel = Literal['upernet', 'dpt']
 
 
-def _resize_to(logits: Tensor, x: Tensor) -> Tensor:
-    if logits.shape[-2:] == x.shape[-2:]:
-        return logits
-    return F.interpolate(
-        logits, size=x.shape[-2:], mode='bilinear', align_corners=False
-    )
+class _ViTSegmenter(nn.Module):
+    """A ViT segmentation model whose logits are upsampled to the input size."""
+
+    def __init__(self, vit: VisionTransformer, indices: Sequence[int] | None) -> None:
+        """Read four blocks of *vit* as maps at stride 16.
+
+        Args:
+            vit: A timm ViT.
+            indices: The blocks (default evenly spaced, ending at the last one).
+        """
+        super().__init__()
+        if indices is None:
+            indices = sample_block_indices_uniformly(4, len(vit.blocks))
+        self.encoder = ViTFeatureMaps(vit, indices=indices, stride=16)
+
+    def decode(self, x: Tensor) -> Tensor:
+        """Logits at the decoder's resolution.
+
+        Args:
+            x: Images ``(B, C, H, W)``.
+
+        Returns:
+            Logits ``(B, num_classes, h, w)``.
+        """
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Segment.
+
+        Args:
+            x: Images ``(B, C, H, W)``, H and W multiples of 32.
+
+        Returns:
+            Logits ``(B, num_classes, H, W)``.
+        """
+        logits = self.decode(x)
+        if logits.shape[-2:] == x.shape[-2:]:
+            return logits
+        return F.interpolate(
+            logits, size=x.shape[-2:], mode='bilinear', align_corners=False
+        )
 
 
-class ViTUPerNet(nn.Module):
+class ViTUPerNet(_ViTSegmenter):
     """UPerNet on a plain ViT: four evenly spaced blocks, a simple pyramid, smp's decoder.
 
     As in BEiT's and MAE's segmentation models, block outputs are resampled to
@@ -81,10 +110,7 @@ class ViTUPerNet(nn.Module):
                 first; default evenly spaced, ending at the last block.
             decoder_channels: Width of the UPerNet decoder.
         """
-        super().__init__()
-        if indices is None:
-            indices = sample_block_indices_uniformly(4, len(vit.blocks))
-        self.encoder = ViTFeatureMaps(vit, indices=indices, stride=16)
+        super().__init__(vit, indices)
         self.neck = SimpleFeaturePyramid(self.encoder.out_channels[-1])
         # smp's decoder expects [1, 1/2, 1/4, ..., 1/32] and skips the first two.
         self.decoder = UPerNetDecoder(
@@ -96,22 +122,15 @@ class ViTUPerNet(nn.Module):
             decoder_channels, num_classes, kernel_size=1
         )
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Segment.
-
-        Args:
-            x: Images ``(B, C, H, W)``, H and W multiples of 32.
-
-        Returns:
-            Logits ``(B, num_classes, H, W)``.
-        """
+    def decode(self, x: Tensor) -> Tensor:
+        """Logits at the decoder's resolution (see :meth:`_ViTSegmenter.forward`)."""
         maps, _ = self.encoder(x)
         levels = self.neck(maps)
         decoded = self.decoder([x, x, *levels])
-        return _resize_to(self.segmentation_head(decoded), x)
+        return cast(Tensor, self.segmentation_head(decoded))
 
 
-class ViTDPT(nn.Module):
+class ViTDPT(_ViTSegmenter):
     """DPT (Ranftl et al., 2021) on a timm ViT, with smp's decoder and head.
 
     .. versionadded:: 0.1
@@ -137,10 +156,7 @@ class ViTDPT(nn.Module):
                 ``'ignore'`` for a ViT without one, or whose maps are wider
                 than its tokens.
         """
-        super().__init__()
-        if indices is None:
-            indices = sample_block_indices_uniformly(4, len(vit.blocks))
-        self.encoder = ViTFeatureMaps(vit, indices=indices, stride=16)
+        super().__init__(vit, indices)
         count = len(self.encoder.indices)
         # The class token can join maps of the same width only (a group-channel
         # ViT's maps stack one width per group).
@@ -159,21 +175,14 @@ class ViTDPT(nn.Module):
         )
         self.segmentation_head = DPTSegmentationHead(decoder_channels, num_classes)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Segment.
-
-        Args:
-            x: Images ``(B, C, H, W)``, H and W multiples of 32.
-
-        Returns:
-            Logits ``(B, num_classes, H, W)``.
-        """
+    def decode(self, x: Tensor) -> Tensor:
+        """Logits at the decoder's resolution (see :meth:`_ViTSegmenter.forward`)."""
         maps, prefix = self.encoder(x)
         decoded = self.decoder(maps, prefix)
-        return _resize_to(self.segmentation_head(decoded), x)
+        return cast(Tensor, self.segmentation_head(decoded))
 
 
-class SemanticSegmentationTask(SemanticSegmentation):
+class SemanticSegmentationTask(DownstreamProtocol, SemanticSegmentation):
     """Semantic segmentation with an ExPLoRA (or any timm) ViT backbone.
 
     TorchGeo's :class:`~torchgeo.tasks.SemanticSegmentation` (losses, metrics,
@@ -306,11 +315,6 @@ class SemanticSegmentationTask(SemanticSegmentation):
             freeze_decoder=freeze_decoder,
         )
 
-    @property
-    def finetune(self) -> str:
-        """The effective fine-tuning mode (``freeze_backbone`` means a frozen ViT)."""
-        return finetune_mode(self.hparams)
-
     def configure_models(self) -> None:
         """Build the ViT and the head, load the weights and set what trains."""
         h = self.hparams
@@ -345,39 +349,10 @@ class SemanticSegmentationTask(SemanticSegmentation):
         if h['freeze_decoder']:
             self.model.decoder.requires_grad_(False)
 
-    def configure_optimizers(self) -> OptimizerLRScheduler:
-        """The optimiser and schedule of the hyperparameters (trainable tensors only).
+    def decay_backbone(self) -> nn.Module:
+        """The ViT that layer-wise decay runs over.
 
         Returns:
-            Optimizer and learning-rate scheduler.
+            The ViT under the head.
         """
-        h = self.hparams
-        optimizer = build_optimizer(
-            h['optimizer'],
-            self,
-            h['lr'],
-            h['weight_decay'],
-            layer_decay=h['layer_decay'],
-            backbone=self.model.encoder.vit,
-        )
-        scheduler = build_scheduler(
-            h['scheduler'],
-            optimizer,
-            self._trainer,
-            warmup_epochs=h['warmup_epochs'],
-            min_lr=h['min_lr'],
-            patience=h['patience'],
-            monitor=self.monitor,
-            mode=self.mode,
-        )
-        return {'optimizer': optimizer, 'lr_scheduler': scheduler}
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Record the task class and what the model expects.
-
-        See :func:`~explora_geo.tasks.classification.record_task`.
-
-        Args:
-            checkpoint: The checkpoint being written.
-        """
-        record_task(self, checkpoint)
+        return cast(nn.Module, self.model.encoder.vit)
