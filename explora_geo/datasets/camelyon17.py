@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from torchgeo.datasets.utils import Path, Sample
 
-from .image_table import OnError, integer_labels, read_table
+from .image_table import OnError, integer_labels, read_table, table_records
 from .wilds import WILDSClassificationDataset, WILDSUnlabeledDataset
 
 #: Hospital (``center``) whose slides form the out-of-distribution validation split.
@@ -123,10 +123,9 @@ class Camelyon17(WILDSClassificationDataset):
             InvalidSampleError: If a row's label is invalid and *on_error* is
                 ``'raise'``.
         """
-        if split not in self.splits:
-            raise ValueError(f'split must be one of {self.splits}, got {split!r}')
-        super().__init__(root, 'camelyon17', version, transforms, download, on_error)
-        self.split = split
+        super().__init__(
+            root, 'camelyon17', version, split, transforms, download, on_error
+        )
         self._verify(['metadata.csv'])
 
         table_path = os.path.join(self.data_dir, 'metadata.csv')
@@ -137,13 +136,8 @@ class Camelyon17(WILDSClassificationDataset):
         )
         table = table[_official_splits(table) == split]
         labels, problems = integer_labels(table['tumor'], len(self.classes))
-        records = pd.DataFrame(
-            {
-                'path': _patch_paths(self.data_dir, table),
-                'table': table_path,
-                'line': table.index.to_numpy() + 2,
-                'label': labels,
-            }
+        records = table_records(
+            table_path, table, _patch_paths(self.data_dir, table), label=labels
         )
         self._set_records(records, problems)
 
@@ -195,12 +189,9 @@ class Camelyon17Unlabeled(WILDSUnlabeledDataset):
             DatasetNotFoundError: If the release is not found and *download* is
                 False.
         """
-        if split not in self.splits:
-            raise ValueError(f'split must be one of {self.splits}, got {split!r}')
         unlabeled = split in self.unlabeled_splits
         release = 'camelyon17_unlabeled' if unlabeled else 'camelyon17'
-        super().__init__(root, release, version, transforms, download, on_error)
-        self.split = split
+        super().__init__(root, release, version, split, transforms, download, on_error)
         self._verify(['metadata.csv'])
 
         table_path = os.path.join(self.data_dir, 'metadata.csv')
@@ -220,11 +211,5 @@ class Camelyon17Unlabeled(WILDSUnlabeledDataset):
             )
             names = _official_splits(table)
         table = table[names == split]
-        records = pd.DataFrame(
-            {
-                'path': _patch_paths(self.data_dir, table),
-                'table': table_path,
-                'line': table.index.to_numpy() + 2,
-            }
-        )
+        records = table_records(table_path, table, _patch_paths(self.data_dir, table))
         self._set_records(records)

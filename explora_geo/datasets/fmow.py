@@ -188,17 +188,7 @@ class FMoW(FMoWBase):
             self.timestamps = np.array(stamps, dtype=np.int64).reshape(-1, 3)
 
     def _load_sample(self, index: int) -> Sample:
-        """Load one sample.
-
-        Args:
-            index: index to return.
-
-        Returns:
-            the sample.
-
-        Raises:
-            FMoWSampleError: if the image or its metadata is missing or invalid.
-        """
+        """Load one image and its label (see :meth:`FMoWBase._load_sample`)."""
         path = str(self.files[index])
         label = int(self.labels[index])
         where = path
@@ -314,14 +304,7 @@ class FMoW(FMoWBase):
         return stamp, [x, y, x + w, y + h]
 
     def _rgb(self, image: Tensor) -> np.ndarray:
-        """Return an image as ``(H, W, 3)`` for display.
-
-        Args:
-            image: ``(3, H, W)`` image of a sample.
-
-        Returns:
-            ``(H, W, 3)`` array.
-        """
+        """The three channels as ``(H, W, 3)`` (see :meth:`FMoWBase._rgb`)."""
         return image.permute(1, 2, 0).numpy()
 
 
@@ -462,17 +445,7 @@ class FMoWTemporal(FMoWBase):
         return [int(j) for j in chosen]
 
     def _load_sample(self, index: int) -> Sample:
-        """Load the anchor and its companions.
-
-        Args:
-            index: index of the anchor image.
-
-        Returns:
-            the sample.
-
-        Raises:
-            FMoWSampleError: if one of the images is bad or their sizes differ.
-        """
+        """Load the anchor and its companions (see :meth:`FMoWBase._load_sample`)."""
         samples = [
             self.dataset._load_sample(j) for j in [index, *self.companions(index)]
         ]
@@ -489,15 +462,5 @@ class FMoWTemporal(FMoWBase):
         }
 
     def _rgb(self, image: Tensor) -> np.ndarray:
-        """Select the RGB channels of one frame for display.
-
-        Args:
-            image: ``(C, H, W)`` frame of a sample.
-
-        Returns:
-            ``(H, W, 3)`` array.
-
-        Raises:
-            RGBBandsMissingError: if the red, green or blue band is not loaded.
-        """
+        """The RGB channels of one frame, as the per-image dataset selects them."""
         return self.dataset._rgb(image)

@@ -198,17 +198,7 @@ class FMoWSentinel(FMoWBase):
         self.rows = np.array(rows, dtype=np.int64)
 
     def _load_sample(self, index: int) -> Sample:
-        """Load one sample.
-
-        Args:
-            index: index to return.
-
-        Returns:
-            the sample with ``image``, ``label`` and ``timestamp``.
-
-        Raises:
-            FMoWSampleError: if the image is missing or invalid.
-        """
+        """Load ``image``, ``label`` and ``timestamp`` (see :meth:`FMoWBase._load_sample`)."""
         path = str(self.files[index])
         where = f'{path} (listed in {csv_row(self.csv_path, int(self.rows[index]))})'
         data = self._read(path, where)
@@ -268,17 +258,7 @@ class FMoWSentinel(FMoWBase):
         return data.astype(np.float32)
 
     def _rgb(self, image: Tensor) -> np.ndarray:
-        """Select B4, B3, B2 of an image for display.
-
-        Args:
-            image: ``(C, H, W)`` image of a sample.
-
-        Returns:
-            ``(H, W, 3)`` array.
-
-        Raises:
-            RGBBandsMissingError: if B4, B3 or B2 is not in :attr:`bands`.
-        """
+        """B4, B3 and B2 for display (see :meth:`FMoWBase._rgb`)."""
         if not all(b in self.bands for b in self.rgb_bands):
             raise RGBBandsMissingError()
         idx = [self.bands.index(b) for b in self.rgb_bands]

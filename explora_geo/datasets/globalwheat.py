@@ -11,7 +11,7 @@ import torch
 from matplotlib.figure import Figure
 from torchgeo.datasets.utils import Path, Sample
 
-from .image_table import InvalidSampleError, OnError, read_table
+from .image_table import InvalidSampleError, OnError, read_table, table_records
 from .plot import plot_detection
 from .wilds import WILDSImageDataset, WILDSUnlabeledDataset
 
@@ -125,38 +125,25 @@ class GlobalWheat(WILDSImageDataset):
             InvalidSampleError: If a row's boxes are malformed and *on_error* is
                 ``'raise'``.
         """
-        if split not in self.splits:
-            raise ValueError(f'split must be one of {self.splits}, got {split!r}')
-        super().__init__(root, 'globalwheat', version, transforms, download, on_error)
-        self.split = split
+        super().__init__(
+            root, 'globalwheat', version, split, transforms, download, on_error
+        )
         self._verify([self.split_files[split]])
 
         table_path = os.path.join(self.data_dir, self.split_files[split])
         table = read_table(table_path, ['image_name', 'BoxesString'])
         parsed = [parse_boxes(text) for text in table['BoxesString']]
         problems = pd.Series([p for _, p in parsed], index=table.index, dtype=object)
-        records = pd.DataFrame(
-            {
-                'path': _image_paths(self.data_dir, table),
-                'table': table_path,
-                'line': table.index.to_numpy() + 2,
-                'boxes': pd.Series([b for b, _ in parsed], dtype=object),
-            }
+        records = table_records(
+            table_path,
+            table,
+            _image_paths(self.data_dir, table),
+            boxes=pd.Series([b for b, _ in parsed], dtype=object),
         )
         self._set_records(records, problems)
 
     def _load_sample(self, index: int) -> Sample:
-        """Load a sample.
-
-        Args:
-            index: Index of the sample.
-
-        Returns:
-            The image, its boxes and their labels.
-
-        Raises:
-            InvalidSampleError: If a box lies outside the image.
-        """
+        """The image, its boxes and their labels; a box outside the image is invalid."""
         image = self._read_rgb(index)
         boxes: np.ndarray = self.records['boxes'].iat[index]
         height, width = image.shape[-2:]
@@ -243,13 +230,10 @@ class GlobalWheatUnlabeled(WILDSUnlabeledDataset):
             DatasetNotFoundError: If the release is not found and *download* is
                 False.
         """
-        if split not in self.splits:
-            raise ValueError(f'split must be one of {self.splits}, got {split!r}')
         unlabeled = split in self.unlabeled_splits
         release = 'globalwheat_unlabeled' if unlabeled else 'globalwheat'
         version = version or ('1.0' if unlabeled else '1.1')
-        super().__init__(root, release, version, transforms, download, on_error)
-        self.split = split
+        super().__init__(root, release, version, split, transforms, download, on_error)
         filename = (
             f'official_{split}.csv' if unlabeled else GlobalWheat.split_files[split]
         )
@@ -257,13 +241,7 @@ class GlobalWheatUnlabeled(WILDSUnlabeledDataset):
 
         table_path = os.path.join(self.data_dir, filename)
         table = read_table(table_path, ['image_name'])
-        records = pd.DataFrame(
-            {
-                'path': _image_paths(self.data_dir, table),
-                'table': table_path,
-                'line': table.index.to_numpy() + 2,
-            }
-        )
+        records = table_records(table_path, table, _image_paths(self.data_dir, table))
         self._set_records(records)
 
 

@@ -32,6 +32,32 @@ class InvalidSampleError(ValueError):
     """
 
 
+def table_records(
+    table_path: Path, table: pd.DataFrame, paths: Sequence[str], **targets: Any
+) -> pd.DataFrame:
+    """The sample records of the rows of a table, as :meth:`ImageTableDataset._set_records` takes them.
+
+    Args:
+        table_path: The file the rows were read from (by :func:`read_table`).
+        table: The rows, one per sample, keeping their index from :func:`read_table`
+            (0 for the first row below the header).
+        paths: The image file of each row.
+        **targets: Target columns (``label``, ``boxes``, ...), one value per row.
+
+    Returns:
+        Records with columns ``path``, ``table``, ``line`` (the row's line in the
+        file, the header being line 1) and the targets.
+    """
+    return pd.DataFrame(
+        {
+            'path': paths,
+            'table': table_path,
+            'line': table.index.to_numpy() + 2,
+            **targets,
+        }
+    )
+
+
 def read_table(
     path: Path, required: Sequence[str], dtype: dict[str, Any] | None = None
 ) -> pd.DataFrame:

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from torchgeo.datasets.utils import Path, Sample
 
-from .image_table import OnError, integer_labels, read_table
+from .image_table import OnError, integer_labels, read_table, table_records
 from .wilds import WILDSClassificationDataset, WILDSUnlabeledDataset
 
 
@@ -89,10 +89,9 @@ class IWildCam(WILDSClassificationDataset):
             InvalidSampleError: If a row's label is invalid and *on_error* is
                 ``'raise'``.
         """
-        if split not in self.splits:
-            raise ValueError(f'split must be one of {self.splits}, got {split!r}')
-        super().__init__(root, 'iwildcam', version, transforms, download, on_error)
-        self.split = split
+        super().__init__(
+            root, 'iwildcam', version, split, transforms, download, on_error
+        )
         self._verify(['metadata.csv', 'categories.csv'])
         self.classes = self._read_classes()
 
@@ -102,13 +101,11 @@ class IWildCam(WILDSClassificationDataset):
         filenames, problems = _filenames(table, 'filename')
         labels, label_problems = integer_labels(table['y'], len(self.classes))
         problems = problems.where(problems != '', label_problems)
-        records = pd.DataFrame(
-            {
-                'path': [os.path.join(self.data_dir, 'train', f) for f in filenames],
-                'table': table_path,
-                'line': table.index.to_numpy() + 2,
-                'label': labels,
-            }
+        records = table_records(
+            table_path,
+            table,
+            [os.path.join(self.data_dir, 'train', f) for f in filenames],
+            label=labels,
         )
         self._set_records(records, problems)
 
@@ -180,13 +177,10 @@ class IWildCamUnlabeled(WILDSUnlabeledDataset):
             DatasetNotFoundError: If the release is not found and *download* is
                 False.
         """
-        if split not in self.splits:
-            raise ValueError(f'split must be one of {self.splits}, got {split!r}')
         unlabeled = split == 'extra_unlabeled'
         release = 'iwildcam_unlabeled' if unlabeled else 'iwildcam'
         version = version or ('1.0' if unlabeled else '2.0')
-        super().__init__(root, release, version, transforms, download, on_error)
-        self.split = split
+        super().__init__(root, release, version, split, transforms, download, on_error)
         self._verify(['metadata.csv'])
 
         table_path = os.path.join(self.data_dir, 'metadata.csv')
@@ -199,7 +193,5 @@ class IWildCamUnlabeled(WILDSUnlabeledDataset):
             table = table[table['split'] == split]
             names, problems = _filenames(table, 'filename')
             paths = [os.path.join(self.data_dir, 'train', n) for n in names]
-        records = pd.DataFrame(
-            {'path': paths, 'table': table_path, 'line': table.index.to_numpy() + 2}
-        )
+        records = table_records(table_path, table, paths)
         self._set_records(records, problems)

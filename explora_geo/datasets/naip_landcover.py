@@ -14,7 +14,13 @@ from torch import Tensor
 from torchgeo.datasets import DatasetNotFoundError, RGBBandsMissingError
 from torchgeo.datasets.utils import Path, Sample
 
-from .image_table import ImageTableDataset, InvalidSampleError, OnError, read_table
+from .image_table import (
+    ImageTableDataset,
+    InvalidSampleError,
+    OnError,
+    read_table,
+    table_records,
+)
 from .plot import plot_classification
 
 
@@ -92,13 +98,8 @@ class NAIPChips(ImageTableDataset):
         Returns:
             Records with columns ``path`` (joined to *root*), ``table``, ``line``.
         """
-        return pd.DataFrame(
-            {
-                'path': [os.path.join(self.root, str(p)) for p in table['path']],
-                'table': table_path,
-                'line': table.index.to_numpy() + 2,
-            }
-        )
+        paths = [os.path.join(self.root, str(p)) for p in table['path']]
+        return table_records(table_path, table, paths)
 
     def _read_chip(self, index: int) -> Tensor:
         """Read the selected bands of a chip.
@@ -267,14 +268,7 @@ class NAIPLandCover(NAIPChips):
         return labels.fillna(-1).to_numpy(dtype=np.int64), problems
 
     def _load_sample(self, index: int) -> Sample:
-        """Load a sample.
-
-        Args:
-            index: Index of the sample.
-
-        Returns:
-            The chip and its label.
-        """
+        """The chip and its label (see :meth:`ImageTableDataset._load_sample`)."""
         label = torch.tensor(self.records['label'].iat[index], dtype=torch.long)
         return {'image': self._read_chip(index), 'label': label}
 
@@ -323,12 +317,5 @@ class NAIPLandCoverUnlabeled(NAIPChips):
         self._set_records(self._records(table_path, table), problems)
 
     def _load_sample(self, index: int) -> Sample:
-        """Load a sample.
-
-        Args:
-            index: Index of the sample.
-
-        Returns:
-            The chip.
-        """
+        """The chip (see :meth:`ImageTableDataset._load_sample`)."""
         return {'image': self._read_chip(index)}

@@ -9,6 +9,7 @@ release when ``download=True``.
 
 import os
 from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -32,11 +33,15 @@ class WILDSImageDataset(ImageTableDataset):
     #: Where the releases are described and can be downloaded by hand.
     url = 'https://wilds.stanford.edu/datasets/'
 
+    #: The splits a dataset reads.
+    splits: ClassVar[tuple[str, ...]]
+
     def __init__(
         self,
         root: Path,
         release: str,
         version: str,
+        split: str,
         transforms: Callable[[Sample], Sample] | None,
         download: bool,
         on_error: OnError,
@@ -48,14 +53,21 @@ class WILDSImageDataset(ImageTableDataset):
             release: Name of the release, e.g. ``'iwildcam'`` or
                 ``'iwildcam_unlabeled'``.
             version: Version of the release, e.g. ``'2.0'``.
+            split: The split to read, one of the class's :attr:`splits`.
             transforms: A function/transform that takes an input sample
                 and returns a transformed version.
             download: If True, download the release with the ``wilds`` package
                 when it is not found under *root*.
             on_error: ``'raise'`` or ``'skip'`` bad samples, see
                 :class:`~explora_geo.datasets.image_table.ImageTableDataset`.
+
+        Raises:
+            ValueError: If *split* is not one of :attr:`splits`.
         """
+        if split not in self.splits:
+            raise ValueError(f'split must be one of {self.splits}, got {split!r}')
         super().__init__(transforms=transforms, on_error=on_error)
+        self.split = split
         self.root = root
         self.release = release
         self.version = version
@@ -162,14 +174,7 @@ class WILDSClassificationDataset(WILDSImageDataset):
     classes: Sequence[str]
 
     def _load_sample(self, index: int) -> Sample:
-        """Load a sample.
-
-        Args:
-            index: Index of the sample.
-
-        Returns:
-            The image and its label.
-        """
+        """The image and its label (see :meth:`ImageTableDataset._load_sample`)."""
         image = self._read_rgb(index)
         label = torch.tensor(self.records['label'].iat[index], dtype=torch.long)
         return {'image': image, 'label': label}
@@ -200,14 +205,7 @@ class WILDSUnlabeledDataset(WILDSImageDataset):
     """
 
     def _load_sample(self, index: int) -> Sample:
-        """Load a sample.
-
-        Args:
-            index: Index of the sample.
-
-        Returns:
-            The image.
-        """
+        """The image (see :meth:`ImageTableDataset._load_sample`)."""
         return {'image': self._read_rgb(index)}
 
     def plot(self, sample: Sample, suptitle: str | None = None) -> Figure:
