@@ -10,7 +10,7 @@ from torchgeo.datasets.utils import Sample
 
 from ..sensors import SENTINEL2, Normalization
 from .contract import DataContract, device_normalize, device_stats
-from .image_splits import compose_transforms
+from .image_splits import chain_transforms, train_augmentation
 
 #: The 10 Sentinel-2 bands of the SatMAE group-channel ViT, in its input order
 #: (B1, B9 and B10 dropped), with torchgeo's EuroSAT band names.
@@ -73,8 +73,7 @@ class EuroSATSatMAEDataModule(DataContract, EuroSATDataModule):
         scale: Callable[[Sample], Sample] = partial(
             _satmae_scale, norm=self.normalization
         )
-        user = kwargs.pop('transforms', None)
-        transforms = scale if user is None else partial(compose_transforms, scale, user)
+        transforms = chain_transforms(scale, kwargs.pop('transforms', None))
         super().__init__(
             batch_size, num_workers, bands=bands, transforms=transforms, **kwargs
         )
@@ -88,9 +87,5 @@ class EuroSATSatMAEDataModule(DataContract, EuroSATDataModule):
             data_keys=None,
             keepdim=True,
         )
-        self.train_aug = K.AugmentationSequential(
-            K.RandomResizedCrop((image_size, image_size), scale=crop_scale),
-            K.RandomHorizontalFlip(),
-            data_keys=None,
-            keepdim=True,
-        )
+        # Images arrive in [0, 1] from the dataset: no device normalisation.
+        self.train_aug = train_augmentation(None, image_size, crop_scale)

@@ -6,8 +6,7 @@ import kornia.augmentation as K
 from torchgeo.datamodules.utils import collate_fn_detection
 
 from ..datasets.globalwheat import GlobalWheat, GlobalWheatUnlabeled
-from .contract import device_normalize
-from .image_splits import ImageSplitsDataModule
+from .image_splits import ImageSplitsDataModule, train_augmentation
 
 
 class GlobalWheatDataModule(ImageSplitsDataModule):
@@ -77,10 +76,4 @@ class GlobalWheatDataModule(ImageSplitsDataModule):
             keepdim=True,
         )
         if not self.unlabeled:
-            self.train_aug = K.AugmentationSequential(
-                device_normalize(self.normalization),
-                K.RandomHorizontalFlip(),
-                K.RandomVerticalFlip(),
-                data_keys=None,
-                keepdim=True,
-            )
+            self.train_aug = train_augmentation(self.normalization, vertical_flip=True)

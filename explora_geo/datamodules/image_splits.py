@@ -39,6 +39,59 @@ def compose_transforms(
     return then(first(sample))
 
 
+def chain_transforms(
+    first: Callable[[Sample], Sample] | None, then: Callable[[Sample], Sample] | None
+) -> Callable[[Sample], Sample] | None:
+    """Chain two optional sample transforms, *first* running first.
+
+    Args:
+        first: Transform applied first, or None.
+        then: Transform applied second (e.g. a user's ``transforms``), or None.
+
+    Returns:
+        A picklable transform applying both, the one given, or None.
+
+    .. versionadded:: 0.1
+    """
+    if first is None or then is None:
+        return first or then
+    return partial(compose_transforms, first, then)
+
+
+def train_augmentation(
+    normalization: Normalization | None,
+    image_size: int | None = None,
+    crop_scale: tuple[float, float] | None = None,
+    vertical_flip: bool = False,
+) -> K.AugmentationSequential:
+    """Device augmentation of training batches: normalise, crop, flip.
+
+    Args:
+        normalization: Normalisation applied first, or None when the dataset
+            already delivers model input.
+        image_size: Output size of the random resized crop.
+        crop_scale: Area range of the random resized crop, or None for no crop.
+        vertical_flip: If True, also flip vertically (boxes and masks alike).
+
+    Returns:
+        The augmentation of ``(B, C, H, W)`` batches (with ``data_keys=None``,
+        so a batch's boxes and masks follow its images).
+
+    .. versionadded:: 0.1
+    """
+    ops: list[K.AugmentationBase2D] = []
+    if normalization is not None:
+        ops.append(device_normalize(normalization))
+    if crop_scale is not None:
+        if image_size is None:
+            raise ValueError('a random resized crop (crop_scale) needs image_size')
+        ops.append(K.RandomResizedCrop((image_size, image_size), scale=crop_scale))
+    ops.append(K.RandomHorizontalFlip())
+    if vertical_flip:
+        ops.append(K.RandomVerticalFlip())
+    return K.AugmentationSequential(*ops, data_keys=None, keepdim=True)
+
+
 def resize_short_side(size: int) -> K.AugmentationSequential:
     """Per-sample transform: resize the shorter side to *size*, then centre-crop.
 
@@ -138,11 +191,7 @@ class ImageSplitsDataModule(DataContract, NonGeoDataModule):
         """
         kwargs = dict(self.kwargs)
         user = kwargs.pop('transforms', None)
-        resize = self.sample_transform
-        if resize is None or user is None:
-            kwargs['transforms'] = resize or user
-        else:
-            kwargs['transforms'] = partial(compose_transforms, resize, user)
+        kwargs['transforms'] = chain_transforms(self.sample_transform, user)
         return kwargs
 
     def prepare_data(self) -> None:
@@ -230,16 +279,6 @@ class ImageClassificationSplitsDataModule(ImageSplitsDataModule):
         self.image_size = image_size
         self.sample_transform = resize_short_side(image_size)
         if not self.unlabeled:
-            augmentations: list[K.AugmentationBase2D] = [
-                device_normalize(self.normalization)
-            ]
-            if crop_scale is not None:
-                augmentations.append(
-                    K.RandomResizedCrop((image_size, image_size), scale=crop_scale)
-                )
-            augmentations.append(K.RandomHorizontalFlip())
-            if vertical_flip:
-                augmentations.append(K.RandomVerticalFlip())
-            self.train_aug = K.AugmentationSequential(
-                *augmentations, data_keys=None, keepdim=True
+            self.train_aug = train_augmentation(
+                self.normalization, image_size, crop_scale, vertical_flip
             )
