@@ -32,7 +32,7 @@ import dataclasses
 import fnmatch
 import itertools
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Literal, Self, get_args
+from typing import Any, Literal, Self, cast, get_args
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
@@ -167,6 +167,21 @@ def record_task(task: BaseTask, checkpoint: dict[str, Any]) -> None:
     write_input_spec(checkpoint, downstream_input_spec(task))
 
 
+def check_finetune(finetune: str) -> None:
+    """Check a fine-tuning mode of the downstream tasks.
+
+    Args:
+        finetune: The mode.
+
+    Raises:
+        ValueError: If *finetune* is not one of :data:`FinetuneMode`.
+    """
+    if finetune not in get_args(FinetuneMode):
+        raise ValueError(
+            f'finetune must be one of {get_args(FinetuneMode)}, got {finetune!r}'
+        )
+
+
 class DownstreamProtocol(BaseTask):
     """The fine-tuning protocol shared by the downstream tasks.
 
@@ -184,6 +199,42 @@ class DownstreamProtocol(BaseTask):
     def finetune(self) -> str:
         """The effective fine-tuning mode (``freeze_backbone`` means a frozen ViT)."""
         return finetune_mode(self.hparams)
+
+    def build_vit(self, name: str) -> VisionTransformer:
+        """Create the headless ViT of the hyperparameters and set what trains.
+
+        The ViT is built by :func:`~explora_geo.models.create_model` with the
+        task's weights, ``drop_path_rate``, ``model_kwargs`` and, with
+        ``dynamic_img_size``, timm's dynamic input size and padding; then
+        :func:`configure_finetune` applies the fine-tuning mode.
+
+        Args:
+            name: timm name of the ViT.
+
+        Returns:
+            The ViT, without a classifier.
+        """
+        h = self.hparams
+        kwargs = dict(h['model_kwargs'] or {})
+        if h['drop_path_rate']:
+            kwargs['drop_path_rate'] = h['drop_path_rate']
+        if h['dynamic_img_size']:
+            kwargs |= {'dynamic_img_size': True, 'dynamic_img_pad': True}
+        vit = create_model(
+            name,
+            weights=self.weights,
+            num_classes=0,
+            in_chans=h['in_channels'],
+            **kwargs,
+        )
+        configure_finetune(
+            vit,
+            self.finetune,
+            rank=h['lora_rank'],
+            alpha=h['lora_alpha'],
+            targets=h['lora_targets'],
+        )
+        return cast(VisionTransformer, vit)
 
     def decay_backbone(self) -> nn.Module:
         """The ViT whose blocks layer-wise learning-rate decay runs over.

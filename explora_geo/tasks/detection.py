@@ -12,7 +12,7 @@ model.
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any, Literal, cast, get_args
+from typing import Any, Literal, cast
 
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
@@ -25,8 +25,7 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ..models.feature_pyramid import SimpleFeaturePyramid, ViTFeatureMaps
-from ..models.weights import create_model
-from .classification import DownstreamProtocol, FinetuneMode, configure_finetune
+from .classification import DownstreamProtocol, FinetuneMode, check_finetune
 from .protocols import OptimizerName, SchedulerName
 
 __all__ = ('ObjectDetectionTask', 'ViTDetBackbone')
@@ -166,10 +165,7 @@ class ObjectDetectionTask(DownstreamProtocol, ObjectDetection):
             raise ValueError(
                 f"model must be 'faster-rcnn' for a ViT backbone, got {model!r}"
             )
-        if finetune not in get_args(FinetuneMode):
-            raise ValueError(
-                f'finetune must be one of {get_args(FinetuneMode)}, got {finetune!r}'
-            )
+        check_finetune(finetune)
         if len(anchor_sizes) != 5:
             raise ValueError(
                 'anchor_sizes needs one size per pyramid level (5: strides 4 to '
@@ -190,27 +186,9 @@ class ObjectDetectionTask(DownstreamProtocol, ObjectDetection):
     def configure_models(self) -> None:
         """Build the ViT, the pyramid and Faster R-CNN; load weights; set what trains."""
         h = self.hparams
-        kwargs = dict(h['model_kwargs'] or {})
-        if h['drop_path_rate']:
-            kwargs['drop_path_rate'] = h['drop_path_rate']
-        if h['dynamic_img_size']:
-            kwargs |= {'dynamic_img_size': True, 'dynamic_img_pad': True}
-        vit = create_model(
-            h['backbone'],
-            weights=self.weights,
-            num_classes=0,
-            in_chans=h['in_channels'],
-            **kwargs,
-        )
-        configure_finetune(
-            vit,
-            self.finetune,
-            rank=h['lora_rank'],
-            alpha=h['lora_alpha'],
-            targets=h['lora_targets'],
-        )
+        vit = self.build_vit(h['backbone'])
         backbone = ViTDetBackbone(
-            cast(VisionTransformer, vit),
+            vit,
             out_channels=h['fpn_channels'],
             index=h['feature_index'],
         )

@@ -31,8 +31,7 @@ from torchgeo.tasks import SemanticSegmentation
 from torchvision.models._api import WeightsEnum
 
 from ..models.feature_pyramid import SimpleFeaturePyramid, ViTFeatureMaps
-from ..models.weights import create_model
-from .classification import DownstreamProtocol, FinetuneMode, configure_finetune
+from .classification import DownstreamProtocol, FinetuneMode, check_finetune
 from .protocols import OptimizerName, SchedulerName
 
 __all__ = ('SemanticSegmentationTask', 'ViTDPT', 'ViTUPerNet')
@@ -291,10 +290,7 @@ class SemanticSegmentationTask(DownstreamProtocol, SemanticSegmentation):
                 f'backbone, got {model!r}; use torchgeo.tasks.SemanticSegmentation '
                 'for CNN backbones'
             )
-        if finetune not in get_args(FinetuneMode):
-            raise ValueError(
-                f'finetune must be one of {get_args(FinetuneMode)}, got {finetune!r}'
-            )
+        check_finetune(finetune)
         super().__init__(
             model=model,
             backbone=backbone,
@@ -319,29 +315,10 @@ class SemanticSegmentationTask(DownstreamProtocol, SemanticSegmentation):
         """Build the ViT and the head, load the weights and set what trains."""
         h = self.hparams
         num_outputs = h['num_classes'] or h['num_labels'] or 1
-        name = h['backbone'].removeprefix('tu-')
-        kwargs = dict(h['model_kwargs'] or {})
-        if h['drop_path_rate']:
-            kwargs['drop_path_rate'] = h['drop_path_rate']
-        if h['dynamic_img_size']:
-            kwargs |= {'dynamic_img_size': True, 'dynamic_img_pad': True}
-        vit = create_model(
-            name,
-            weights=self.weights,
-            num_classes=0,
-            in_chans=h['in_channels'],
-            **kwargs,
-        )
-        configure_finetune(
-            vit,
-            self.finetune,
-            rank=h['lora_rank'],
-            alpha=h['lora_alpha'],
-            targets=h['lora_targets'],
-        )
+        vit = self.build_vit(h['backbone'].removeprefix('tu-'))
         head = ViTUPerNet if h['model'] == 'upernet' else ViTDPT
         self.model = head(
-            cast(VisionTransformer, vit),
+            vit,
             num_outputs,
             indices=h['feature_indices'],
             decoder_channels=h['decoder_channels'],
