@@ -11,6 +11,7 @@ from functools import partial
 from typing import Any
 
 import kornia.augmentation as K
+from torch.utils.data import Dataset
 from torchgeo.datamodules import NonGeoDataModule
 from torchgeo.datasets import NonGeoDataset
 from torchgeo.datasets.utils import Sample
@@ -209,33 +210,23 @@ class ImageSplitsDataModule(DataContract, NonGeoDataModule):
             stage: Either 'fit', 'validate', 'test', or 'predict'.
         """
         kwargs = self._dataset_kwargs()
+        fit, val = ('fit',), ('fit', 'validate')
+        plan: list[tuple[str, type[Dataset[Sample]], str | None, tuple[str, ...]]]
         if self.unlabeled:
-            if stage == 'fit':
-                self.train_dataset = self.unlabeled_class(
-                    split=self.pretrain_split,  # type: ignore[call-arg]
-                    **kwargs,
-                )
-            if stage in ('fit', 'validate') and self.pretrain_val_split is not None:
-                self.val_dataset = self.unlabeled_class(
-                    split=self.pretrain_val_split,  # type: ignore[call-arg]
-                    **kwargs,
-                )
-            return
-        if stage == 'fit':
-            self.train_dataset = self.dataset_class(
-                split=self.train_split,  # type: ignore[call-arg]
-                **kwargs,
-            )
-        if stage in ('fit', 'validate'):
-            self.val_dataset = self.dataset_class(
-                split=self.val_split,  # type: ignore[call-arg]
-                **kwargs,
-            )
-        if stage == 'test':
-            self.test_dataset = self.dataset_class(
-                split=self.test_split,  # type: ignore[call-arg]
-                **kwargs,
-            )
+            plan = [
+                ('train', self.unlabeled_class, self.pretrain_split, fit),
+                ('val', self.unlabeled_class, self.pretrain_val_split, val),
+            ]
+        else:
+            plan = [
+                ('train', self.dataset_class, self.train_split, fit),
+                ('val', self.dataset_class, self.val_split, val),
+                ('test', self.dataset_class, self.test_split, ('test',)),
+            ]
+        for name, dataset_class, split, stages in plan:
+            if stage in stages and split is not None:
+                dataset = dataset_class(split=split, **kwargs)  # type: ignore[call-arg]
+                setattr(self, f'{name}_dataset', dataset)
 
 
 class ImageClassificationSplitsDataModule(ImageSplitsDataModule):
