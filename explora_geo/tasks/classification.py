@@ -846,6 +846,21 @@ class ClassificationTask(DownstreamProtocol, Classification):
         logits: Tensor = self.model.get_classifier()(features)
         return logits
 
+    def probe_logits(self, x: Tensor) -> list[Tensor]:
+        """The logits of every head of the probe sweep (the backbone gets no gradient).
+
+        Args:
+            x: Images ``(B, C, H, W)``.
+
+        Returns:
+            One ``(B, num_classes)`` tensor per head, in :attr:`probes` order.
+        """
+        assert self.probes is not None
+        with torch.no_grad():
+            inputs = self.sweep_features(x, [s.features for s in self.probes.specs])
+        logits: list[Tensor] = self.probes(inputs)
+        return logits
+
     def training_step(
         self, batch: Sample, batch_idx: int, dataloader_idx: int = 0
     ) -> Tensor:
@@ -863,9 +878,7 @@ class ClassificationTask(DownstreamProtocol, Classification):
             with self.model_inputs(batch):
                 return super().training_step(batch, batch_idx, dataloader_idx)
         x, y = batch['image'], batch['label']
-        with torch.no_grad():
-            inputs = self.sweep_features(x, [s.features for s in self.probes.specs])
-        logits = self.probes(inputs)
+        logits = self.probe_logits(x)
         loss = torch.stack([self.criterion(out, y) for out in logits]).sum()
         self.train_metrics(logits[int(self.probes.best)], y)
         self.log('train_loss', loss, batch_size=x.shape[0])
@@ -886,8 +899,7 @@ class ClassificationTask(DownstreamProtocol, Classification):
                 super().validation_step(batch, batch_idx, dataloader_idx)
             return
         x, y = batch['image'], batch['label']
-        inputs = self.sweep_features(x, [s.features for s in self.probes.specs])
-        logits = self.probes(inputs)
+        logits = self.probe_logits(x)
         metrics: list[MulticlassAccuracy] = list(self.probe_metrics)  # type: ignore[arg-type]
         for metric, out in zip(metrics, logits, strict=True):
             metric.update(out, y)
