@@ -47,7 +47,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from explora_geo.peft import ExPLoRAConfig
+from explora_geo.adapter import ExPLoRAConfig
 from explora_geo.precision import (
     PRECISION_CHOICES,
     PrecisionName,

@@ -3,7 +3,7 @@
 Every variant trains the same tensors as D-[L]-r64 (last block unfrozen, LoRA
 on the other blocks, norms and class token), except full fine-tuning:
 
-* ``explora``: :class:`explora_geo.peft.QKVLoRA` (Q and V slices of the fused qkv).
+* ``explora``: :class:`explora_geo.adapter.QKVLoRA` (Q and V slices of the fused qkv).
 * ``peft``: HF peft ``LoraConfig`` on each frozen block's ``attn.qkv`` (peft can
   only adapt whole modules, so it adapts Q, K and V with one factor pair; the
   parameter count is the same, 4 r D per block).
@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 import explora_geo  # noqa: F401
-from explora_geo.peft import (
+from explora_geo.adapter import (
     ExPLoRAConfig,
     QKVLoRA,
     apply_explora,

@@ -79,7 +79,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     from torch.utils.flop_counter import FlopCounterMode
     from torchgeo.tasks import MAE
 
-    from explora_geo.peft import ExPLoRAConfig, count_trainable_parameters
+    from explora_geo.adapter import ExPLoRAConfig, count_trainable_parameters
     from explora_geo.tasks.explora_mae import ExPLoRAMAE
 
     torch.set_num_threads(args.threads)

@@ -4,16 +4,16 @@ Importing the package registers its model names (``explora_vitl_dino``, ...) wit
 timm, so that ``timm.create_model`` and TorchGeo's tasks can build them by name.
 """
 
+from . import adapter as adapter
 from . import models as models
-from . import peft as peft
-from .models import create_model, get_weight, load_weights
-from .peft import (
+from .adapter import (
     ExPLoRAConfig,
     apply_delta,
     apply_explora,
     merge_and_unload,
     save_delta,
 )
+from .models import create_model, get_weight, load_weights
 
 __version__ = '0.1.0'
 

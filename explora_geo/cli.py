@@ -29,7 +29,7 @@ def _inspect(args: argparse.Namespace) -> int:
     import timm
     import torch
 
-    from .peft import (
+    from .adapter import (
         ExPLoRAConfig,
         apply_explora,
         count_trainable_parameters,

@@ -8,7 +8,7 @@ An export of tag ``T`` is two files:
   with keys under ``model.``; the :class:`~explora_geo.sensors.InputSpec` under
   :data:`~explora_geo.sensors.INPUT_SPEC_KEY`.
 * ``T_delta.safetensors``: Δ_T, only the trainable tensors
-  (:func:`~explora_geo.peft.save_delta`), with the record as its metadata.
+  (:func:`~explora_geo.adapter.save_delta`), with the record as its metadata.
 
 :func:`write_export` writes both from an adapted encoder, :func:`merge_delta`
 rebuilds the merged encoder from source weights and a Δ_T file, and
@@ -35,9 +35,9 @@ import timm
 import torch
 from torch import nn
 
+from .adapter import apply_delta, load_delta, merge_and_unload, save_delta
 from .atomic import write_atomic
 from .models.weights import load_weights
-from .peft import apply_delta, load_delta, merge_and_unload, save_delta
 from .sensors import INPUT_SPEC_KEY, InputSpec
 
 if TYPE_CHECKING:

@@ -5,8 +5,8 @@ import pytest
 import timm
 import torch
 
+from explora_geo.adapter import ExPLoRAConfig, apply_explora, lora_layers, save_delta
 from explora_geo.cli import main
-from explora_geo.peft import ExPLoRAConfig, apply_explora, lora_layers, save_delta
 
 
 def test_inspect_paper_counts(capsys: pytest.CaptureFixture[str]) -> None:

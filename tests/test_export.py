@@ -5,8 +5,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from explora_geo import apply_delta, create_model
+from explora_geo.adapter import load_delta
 from explora_geo.export import export_from_checkpoint, resolve_task_class
-from explora_geo.peft import load_delta
 from explora_geo.tasks.explora_mae import ExPLoRAMAE
 from tests.data.checkpoints import layouts
 from tests.tasks.tiny_mae import (

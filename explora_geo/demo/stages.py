@@ -21,12 +21,12 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from ..adapter import ExPLoRAConfig
 from ..atomic import atomic_path
 from ..inference import RasterPrediction, predict_raster
 from ..inference.cli import load_task
 from ..models.mae import MaskedAutoencoder, create_mae
 from ..models.satmae_group_mae import patchify_bands
-from ..peft import ExPLoRAConfig
 from ..ssl.mae import MAEConfig
 from ..tasks.callbacks import ExPLoRAExport
 from ..tasks.classification import ClassificationTask

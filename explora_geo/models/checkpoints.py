@@ -145,7 +145,7 @@ def normalize_vit_keys(state_dict: Mapping[str, Tensor]) -> StateDict:
         raise ValueError(
             f'checkpoint holds unmerged LoRA factors ({unmerged[0]}, ... {len(unmerged)} '
             'tensors); merge them first (explora-geo export, or '
-            'explora_geo.peft.merge_and_unload) or restore the task with '
+            'explora_geo.adapter.merge_and_unload) or restore the task with '
             'load_from_checkpoint'
         )
     for k, v in state_dict.items():

@@ -45,8 +45,8 @@ from torchgeo.tasks import BaseTask, Classification
 from torchmetrics.classification import MulticlassAccuracy
 from torchvision.models._api import WeightsEnum
 
+from ..adapter import ExPLoRAConfig, apply_explora
 from ..models.weights import create_model
-from ..peft import ExPLoRAConfig, apply_explora
 from ..sensors import InputSpec, Normalization, write_input_spec
 from .protocols import (
     OptimizerName,

@@ -34,9 +34,9 @@ from torch.distributed.fsdp import FullyShardedDataParallel
 from torch.optim import Optimizer
 from torchvision.models._api import WeightsEnum
 
+from ..adapter import ExPLoRAConfig, count_trainable_parameters
 from ..models.checkpoints import unwrap_state_dict
 from ..models.weights import create_model, resolve_weights
-from ..peft import ExPLoRAConfig, count_trainable_parameters
 from ..sensors import Normalization
 from ..ssl.dinov2 import DINOv2Config, DINOv2Objective
 from .pretraining import ExPLoRAPretrainingTask, OptimizationConfig

@@ -20,8 +20,8 @@ from typing import Any
 from torch import Tensor, nn
 from torchvision.models._api import WeightsEnum
 
+from ..adapter import ExPLoRAConfig, inject_qkv_lora
 from ..models.mae import MaskedAutoencoder, create_mae
-from ..peft import ExPLoRAConfig, inject_qkv_lora
 from ..sensors import IMAGENET_RGB, Normalization
 from ..ssl.mae import MAEConfig, MAEObjective
 from .pretraining import ExPLoRAPretrainingTask, OptimizationConfig

@@ -6,7 +6,7 @@ network is built in one place, :meth:`ExPLoRAPretrainingTask.configure_models`:
 1. the subclass's :meth:`~ExPLoRAPretrainingTask.build_source` returns the
    source network with the weights W_S loaded (the ViT itself for DinoV2, the
    ViT with its decoder for MAE); it becomes ``self.model``;
-2. the adapter (:class:`~explora_geo.peft.ExPLoRAConfig`) is applied to its
+2. the adapter (:class:`~explora_geo.adapter.ExPLoRAConfig`) is applied to its
    ViT, :attr:`~ExPLoRAPretrainingTask.encoder`;
 3. the subclass's :meth:`~ExPLoRAPretrainingTask.build_objective` returns the
    objective module (:mod:`explora_geo.ssl`), which owns its augmentation,
@@ -50,13 +50,13 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchgeo.tasks import BaseTask
 from torchvision.models._api import WeightsEnum
 
-from ..export import ExportRecord, write_export
-from ..peft import (
+from ..adapter import (
     ExPLoRAConfig,
     apply_explora,
     count_trainable_parameters,
     merge_and_unload,
 )
+from ..export import ExportRecord, write_export
 from ..sensors import INPUT_SPEC_KEY, InputSpec, Normalization
 
 

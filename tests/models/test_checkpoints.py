@@ -220,7 +220,7 @@ def test_lightning_checkpoint_layout(tmp_path) -> None:
 
 
 def test_unmerged_adapter_checkpoint_is_refused(tmp_path) -> None:
-    from explora_geo.peft import ExPLoRAConfig, apply_explora
+    from explora_geo.adapter import ExPLoRAConfig, apply_explora
 
     model = dino_model()
     apply_explora(model, ExPLoRAConfig(rank=2))

@@ -8,6 +8,14 @@ import timm
 import torch
 from torch import Tensor, nn
 
+from explora_geo.adapter import (
+    ExPLoRAConfig,
+    apply_explora,
+    lora_layers,
+    merge_and_unload,
+    merge_lora,
+    trainable_parameters,
+)
 from explora_geo.models import (
     GroupChannelMAE,
     GroupChannelViT,
@@ -16,14 +24,6 @@ from explora_geo.models import (
 )
 from explora_geo.models.checkpoints import read_checkpoint
 from explora_geo.models.mae import create_mae
-from explora_geo.peft import (
-    ExPLoRAConfig,
-    apply_explora,
-    lora_layers,
-    merge_and_unload,
-    merge_lora,
-    trainable_parameters,
-)
 from explora_geo.tasks.explora_mae import ExPLoRAMAE, freeze_decoder
 from tests.data.checkpoints.layouts import _block
 

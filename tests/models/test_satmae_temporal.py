@@ -5,6 +5,7 @@ import timm
 import torch
 from torch import Tensor, nn
 
+from explora_geo.adapter import ExPLoRAConfig
 from explora_geo.models import (
     TemporalMAE,
     TemporalViT,
@@ -12,7 +13,6 @@ from explora_geo.models import (
     time_encoding,
 )
 from explora_geo.models.mae import create_mae
-from explora_geo.peft import ExPLoRAConfig
 from explora_geo.tasks.explora_mae import ExPLoRAMAE
 from tests.data.checkpoints import layouts
 

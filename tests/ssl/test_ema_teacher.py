@@ -5,7 +5,7 @@ import timm
 import torch
 from torch import Tensor, nn
 
-from explora_geo.peft import ExPLoRAConfig, apply_explora, count_trainable_parameters
+from explora_geo.adapter import ExPLoRAConfig, apply_explora, count_trainable_parameters
 from explora_geo.ssl.dinov2 import vit_tokens
 from explora_geo.ssl.dinov2_head import DINOv2Head
 from explora_geo.ssl.teacher import EMATeacher, swapped_tensors

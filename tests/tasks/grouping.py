@@ -3,7 +3,7 @@
 import dataclasses
 from typing import Any
 
-from explora_geo.peft import ExPLoRAConfig
+from explora_geo.adapter import ExPLoRAConfig
 from explora_geo.tasks.pretraining import OptimizationConfig
 
 

@@ -6,7 +6,7 @@ import torch
 from lightning.pytorch import Trainer
 from torch.utils.data import DataLoader
 
-from explora_geo.peft import (
+from explora_geo.adapter import (
     ExPLoRAConfig,
     LinearLoRA,
     QKVLoRA,

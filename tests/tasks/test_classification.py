@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch import Trainer
 from torch.utils.data import DataLoader, Dataset
 
-from explora_geo.peft import QKVLoRA, count_trainable_parameters
+from explora_geo.adapter import QKVLoRA, count_trainable_parameters
 from explora_geo.tasks.classification import (
     ClassificationTask,
     configure_finetune,

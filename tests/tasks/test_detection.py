@@ -6,7 +6,7 @@ import torch
 from lightning.pytorch import Trainer
 from torch.utils.data import DataLoader, Dataset
 
-from explora_geo.peft import count_trainable_parameters
+from explora_geo.adapter import count_trainable_parameters
 from explora_geo.tasks.detection import ObjectDetectionTask, ViTDetBackbone
 
 TINY = {'depth': 2, 'embed_dim': 32, 'num_heads': 2, 'img_size': 64}

@@ -11,8 +11,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from explora_geo import apply_delta, create_model
+from explora_geo.adapter import count_trainable_parameters, load_delta
 from explora_geo.datamodules import FMoWDataModule
-from explora_geo.peft import count_trainable_parameters, load_delta
 from explora_geo.ssl.dinov2 import vit_tokens
 from explora_geo.ssl.schedules import cosine_schedule
 from explora_geo.tasks.explora_dinov2 import ExPLoRADINOv2, source_mask_token

@@ -11,9 +11,9 @@ from torch.utils.data import DataLoader
 from torchgeo.tasks import Classification
 
 from explora_geo import apply_delta, create_model
+from explora_geo.adapter import ExPLoRAConfig, apply_explora, count_trainable_parameters
 from explora_geo.datamodules import FMoWDataModule, FMoWTemporalDataModule
 from explora_geo.models.mae import create_mae, random_masking
-from explora_geo.peft import ExPLoRAConfig, apply_explora, count_trainable_parameters
 from explora_geo.sensors import IMAGENET_RGB
 from explora_geo.tasks.explora_mae import ExPLoRAMAE, freeze_decoder
 from explora_geo.tasks.pretraining import NonFiniteLossError

@@ -13,8 +13,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torchgeo.main import main
 
+from explora_geo.adapter import ExPLoRAConfig, lora_layers
 from explora_geo.export import export_from_checkpoint, merge_delta, read_record
-from explora_geo.peft import ExPLoRAConfig, lora_layers
 from explora_geo.sensors import INPUT_SPEC_KEY, Normalization
 from explora_geo.tasks.explora_dinov2 import ExPLoRADINOv2
 from explora_geo.tasks.explora_mae import ExPLoRAMAE

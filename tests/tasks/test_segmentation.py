@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from lightning.pytorch import Trainer
 from torch.utils.data import DataLoader, Dataset
 
+from explora_geo.adapter import count_trainable_parameters
 from explora_geo.models.feature_pyramid import SimpleFeaturePyramid, ViTFeatureMaps
-from explora_geo.peft import count_trainable_parameters
 from explora_geo.tasks.segmentation import SemanticSegmentationTask, ViTDPT, ViTUPerNet
 
 TINY = {'depth': 4, 'embed_dim': 32, 'num_heads': 2, 'img_size': 64}

@@ -18,8 +18,8 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from explora_geo.adapter import ExPLoRAConfig
 from explora_geo.models.mae import MAEOutput, MaskedAutoencoderViT, register_mae
-from explora_geo.peft import ExPLoRAConfig
 from explora_geo.ssl.mae import MAEConfig
 from explora_geo.tasks.pretraining import OptimizationConfig
 from tests.tasks.grouping import grouped

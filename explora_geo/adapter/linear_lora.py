@@ -1,6 +1,6 @@
 """Low-rank adapters on whole ``nn.Linear`` layers: attention output and MLP.
 
-:class:`~explora_geo.peft.lora.QKVLoRA` adapts slices of the fused ``qkv``
+:class:`~explora_geo.adapter.lora.QKVLoRA` adapts slices of the fused ``qkv``
 projection. The paper's ablation "LoRA on all matrices" also adapts the
 attention output projection (``attn.proj``) and both MLP layers
 (``mlp.fc1``, ``mlp.fc2``); :class:`LinearLoRA` is the adapter for such a

@@ -244,7 +244,7 @@ def inject_linear_lora(
         blocks: Transformer blocks of a timm-style ViT.
         rank: LoRA rank.
         alpha: LoRA alpha.
-        targets: Keys of :data:`~explora_geo.peft.linear_lora.LINEAR_TARGETS`.
+        targets: Keys of :data:`~explora_geo.adapter.linear_lora.LINEAR_TARGETS`.
         dropout: LoRA dropout.
 
     Returns:

@@ -5,7 +5,7 @@ import timm
 import torch
 from torch import nn
 
-from explora_geo.peft import (
+from explora_geo.adapter import (
     ExPLoRAConfig,
     LinearLoRA,
     QKVLoRA,

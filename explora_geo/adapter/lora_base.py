@@ -1,7 +1,7 @@
 """What every LoRA layer shares: taking over a linear layer, merging, exporting.
 
-:class:`~explora_geo.peft.lora.QKVLoRA` (slices of the fused ``qkv``
-projection) and :class:`~explora_geo.peft.linear_lora.LinearLoRA` (a whole
+:class:`~explora_geo.adapter.lora.QKVLoRA` (slices of the fused ``qkv``
+projection) and :class:`~explora_geo.adapter.linear_lora.LinearLoRA` (a whole
 linear layer) differ only in the shape of their factors, how the dense update
 is formed and their forward pass; both adopt the adapted layer's tensors and
 fold, unfold and export the update through :class:`LoRALayer`.

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from explora_geo.peft import QKVLoRA
+from explora_geo.adapter import QKVLoRA
 
 
 def reference(layer: QKVLoRA, x: torch.Tensor) -> torch.Tensor:
