@@ -208,13 +208,16 @@ FIXTURES: dict[str, Fixture] = {
         [*VIT_28, *PROBE, '--data.init_args.image_size=28'],
         consumes='naip_explora_dinov2',
     ),
+    'spacenet1_explora_dinov2': Fixture(
+        'spacenet1', [*DINOV2, '--data.init_args.image_size=56'], validates=False
+    ),
     'spacenet1_segmentation': Fixture(
         'spacenet1',
         [
             f'--model.init_args.model_kwargs={VIT}',
             '--model.init_args.decoder_channels=16',
         ],
-        consumes='fmow_rgb_explora_dinov2',
+        consumes='spacenet1_explora_dinov2',
     ),
     'wilds_camelyon17_explora_dinov2': Fixture(
         'camelyon17', [*DINOV2, '--data.init_args.image_size=56'], validates=False

@@ -76,9 +76,11 @@ CASES: dict[str, tuple[Callable[..., LightningDataModule], int, bool]] = {
         True,
     ),
     'spacenet1': (
-        lambda **kw: SpaceNet1ImageNetDataModule(root=DATA / 'spacenet1', **kw),
+        lambda **kw: SpaceNet1ImageNetDataModule(
+            root=DATA / 'spacenet1', image_size=16, **kw
+        ),
         3,  # padding, background, building
-        False,
+        True,
     ),
 }
 

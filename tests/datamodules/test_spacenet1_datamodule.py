@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torchgeo.datasets import SpaceNet1
 
 from explora_geo.datamodules.spacenet1 import SpaceNet1ImageNetDataModule
 from explora_geo.sensors import IMAGENET_RGB
@@ -53,3 +54,37 @@ def test_imagenet_normalisation() -> None:
 def test_rgb_only() -> None:
     with pytest.raises(ValueError, match="image='8band'"):
         SpaceNet1ImageNetDataModule(image='8band')
+
+
+def test_unlabeled_training_images_in_unit_scale() -> None:
+    root = Path(__file__).parents[1] / 'data' / 'spacenet1'
+    dm = SpaceNet1ImageNetDataModule(
+        root=root, unlabeled=True, image_size=56, batch_size=2
+    )
+    assert dm.normalization == IMAGENET_RGB.normalization('unit')
+    assert dm.classes is None
+    dm.setup('fit')
+    # the 10 fixture chips: 7 train, 1 validation, 2 test (random_split rounding)
+    assert len(dm.train_dataset) == 7
+    assert dm.val_dataset is None and dm.test_dataset is None
+    batch = next(iter(dm.train_dataloader()))
+    assert set(batch) == {'image'}
+    assert batch['image'].shape == (2, 3, 56, 56)
+    # Divided by 255 only, in training as in evaluation: no augmentation.
+    torch.testing.assert_close(dm.train_aug(batch)['image'], batch['image'] / 255)
+    torch.testing.assert_close(dm.aug(batch)['image'], batch['image'] / 255)
+
+
+def test_unlabeled_default_size_crops_without_resampling() -> None:
+    root = Path(__file__).parents[1] / 'data' / 'spacenet1'
+    dm = SpaceNet1ImageNetDataModule(root=root, unlabeled=True)
+    dm.setup('fit')
+    image = dm.train_dataset[0]['image']
+    assert image.shape == (3, 406, 406)
+    raw = SpaceNet1(root)[dm.train_dataset.indices[0]]['image']
+    torch.testing.assert_close(image, raw[:, :, 16:422])
+
+
+def test_unlabeled_refuses_transforms() -> None:
+    with pytest.raises(ValueError, match='transforms= is not supported'):
+        SpaceNet1ImageNetDataModule(unlabeled=True, transforms=lambda s: s)
