@@ -180,6 +180,11 @@ def test_results_table_gives_each_seed_and_the_spread() -> None:
     ]
 
 
+def test_finetune_lr_scales_with_batch_size() -> None:
+    config = DemoConfig(finetune_base_lr=1e-3, finetune_batch_size=64)
+    assert config.finetune_lr == pytest.approx(1e-3 * 64 / 256)
+
+
 #: Two blocks 32 wide, a few steps: every stage in seconds.
 TINY = DemoConfig(
     embed_dim=32,
@@ -245,6 +250,14 @@ def test_demo_is_repeatable_and_writes_its_products(
     )
     assert spec.normalization == SENTINEL2.normalization('satmae')
     assert (spec.img_size, spec.patch_size, spec.classes) == (32, 8, CLASSES)
+    # Fine-tuned with the paper's protocol: warm-up + cosine, drop-path, AdamW
+    # weight decay, learning rate scaled with the batch size.
+    hparams = torch.load(checkpoint, weights_only=True)['hyper_parameters']
+    assert hparams['scheduler'] == 'cosine'
+    assert hparams['warmup_epochs'] == TINY.finetune_warmup_epochs == 1.0
+    assert hparams['drop_path_rate'] == TINY.finetune_drop_path == 0.2
+    assert hparams['weight_decay'] == TINY.finetune_weight_decay == 0.05
+    assert hparams['lr'] == pytest.approx(TINY.finetune_base_lr * 32 / 256)
     # Nothing but the checkpoint, the raster and the output: the CLI runs.
     out = tmp_path / 'cli.tif'
     assert main(['predict', checkpoint, str(scene_path()), '-o', str(out)]) == 0
