@@ -110,6 +110,38 @@ class Normalization:
             return (x - mean) / std
         return ((x - (mean - 2 * std)) / (4 * std)).clamp(0, 1)
 
+    def apply_(self, x: Tensor) -> Tensor:
+        """Normalise a float tensor in place (same arithmetic as :meth:`__call__`).
+
+        For pipelines that reuse their buffers (tiled prediction): no new
+        tensor is allocated.
+
+        Args:
+            x: Raw values as a floating-point tensor, bands on dimension -3.
+
+        Returns:
+            *x*, normalised.
+
+        Raises:
+            ValueError: If *x* is not floating point or does not have one
+                channel per band.
+        """
+        if x.ndim < 3 or x.shape[-3] != len(self.bands):
+            raise ValueError(
+                f'normalization for bands {self.bands} expects {len(self.bands)} '
+                f'channels on dimension -3, got shape {tuple(x.shape)}'
+            )
+        if not x.is_floating_point():
+            raise ValueError(f'apply_ needs a floating-point tensor, got {x.dtype}')
+        if self.kind == 'unit':
+            return x.div_(self.scale)
+        shape = (-1, 1, 1)
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(shape)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(shape)
+        if self.kind == 'standard':
+            return x.sub_(mean).div_(std)
+        return x.sub_(mean - 2 * std).div_(4 * std).clamp_(0, 1)
+
     def affine(self) -> tuple[Tensor, Tensor]:
         """Per-band shift and divisor: the normalization is ``(x - shift) / divisor``.
 

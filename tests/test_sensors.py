@@ -68,3 +68,17 @@ def test_input_spec_round_trip() -> None:
     assert InputSpec.from_dict(spec.to_dict()) == spec
     assert spec.bands == ('B2', 'B3')
     assert InputSpec.from_dict(InputSpec().to_dict()) == InputSpec()
+
+
+@pytest.mark.parametrize('kind', ['satmae', 'standard', 'unit'])
+def test_apply_in_place_equals_call(kind: str) -> None:
+    norm = Normalization(kind, ('B02', 'B03'), (900.0, 1100.0), (300.0, 450.0), 10000.0)  # type: ignore[arg-type]
+    x = torch.rand(3, 2, 5, 7) * 4000
+    expected = norm(x)
+    y = x.clone()
+    assert norm.apply_(y) is y
+    assert torch.equal(y, expected)
+    with pytest.raises(ValueError, match='floating-point'):
+        norm.apply_(x.to(torch.int32))
+    with pytest.raises(ValueError, match='expects 2 channels'):
+        norm.apply_(torch.rand(1, 3, 4, 4))

@@ -229,8 +229,6 @@ def predict_from_args(args: argparse.Namespace) -> int:
     Raises:
         ValueError: If only one of ``mean`` and ``std`` is given.
     """
-    # GDAL reads this once, before the first raster is opened.
-    rasterio.env.set_gdal_config('GDAL_CACHEMAX', int(args.gdal_cache))
     if (args.mean is None) != (args.std is None):
         raise ValueError('give both --mean and --std, or neither')
     jobs = _jobs(list(args.inputs), args.out, args.vectors)
@@ -250,6 +248,7 @@ def predict_from_args(args: argparse.Namespace) -> int:
         'output': args.output,
         'blend': args.blend,
         'cog': args.cog,
+        'compress': args.compress,
         'score_dtype': args.scores,
         'resume': args.resume,
         'gdal_cache_mb': args.gdal_cache,
@@ -353,6 +352,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help='Cloud Optimized GeoTIFF with overviews (--no-cog: tiled GeoTIFF)',
+    )
+    parser.add_argument(
+        '--compress',
+        choices=('deflate', 'zstd', 'lzw', 'none'),
+        default='deflate',
+        help='compression of the output (deflate: readable everywhere; zstd: about '
+        'twice as fast to write, needs GDAL >= 2.3 to read)',
     )
     parser.add_argument(
         '--vectors',

@@ -195,33 +195,53 @@ class RasterSource:
         """Whether any of the bands at *positions* (0-based) has nodata or a mask."""
         return any(self._masked[i] for i in positions)
 
-    def read(self, positions: Sequence[int], window: Window) -> np.ndarray:
+    def read(
+        self,
+        positions: Sequence[int],
+        window: Window,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Bands at *positions* (0-based) in *window*, as :attr:`dtype`.
 
         Args:
             positions: Band positions.
             window: A window inside the grid.
+            out: An array of shape ``(len(positions), window.height,
+                window.width)`` and type :attr:`dtype` to read into (no new
+                array is allocated), or None.
 
         Returns:
-            ``(len(positions), window.height, window.width)`` values.
+            ``(len(positions), window.height, window.width)`` values (*out*
+            if given).
+
+        Raises:
+            ValueError: If *out* has the wrong shape or type.
         """
+        shape = (len(positions), int(window.height), int(window.width))
+        if out is None:
+            out = np.empty(shape, self.dtype)
+        elif out.shape != shape or out.dtype != np.dtype(self.dtype):
+            raise ValueError(
+                f'{self.name}: out must be a {shape} {self.dtype} array, got '
+                f'{out.shape} {out.dtype}'
+            )
         groups: dict[int, list[tuple[int, int]]] = {}
         for i, position in enumerate(positions):
             dataset, band = self._bands[position]
             groups.setdefault(id(dataset), []).append((i, band))
-        if len(groups) == 1:
-            # One file holds every band: GDAL reads them in one call.
-            dataset = self._bands[positions[0]][0]
-            bands = [self._bands[p][1] for p in positions]
-            data: np.ndarray = dataset.read(bands, window=window, out_dtype=self.dtype)
-            return data
-        out = np.empty(
-            (len(positions), int(window.height), int(window.width)), self.dtype
-        )
         for items in groups.values():
             dataset = self._bands[positions[items[0][0]]][0]
-            data = dataset.read([b for _, b in items], window=window)
-            out[[i for i, _ in items]] = data
+            indexes = [i for i, _ in items]
+            bands = [b for _, b in items]
+            if indexes == list(range(indexes[0], indexes[-1] + 1)):
+                # Consecutive outputs: GDAL reads the bands in one call, in place.
+                target = out[indexes[0] : indexes[-1] + 1]
+                if all(d == np.dtype(self.dtype) for d in _dtypes(dataset, bands)):
+                    dataset.read(bands, window=window, out=target)
+                else:
+                    target[...] = dataset.read(bands, window=window)
+            else:
+                out[indexes] = dataset.read(bands, window=window)
         return out
 
     def valid(self, positions: Sequence[int], window: Window) -> np.ndarray:
@@ -243,6 +263,10 @@ class RasterSource:
 
     def __exit__(self, *args: object) -> None:
         self.close()
+
+
+def _dtypes(dataset: DatasetReader | WarpedVRT, bands: Sequence[int]) -> list[np.dtype]:
+    return [np.dtype(dataset.dtypes[b - 1]) for b in bands]
 
 
 def _masked(dataset: DatasetReader | WarpedVRT, band: int) -> bool:

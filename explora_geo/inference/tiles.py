@@ -44,6 +44,7 @@ from tqdm import tqdm
 from ..sensors import InputSpec, Normalization
 from .sources import RasterSource, band_key, open_source
 from .writers import (
+    COMPRESSIONS,
     PartialOutput,
     atomic_path,
     check_vector_path,
@@ -313,8 +314,10 @@ class _Batch:
     start: int  # index of the first tile (row-major)
     rows: np.ndarray  # tile row of each tile
     cols: np.ndarray
-    data: np.ndarray  # (B, C, T, T)
+    x: Tensor  # (B, C, T, T) float32 on the host; normalised if `normalized`
     valid: np.ndarray | None  # (B, T, T) bool; None: all valid
+    normalized: bool
+    buffer: Tensor  # the pooled buffer *x* lives in, given back after use
 
 
 def _reflect(start: int, size: int, length: int) -> np.ndarray | slice:
@@ -347,8 +350,13 @@ def _read_tile(
     row: int,
     col: int,
     masked: bool,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """One tile: only its own window is read; edges are filled by reflection."""
+    out: np.ndarray,
+) -> np.ndarray | None:
+    """Read one tile into *out*; only its own window is read, edges reflected.
+
+    Returns:
+        The tile's valid pixels, or None if all are valid.
+    """
     size = grid.tile_size
     rows = _reflect(row * grid.stride, size, grid.height)
     cols = _reflect(col * grid.stride, size, grid.width)
@@ -357,17 +365,23 @@ def _read_tile(
     height = rows.stop if isinstance(rows, slice) else int(rows.max()) + 1
     width = cols.stop if isinstance(cols, slice) else int(cols.max()) + 1
     window = Window(left, top, width, height)
-    data = source.read(positions, window)
+    inside = isinstance(rows, slice) and isinstance(cols, slice)
+    if inside and out.dtype == np.dtype(source.dtype):
+        data = source.read(positions, window, out=out)
+    else:
+        data = source.read(positions, window)
     valid = source.valid(positions, window) if masked else None
     if data.dtype.kind == 'f':
         finite = np.isfinite(data).all(axis=0)
         if not finite.all():
             data[:, ~finite] = 0
             valid = finite if valid is None else valid & finite
-    if not (isinstance(rows, slice) and isinstance(cols, slice)):
+    if not inside:
         data = data[:, rows][:, :, cols]
         valid = None if valid is None else valid[rows][:, cols]
-    return data, valid
+    if data is not out:
+        out[...] = data
+    return valid
 
 
 #: Raster types torch converts from directly; others are read as float32.
@@ -406,35 +420,94 @@ def _put(q: 'queue.Queue[Any]', item: object, stop: threading.Event) -> bool:
     return False
 
 
-def _reader(
-    source: RasterSource,
-    positions: Sequence[int],
-    grid: 'TileGrid',
-    first: int,
-    batch_size: int,
-    out: 'queue.Queue[Any]',
-    stop: threading.Event,
-) -> Callable[[], None]:
-    masked = source.has_mask(positions) or np.dtype(source.dtype).kind == 'f'
-    dtype = source.dtype if source.dtype in _TORCH_DTYPES else 'float32'
+class _Tiles:
+    """Reads batches of tiles and turns them into model input in reused buffers.
 
-    def run() -> None:
-        total = len(grid)
-        for start in range(first, total, batch_size):
-            index = np.arange(start, min(start + batch_size, total))
-            rows, cols = index // grid.cols, index % grid.cols
-            data = np.empty(
-                (len(index), len(positions), grid.tile_size, grid.tile_size), dtype
+    Large arrays allocated afresh for every batch cost page faults that are as
+    slow as reading the raster, so the raw tiles are read into one array
+    (reused, read by one thread at a time) and converted into one of a fixed
+    set of float32 buffers (pinned for CUDA), handed back with :meth:`give`
+    once the model has used them. On the CPU the batch is normalised here, in
+    the reader's thread; on an accelerator the device normalises it.
+    """
+
+    def __init__(
+        self,
+        source: RasterSource,
+        positions: Sequence[int],
+        grid: TileGrid,
+        batch_size: int,
+        norm: Callable[[Tensor], Tensor],
+        device: torch.device,
+        buffers: int,
+    ) -> None:
+        self.source, self.positions, self.grid = source, positions, grid
+        self.batch_size, self.norm = batch_size, norm
+        self.masked = source.has_mask(positions) or np.dtype(source.dtype).kind == 'f'
+        dtype = source.dtype if source.dtype in _TORCH_DTYPES else 'float32'
+        shape = (batch_size, len(positions), grid.tile_size, grid.tile_size)
+        self.raw = np.empty(shape, dtype)
+        self.on_host = device.type == 'cpu'
+        pin = device.type == 'cuda'
+        self.pool: queue.Queue[Tensor] = queue.Queue()
+        for _ in range(buffers):
+            self.pool.put(torch.empty(shape, dtype=torch.float32, pin_memory=pin))
+
+    def read(self, start: int, stop: threading.Event) -> _Batch | None:
+        """The batch of tiles from tile *start* on (None if *stop* is set)."""
+        grid = self.grid
+        index = np.arange(start, min(start + self.batch_size, len(grid)))
+        rows, cols = index // grid.cols, index % grid.cols
+        data = self.raw[: len(index)]
+        valid = None
+        for i, (r, c) in enumerate(zip(rows, cols, strict=True)):
+            mask = _read_tile(
+                self.source, self.positions, grid, int(r), int(c), self.masked, data[i]
             )
-            valid = None
-            for i, (r, c) in enumerate(zip(rows, cols, strict=True)):
-                tile, mask = _read_tile(source, positions, grid, int(r), int(c), masked)
-                data[i] = tile
-                if mask is not None:
-                    if valid is None:
-                        valid = np.ones((len(index), *mask.shape), bool)
-                    valid[i] = mask
-            if not _put(out, _Batch(start, rows, cols, data, valid), stop):
+            if mask is not None:
+                if valid is None:
+                    valid = np.ones((len(index), *mask.shape), bool)
+                valid[i] = mask
+        buffer = self._take(stop)
+        if buffer is None:
+            return None
+        x = buffer[: len(index)]
+        x.copy_(torch.from_numpy(data))
+        if self.on_host:
+            x = _prepare(x, valid, self.norm)
+        return _Batch(start, rows, cols, x, valid, self.on_host, buffer)
+
+    def _take(self, stop: threading.Event) -> Tensor | None:
+        while not stop.is_set():
+            try:
+                return self.pool.get(timeout=0.1)
+            except queue.Empty:
+                continue
+        return None
+
+    def give(self, batch: _Batch) -> None:
+        """Hand *batch*'s buffer back for reuse."""
+        self.pool.put(batch.buffer)
+
+
+def _prepare(
+    x: Tensor, valid: np.ndarray | None, norm: Callable[[Tensor], Tensor]
+) -> Tensor:
+    """Normalise a batch; invalid pixels become 0 (after normalisation)."""
+    x = norm(x)
+    if valid is not None:
+        mask = torch.from_numpy(valid).to(x.device, non_blocking=True)
+        x = x.masked_fill_(~mask[:, None], 0)
+    return x
+
+
+def _reader(
+    tiles: _Tiles, first: int, out: 'queue.Queue[Any]', stop: threading.Event
+) -> Callable[[], None]:
+    def run() -> None:
+        for start in range(first, len(tiles.grid), tiles.batch_size):
+            batch = tiles.read(start, stop)
+            if batch is None or not _put(out, batch, stop):
                 return
         _put(out, _DONE, stop)
 
@@ -476,7 +549,8 @@ def _normalizer(
                 f'normalization for bands {list(normalize.bands)} does not fit the '
                 f'{channels} bands given to the model'
             )
-        return normalize
+        # In place: batches are the pipeline's own buffers.
+        return normalize.apply_
     if callable(normalize):
         return normalize
     mean, std = (torch.as_tensor(v, dtype=torch.float32) for v in normalize)
@@ -487,7 +561,6 @@ def _normalizer(
         )
     mean = mean.view(1, -1, 1, 1).to(device)
     std = std.view(1, -1, 1, 1).to(device)
-    # In place: the batch is a fresh tensor (stacked tiles).
     return lambda x: x.sub_(mean).div_(std)
 
 
@@ -537,19 +610,49 @@ class _Layout:
             return float('nan')
         return 255 if self.dtype == 'uint8' else 65535
 
-    def encode(self, scores: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        """Scores ``(C, rows, cols)`` -> output rows, nodata where not *valid*."""
-        if self.output == 'scores':
-            if self.dtype == 'uint8':
-                data = np.rint(np.clip(scores, 0, 1) * 254).astype(np.uint8)
-            else:
-                data = scores.astype(np.float32, copy=False)
-        elif self.multilabel or self.channels == 1:
-            data = (scores >= 0.5).astype(self.dtype)
+    def encode(
+        self, sums: np.ndarray, norm: np.ndarray, valid: np.ndarray
+    ) -> np.ndarray:
+        """Weighted score sums ``(C, rows, cols)`` -> output rows.
+
+        Args:
+            sums: Weighted sums of the scores (overwritten).
+            norm: Sum of the weights per pixel.
+            valid: Pixels with a value; the others are nodata.
+
+        Returns:
+            The output rows.
+        """
+        if self.output == 'classes' and not (self.multilabel or self.channels == 1):
+            # The weighted mean's largest score is the weighted sum's.
+            data = _argmax(sums, self.dtype)[None]
         else:
-            data = scores.argmax(axis=0)[None].astype(self.dtype)
+            scores = np.divide(sums, np.where(norm > 0, norm, 1), out=sums)
+            if self.output == 'classes':
+                data = (scores >= 0.5).astype(self.dtype)
+            elif self.dtype == 'uint8':
+                np.clip(scores, 0, 1, out=scores)
+                np.multiply(scores, 254, out=scores)
+                data = np.rint(scores, out=scores).astype(np.uint8)
+            else:
+                data = scores
         data[:, ~valid] = self.nodata
         return data
+
+
+def _argmax(scores: np.ndarray, dtype: str) -> np.ndarray:
+    """Index of the largest score on axis 0 (the first on ties), as *dtype*.
+
+    One comparison per channel: faster than :func:`numpy.argmax` over a short
+    first axis.
+    """
+    best = scores[0].copy()
+    index = np.zeros(scores.shape[1:], dtype)
+    for c in range(1, scores.shape[0]):
+        larger = np.greater(scores[c], best)
+        np.putmask(index, larger, c)
+        np.maximum(best, scores[c], out=best)
+    return index
 
 
 class _Sink:
@@ -617,7 +720,9 @@ class _Sink:
             weights = weights * finite[skip:h, :w]
             tile = np.where(finite[skip:h, :w], tile, 0)
         rows = slice(y + skip - self.top, y + h - self.top)
-        self.sums[:, rows, x : x + w] += tile * weights
+        # torch's fused multiply-add: one pass, no temporary.
+        target = torch.from_numpy(self.sums)[:, rows, x : x + w]
+        target.addcmul_(torch.from_numpy(tile), torch.from_numpy(weights))
         self.norm[rows, x : x + w] += weights
         if valid is not None:
             self.invalid[rows, x : x + w] |= ~valid[skip:h, :w]
@@ -638,20 +743,19 @@ class _Sink:
         if count <= 0:
             return None
         self._rows(count)
+        # The finished rows leave with their buffers (the writer encodes them
+        # in place); the rows still being accumulated move to fresh ones.
+        sums, norm, invalid = self.sums, self.norm, self.invalid
         rows = _Rows(
-            self.layout,
-            self.top,
-            until,
-            self.sums[:, :count].copy(),
-            self.norm[:count].copy(),
-            self.invalid[:count].copy(),
+            self.layout, self.top, until, sums[:, :count], norm[:count], invalid[:count]
         )
-        # Shift the rows still being accumulated to the top of the buffer
-        # (slice assignment copies overlapping memory correctly).
-        rest = self.norm.shape[0] - count
-        self.sums[:, :rest] = self.sums[:, count:]
-        self.norm[:rest] = self.norm[count:]
-        self.invalid[:rest] = self.invalid[count:]
+        rest = norm.shape[0] - count
+        self.sums = np.empty_like(sums)
+        self.norm = np.empty_like(norm)
+        self.invalid = np.empty_like(invalid)
+        self.sums[:, :rest] = sums[:, count:]
+        self.norm[:rest] = norm[count:]
+        self.invalid[:rest] = invalid[count:]
         self.sums[:, rest:] = 0
         self.norm[rest:] = 0
         self.invalid[rest:] = False
@@ -672,28 +776,62 @@ class _Rows:
 
     def encode(self) -> np.ndarray:
         covered = (self.norm > 0) & ~self.invalid
-        np.divide(self.sums, np.where(self.norm > 0, self.norm, 1), out=self.sums)
-        return self.layout.encode(self.sums, covered)
+        return self.layout.encode(self.sums, self.norm, covered)
 
 
 def _writer(
     partial: PartialOutput,
+    sink: _Sink,
+    tiles: _Tiles,
+    activation: str,
     jobs: 'queue.Queue[Any]',
     stop: threading.Event,
     commit_interval: float,
 ) -> Callable[[], None]:
+    """Blends the model's outputs, encodes finished rows and writes them.
+
+    Jobs are ``(batch, model output)`` pairs in tile order, then ``_DONE``.
+    """
+    grid = sink.grid
+    last = time.monotonic()
+
+    def emit(rows: _Rows | None) -> None:
+        nonlocal last
+        if rows is None:
+            return
+        data = rows.encode()
+        partial.write(data, Window(0, rows.top, data.shape[-1], data.shape[1]))
+        if time.monotonic() - last >= commit_interval:
+            partial.commit(rows.until)
+            last = time.monotonic()
+
     def run() -> None:
-        last = time.monotonic()
         while True:
             job = jobs.get()
-            if job is _DONE or stop.is_set():
+            if stop.is_set():
                 return
-            data = job.encode()
-            window = Window(0, job.top, data.shape[-1], data.shape[1])
-            partial.write(data, window)
-            if time.monotonic() - last >= commit_interval:
-                partial.commit(job.until)
-                last = time.monotonic()
+            if job is _DONE:
+                emit(sink.take(grid.rows))
+                return
+            batch, out = job
+            activated = _activate(out.float(), activation)
+            finite = None
+            # NaN and inf survive a sum: one reduction checks the batch.
+            if not bool(torch.isfinite(activated.sum())):
+                finite = torch.isfinite(activated).all(dim=1).cpu().numpy()
+            scores = activated.cpu().numpy()
+            for i, (r, c) in enumerate(zip(batch.rows, batch.cols, strict=True)):
+                sink.add(
+                    int(r),
+                    int(c),
+                    scores[i],
+                    None if batch.valid is None else batch.valid[i],
+                    None if finite is None else finite[i],
+                )
+            tiles.give(batch)
+            last_row, last_col = int(batch.rows[-1]), int(batch.cols[-1])
+            # Tiles come in row-major order: rows before the last tile's are done.
+            emit(sink.take(last_row + int(last_col == grid.cols - 1)))
 
     return run
 
@@ -771,6 +909,7 @@ def predict_raster(
     labels: Sequence[str] | None = None,
     cog: bool = True,
     *,
+    compress: Literal['deflate', 'zstd', 'lzw', 'none'] = 'deflate',
     spec: InputSpec | None = None,
     input_bands: Sequence[str] | None = None,
     score_dtype: Literal['uint8', 'float32'] | None = None,
@@ -838,6 +977,10 @@ def predict_raster(
         labels: Class names (default: the spec's classes or a TorchGeo
             task's ``labels``), used as band descriptions and in polygons.
         cog: Write a Cloud Optimized GeoTIFF (else a tiled GeoTIFF).
+        compress: Compression of the output (see
+            :func:`~explora_geo.inference.writers.final_copy`): ``'deflate'``
+            (readable everywhere) or ``'zstd'`` (about twice as fast to write),
+            ``'lzw'``, ``'none'``.
         spec: What the model expects (default ``model.input_spec``).
         input_bands: Names of the input's bands in file order, replacing the
             file's band descriptions.
@@ -847,9 +990,8 @@ def predict_raster(
         resume: Continue an interrupted run of the same prediction (same
             inputs, model and options) from its last recorded row.
         commit_interval: Seconds between records of finished rows.
-        gdal_cache_mb: GDAL's block cache, in MB (bounds the reader's and
-            writer's memory; effective when set before the process's first
-            raster read).
+        gdal_cache_mb: GDAL's block cache, in MB, while predicting (bounds
+            the reader's and writer's memory).
 
     Returns:
         What was written.
@@ -870,6 +1012,10 @@ def predict_raster(
         raise ValueError(
             f"score_dtype must be 'uint8' or 'float32', got {score_dtype!r}"
         )
+    if compress not in COMPRESSIONS:
+        raise ValueError(
+            f'compress must be one of {sorted(COMPRESSIONS)}, got {compress!r}'
+        )
     if vector_path is not None:
         check_vector_path(vector_path)
     spec = spec if spec is not None else model_input_spec(model)
@@ -879,9 +1025,9 @@ def predict_raster(
             spec.classes if spec is not None and spec.classes else hparams.get('labels')
         )
     device = torch.device(device)
-    rasterio.env.set_gdal_config('GDAL_CACHEMAX', int(gdal_cache_mb))
     with contextlib.ExitStack() as stack:
-        stack.enter_context(rasterio.Env(GDAL_CACHEMAX=int(gdal_cache_mb)))
+        # rasterio hands an integer GDAL_CACHEMAX to GDALSetCacheMax64: bytes.
+        stack.enter_context(rasterio.Env(GDAL_CACHEMAX=int(gdal_cache_mb) * 2**20))
         source = stack.enter_context(open_source(src_path))
         inputs = {p.resolve() for p in source.files}
         if out_path.resolve() in inputs:
@@ -957,6 +1103,7 @@ def predict_raster(
             activation=activation,
             blend=blend,
             cog=cog,
+            compress=compress,
             labels=labels,
             score_dtype=score_dtype,
             progress=progress,
@@ -986,19 +1133,9 @@ def _forward(
     norm: Callable[[Tensor], Tensor],
     device: torch.device,
 ) -> Tensor:
-    x = torch.from_numpy(batch.data)
-    if device.type == 'cuda':
-        x = x.pin_memory()
-    # Wide unsigned types have little support on accelerators: convert them
-    # on the host; others (uint8 imagery) travel compactly.
-    if batch.data.dtype in (np.uint16, np.uint32):
-        x = x.float()
-    x = norm(x.to(device, non_blocking=True).float())
-    if batch.valid is not None:
-        valid = torch.from_numpy(batch.valid).to(device, non_blocking=True)
-        x = torch.where(
-            valid[:, None], x, torch.zeros((), dtype=x.dtype, device=x.device)
-        )
+    x = batch.x
+    if not batch.normalized:
+        x = _prepare(x.to(device, non_blocking=True), batch.valid, norm)
     with torch.inference_mode():
         y: Tensor = model(x)
     return y
@@ -1018,6 +1155,7 @@ def _predict(
     activation: Activation | None,
     blend: Blend,
     cog: bool,
+    compress: str,
     labels: Sequence[str] | None,
     score_dtype: str | None,
     progress: bool,
@@ -1026,14 +1164,12 @@ def _predict(
     resume: bool,
     commit_interval: float,
 ) -> RasterPrediction:
+    # Input buffers: one being read, two queued for the model, one in the
+    # model, two queued for blending.
+    tiles = _Tiles(source, positions, grid, batch_size, norm, device, buffers=6)
     # The first batch tells the model's kind and number of outputs.
-    first_tiles = min(batch_size, len(grid))
-    probe = _Batch(
-        0,
-        np.arange(first_tiles) // grid.cols,
-        np.arange(first_tiles) % grid.cols,
-        *_stack_tiles(source, positions, grid, first_tiles),
-    )
+    probe = tiles.read(0, threading.Event())
+    assert probe is not None
     y = _forward(model, probe, norm, device)
     kind, channels = _kind(y, grid.tile_size)
     act = _activation(model, activation, channels)
@@ -1061,8 +1197,8 @@ def _predict(
         partial.discard()
     rows_done = partial.open()
     stop = threading.Event()
-    batches: queue.Queue[Any] = queue.Queue(maxsize=3)
-    jobs: queue.Queue[Any] = queue.Queue(maxsize=4)
+    batches: queue.Queue[Any] = queue.Queue(maxsize=2)
+    jobs: queue.Queue[Any] = queue.Queue(maxsize=2)
     reader: _Worker | None = None
     writer: _Worker | None = None
     try:
@@ -1083,12 +1219,14 @@ def _predict(
         sink = _Sink(grid, layout, blend, rows_done)
         # A fresh run starts with the batch already read and predicted.
         pending: _Batch | None = probe if start == 0 else None
+        if pending is None:
+            tiles.give(probe)
         read_from = start + (batch_size if pending is not None else 0)
-        reader = _Worker(
-            'tile-reader',
-            _reader(source, positions, grid, read_from, batch_size, batches, stop),
+        reader = _Worker('tile-reader', _reader(tiles, read_from, batches, stop))
+        writer = _Worker(
+            'tile-writer',
+            _writer(partial, sink, tiles, act, jobs, stop, commit_interval),
         )
-        writer = _Worker('tile-writer', _writer(partial, jobs, stop, commit_interval))
         total = len(grid) - start
         tiles_run = 0
         if read_from < len(grid):
@@ -1110,30 +1248,9 @@ def _predict(
                         f'model output of shape {tuple(out.shape)} for a batch, expected '
                         f'(B, {", ".join(map(str, y.shape[1:]))})'
                     )
-                activated = _activate(out.float(), act)
-                finite = None
-                # NaN and inf survive a sum: one reduction checks the batch.
-                if not bool(torch.isfinite(activated.sum())):
-                    finite = torch.isfinite(activated).all(dim=1).cpu().numpy()
-                scores = activated.cpu().numpy()
-                for i, (r, c) in enumerate(zip(batch.rows, batch.cols, strict=True)):
-                    sink.add(
-                        int(r),
-                        int(c),
-                        scores[i],
-                        None if batch.valid is None else batch.valid[i],
-                        None if finite is None else finite[i],
-                    )
-                last_row, last_col = int(batch.rows[-1]), int(batch.cols[-1])
-                # Tiles come in row-major order: rows before the last tile's are done.
-                job = sink.take(last_row + int(last_col == grid.cols - 1))
-                if job is not None:
-                    _submit(jobs, job, writer, stop)
+                _submit(jobs, (batch, out), writer, stop)
                 tiles_run += len(batch.rows)
                 bar.update(len(batch.rows))
-        job = sink.take(grid.rows)
-        if job is not None:
-            _submit(jobs, job, writer, stop)
         _submit(jobs, _DONE, writer, stop)
         writer.join()
         writer.check()
@@ -1141,7 +1258,7 @@ def _predict(
         partial.close()
         resampling = 'NEAREST' if output == 'classes' else 'AVERAGE'
         with atomic_path(out_path) as tmp:
-            final_copy(partial.work, tmp, cog, resampling)
+            final_copy(partial.work, tmp, cog, resampling, compress)
         if vector_path is not None:
             if kind == 'segmentation':
                 write_vectors(polygonize(out_path, labels), vector_path)
@@ -1176,25 +1293,6 @@ def _predict(
         tiles_run=tiles_run,
         resumed_rows=rows_done,
     )
-
-
-def _stack_tiles(
-    source: RasterSource, positions: Sequence[int], grid: TileGrid, count: int
-) -> tuple[np.ndarray, np.ndarray | None]:
-    masked = source.has_mask(positions) or np.dtype(source.dtype).kind == 'f'
-    tiles = [
-        _read_tile(source, positions, grid, i // grid.cols, i % grid.cols, masked)
-        for i in range(count)
-    ]
-    data = np.stack([t for t, _ in tiles])
-    if source.dtype not in _TORCH_DTYPES:
-        data = data.astype(np.float32)
-    if all(v is None for _, v in tiles):
-        return data, None
-    valid = np.stack(
-        [np.ones(data.shape[-2:], bool) if v is None else v for _, v in tiles]
-    )
-    return data, valid
 
 
 def _get(q: 'queue.Queue[Any]', worker: _Worker) -> Any:

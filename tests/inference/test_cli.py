@@ -166,11 +166,16 @@ def test_predict_segmentation_options(
         '--blend',
         'uniform',
         '--no-cog',
+        '--compress',
+        'zstd',
     ]
     assert main(['predict', *common, '-o', str(tmp_path / 's.tif'), *args]) == 0
     with rasterio.open(tmp_path / 's.tif') as dst:
         assert dst.count == 3 and dst.dtypes[0] == 'float32'
         assert dst.tags(ns='IMAGE_STRUCTURE').get('LAYOUT') != 'COG'
+        # Floating-point predictor for float scores.
+        assert dst.tags(ns='IMAGE_STRUCTURE')['COMPRESSION'] == 'ZSTD'
+        assert dst.tags(ns='IMAGE_STRUCTURE')['PREDICTOR'] == '3'
         np.testing.assert_allclose(dst.read().sum(0), 1, rtol=1e-5)
     # The input's bands named on the command line when the file has no names.
     with rasterio.open(tmp_path / 'scene.tif') as src:

@@ -216,14 +216,25 @@ def test_reads_only_tile_windows_and_bounds_gdal_cache(
     read = RasterSource.read
 
     def spy(
-        self: RasterSource, positions: list[int], window: rasterio.windows.Window
+        self: RasterSource,
+        positions: list[int],
+        window: rasterio.windows.Window,
+        out: np.ndarray | None = None,
     ) -> np.ndarray:
         windows.append((int(window.height), int(window.width)))
-        return read(self, positions, window)
+        return read(self, positions, window, out)
 
     monkeypatch.setattr(RasterSource, 'read', spy)
+    cache_sizes = []
+
+    class Recording(Conv3):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            cache_sizes.append(rasterio.env.get_gdal_config('GDAL_CACHEMAX'))
+            return super().forward(x)
+
+    before = rasterio.env.get_gdal_config('GDAL_CACHEMAX')
     predict_raster(
-        Conv3(),
+        Recording(),
         tmp_path / 'wide.tif',
         tmp_path / 'o.tif',
         tile_size=32,
@@ -234,7 +245,9 @@ def test_reads_only_tile_windows_and_bounds_gdal_cache(
     grid = TileGrid(45, 700, 32, 8)
     assert len(windows) == len(grid)  # every tile read once
     assert max(h for h, _ in windows) <= 32 and max(w for _, w in windows) <= 32
-    assert rasterio.env.get_gdal_config('GDAL_CACHEMAX') == 48
+    # 48 MB (rasterio passes integers to GDAL as bytes) while predicting only.
+    assert set(cache_sizes) == {48 * 2**20}
+    assert rasterio.env.get_gdal_config('GDAL_CACHEMAX') == before
 
 
 KILLABLE = """

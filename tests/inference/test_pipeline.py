@@ -1,0 +1,131 @@
+"""The tile pipeline's buffers, encoders and output compression."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+from rasterio.windows import Window
+from torch import Tensor, nn
+
+from explora_geo.inference.sources import open_source
+from explora_geo.inference.tiles import TileGrid, _argmax, predict_raster
+
+from .test_tiles import Pointwise, Threshold, write_raster
+
+
+def test_argmax_matches_numpy_including_ties() -> None:
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 4, (5, 40, 30)).astype(np.float32)  # many ties
+    index = _argmax(scores, 'uint8')
+    assert index.dtype == np.uint8
+    np.testing.assert_array_equal(index, scores.argmax(axis=0))
+    scores = rng.random((300, 4, 5)).astype(np.float32)
+    np.testing.assert_array_equal(_argmax(scores, 'uint16'), scores.argmax(axis=0))
+
+
+def test_read_into_given_array(tmp_path: Path) -> None:
+    data = write_raster(tmp_path / 'in.tif')
+    # The same bands as two files: reads are grouped per file.
+    for i, name in enumerate(('B02', 'B03'), start=1):
+        profile = {
+            'driver': 'GTiff',
+            'height': data.shape[1],
+            'width': data.shape[2],
+            'count': 1,
+            'dtype': 'uint16',
+            'crs': 'EPSG:32618',
+            'transform': from_origin(500_000, 4_170_000, 10, 10),
+        }
+        with rasterio.open(tmp_path / f'T_{name}.tif', 'w', **profile) as dst:
+            dst.write(data[i - 1 : i])
+    window = Window(3, 5, 16, 12)
+    for source_path, positions, expected in (
+        (tmp_path / 'in.tif', [3, 0, 1], data[[3, 0, 1], 5:17, 3:19]),
+        (
+            [tmp_path / 'T_B02.tif', tmp_path / 'T_B03.tif'],
+            [1, 0],
+            data[[1, 0], 5:17, 3:19],
+        ),
+    ):
+        with open_source(source_path) as source:
+            out = np.zeros((len(positions), 12, 16), np.uint16)
+            assert source.read(positions, window, out=out) is out
+            np.testing.assert_array_equal(out, expected)
+            np.testing.assert_array_equal(source.read(positions, window), expected)
+            with pytest.raises(ValueError, match=r'out must be a \(3, 12, 16\) uint16'):
+                source.read([0, 1, 2], window, out=np.zeros((3, 12, 16), np.float32))
+
+
+class Recorder(nn.Module):
+    """Pointwise logits; records where each input batch lives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pointers: list[int] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.pointers.append(x.data_ptr())
+        return Pointwise()(x)
+
+
+def test_input_buffers_are_reused_and_results_unchanged(tmp_path: Path) -> None:
+    data = write_raster(tmp_path / 'in.tif', height=120, width=100).astype(np.float32)
+    model = Recorder()
+    predict_raster(
+        model,
+        tmp_path / 'in.tif',
+        tmp_path / 'out.tif',
+        tile_size=16,
+        overlap=4,
+        batch_size=2,
+        output='scores',
+        activation='none',
+        normalize=([100.0] * 4, [10.0] * 4),
+    )
+    batches = -(-len(TileGrid(120, 100, 16, 4)) // 2)
+    assert len(model.pointers) == batches > 30
+    # A fixed set of buffers, not one allocation per batch.
+    assert len(set(model.pointers)) <= 6
+    x = (data - 100) / 10
+    with rasterio.open(tmp_path / 'out.tif') as dst:
+        np.testing.assert_allclose(dst.read(1), x[0] * 0.5 + x[1], rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(dst.read(2), x[2] - 7.0, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize('cog', [True, False])
+def test_compression_choices_keep_pixels(tmp_path: Path, cog: bool) -> None:
+    write_raster(tmp_path / 'in.tif')
+    outputs = {}
+    for compress in ('deflate', 'zstd', 'none'):
+        out = tmp_path / f'{compress}.tif'
+        predict_raster(
+            Threshold(),
+            tmp_path / 'in.tif',
+            out,
+            tile_size=16,
+            overlap=4,
+            normalize=False,
+            cog=cog,
+            compress=compress,  # type: ignore[arg-type]
+        )
+        with rasterio.open(out) as dst:
+            structure = dst.tags(ns='IMAGE_STRUCTURE')
+            outputs[compress] = dst.read()
+            if compress == 'none':
+                assert 'COMPRESSION' not in structure
+            else:
+                assert structure['COMPRESSION'] == compress.upper()
+                assert structure['PREDICTOR'] == '2'  # horizontal differencing
+    np.testing.assert_array_equal(outputs['deflate'], outputs['zstd'])
+    np.testing.assert_array_equal(outputs['deflate'], outputs['none'])
+    with pytest.raises(ValueError, match=r"compress must be one of .*got 'jpeg'"):
+        predict_raster(
+            Threshold(),
+            tmp_path / 'in.tif',
+            tmp_path / 'bad.tif',
+            normalize=False,
+            compress='jpeg',  # type: ignore[arg-type]
+        )
+    assert not (tmp_path / 'bad.tif').exists()
