@@ -318,6 +318,7 @@ class _Batch:
     valid: np.ndarray | None  # (B, T, T) bool; None: all valid
     normalized: bool
     buffer: Tensor  # the pooled buffer *x* lives in, given back after use
+    given: bool = False  # whether *buffer* is back in the pool
 
 
 def _reflect(start: int, size: int, length: int) -> np.ndarray | slice:
@@ -486,8 +487,24 @@ class _Tiles:
         return None
 
     def give(self, batch: _Batch) -> None:
-        """Hand *batch*'s buffer back for reuse."""
-        self.pool.put(batch.buffer)
+        """Hand *batch*'s buffer back for reuse (once)."""
+        if not batch.given:
+            batch.given = True
+            self.pool.put(batch.buffer)
+
+    def done_with_input(self, batch: _Batch, out: Tensor) -> None:
+        """Give the buffer back as soon as the model's output is independent of it.
+
+        On the CPU, unless the output shares the input's memory (a view of
+        it). On an accelerator the copy from the pinned buffer may still be
+        running; the buffer goes back once the output reaches the host.
+        """
+        if out.device.type == 'cpu':
+            shared = out.untyped_storage().data_ptr() == (
+                batch.buffer.untyped_storage().data_ptr()
+            )
+            if not shared:
+                self.give(batch)
 
 
 def _prepare(
@@ -1165,8 +1182,10 @@ def _predict(
     commit_interval: float,
 ) -> RasterPrediction:
     # Input buffers: one being read, two queued for the model, one in the
-    # model, two queued for blending.
-    tiles = _Tiles(source, positions, grid, batch_size, norm, device, buffers=6)
+    # model (on an accelerator also two queued for blending, see
+    # _Tiles.done_with_input).
+    buffers = 4 if device.type == 'cpu' else 6
+    tiles = _Tiles(source, positions, grid, batch_size, norm, device, buffers)
     # The first batch tells the model's kind and number of outputs.
     probe = tiles.read(0, threading.Event())
     assert probe is not None
@@ -1248,6 +1267,7 @@ def _predict(
                         f'model output of shape {tuple(out.shape)} for a batch, expected '
                         f'(B, {", ".join(map(str, y.shape[1:]))})'
                     )
+                tiles.done_with_input(batch, out)
                 _submit(jobs, (batch, out), writer, stop)
                 tiles_run += len(batch.rows)
                 bar.update(len(batch.rows))
