@@ -13,7 +13,7 @@ from torch import Tensor
 from torchgeo.datasets.utils import Path, Sample
 
 from ..sensors import FMOW_RGB
-from .fmow_base import FMoWBase, OnError
+from .fmow_base import FMoWBase, OnError, SplitIndex
 from .fmow_metadata import (
     FMoWSampleError,
     class_index,
@@ -124,29 +124,21 @@ class FMoW(FMoWBase):
         Args:
             split_root: the split directory.
         """
-        files: list[str] = []
-        labels: list[int] = []
-        locations: list[str] = []
-        errors: list[str] = []
+        index = SplitIndex()
         categories = sorted(e.name for e in os.scandir(split_root) if e.is_dir())
         for cat in categories:
             cat_dir = os.path.join(split_root, cat)
             try:
                 label = class_index(cat, f'{cat_dir} (category directory)')
             except FMoWSampleError as e:
-                errors.append(str(e))
+                index.errors.append(str(e))
                 continue
             for loc in sorted(e.name for e in os.scandir(cat_dir) if e.is_dir()):
                 loc_dir = os.path.join(cat_dir, loc)
                 for name in sorted(os.listdir(loc_dir)):
                     if name.endswith('_rgb.jpg'):
-                        files.append(os.path.join(loc_dir, name))
-                        labels.append(label)
-                        locations.append(f'{cat}/{loc}')
-        self._reject(errors, len(categories))
-        self.files = np.array(files, dtype=str)
-        self.labels = np.array(labels, dtype=np.int64)
-        self.locations = np.array(locations, dtype=str)
+                        index.add(os.path.join(loc_dir, name), label, f'{cat}/{loc}')
+        self._install(index, len(categories))
 
     def _index_csv(self, csv_path: str) -> None:
         """Index a SatMAE-style CSV.
@@ -157,35 +149,23 @@ class FMoW(FMoWBase):
         table = read_metadata_csv(csv_path, ('category', 'image_path'))
         has_time = 'timestamp' in table.columns
         times = table['timestamp'] if has_time else [None] * len(table)
-        files: list[str] = []
-        labels: list[int] = []
-        locations: list[str] = []
-        stamps: list[tuple[int, int, int]] = []
-        rows: list[int] = []
-        errors: list[str] = []
+        index = SplitIndex()
         for row, (cat, path, ts) in enumerate(
             zip(table['category'], table['image_path'], times, strict=True)
         ):
             where = csv_row(csv_path, row)
             try:
                 label = class_index(cat, where, allow_index=True)
-                if has_time:
-                    stamps.append(parse_timestamp(ts, where))
+                stamp = parse_timestamp(ts, where) if has_time else None
             except FMoWSampleError as e:
-                errors.append(str(e))
+                index.errors.append(str(e))
                 continue
             file = os.path.normpath(os.path.join(self.root, path))
-            files.append(file)
-            labels.append(label)
-            locations.append(os.path.dirname(file))
-            rows.append(row)
-        self._reject(errors, len(table))
-        self.files = np.array(files, dtype=str)
-        self.labels = np.array(labels, dtype=np.int64)
-        self.locations = np.array(locations, dtype=str)
-        self.rows = np.array(rows, dtype=np.int64)
+            index.add(file, label, os.path.dirname(file), row, stamp)
+        self._install(index, len(table))
+        self.rows = index.row_array()
         if has_time:
-            self.timestamps = np.array(stamps, dtype=np.int64).reshape(-1, 3)
+            self.timestamps = index.timestamp_array()
 
     def _load_sample(self, index: int) -> Sample:
         """Load one image and its label (see :meth:`FMoWBase._load_sample`)."""

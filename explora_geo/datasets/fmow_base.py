@@ -4,6 +4,7 @@ import abc
 import os
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 import matplotlib.pyplot as plt
@@ -68,6 +69,66 @@ def stretch(image: np.ndarray) -> np.ndarray:
     lo = np.percentile(image, 2, axis=(0, 1), keepdims=True)
     hi = np.percentile(image, 98, axis=(0, 1), keepdims=True)
     return np.clip((image - lo) / np.maximum(hi - lo, 1e-12), 0, 1)
+
+
+@dataclass
+class SplitIndex:
+    """The entries of a split, gathered while indexing it.
+
+    One entry per accepted image in :attr:`files`, :attr:`labels`,
+    :attr:`locations` and, where the index has them, :attr:`rows` (table rows) and
+    :attr:`timestamps`; one message per rejected entry in :attr:`errors`.
+
+    .. versionadded:: 0.1
+    """
+
+    files: list[str] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    locations: list[str] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)
+    timestamps: list[tuple[int, int, int]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def add(
+        self,
+        file: str,
+        label: int,
+        location: str,
+        row: int | None = None,
+        timestamp: tuple[int, int, int] | None = None,
+    ) -> None:
+        """Add an accepted image.
+
+        Args:
+            file: its path.
+            label: its class index.
+            location: its location (images of one location are views of one site).
+            row: the table row that lists it, if any.
+            timestamp: its ``(year, month, hour)``, if known.
+        """
+        self.files.append(file)
+        self.labels.append(label)
+        self.locations.append(location)
+        if row is not None:
+            self.rows.append(row)
+        if timestamp is not None:
+            self.timestamps.append(timestamp)
+
+    def row_array(self) -> np.ndarray:
+        """The table rows as an int64 array.
+
+        Returns:
+            shape ``(N,)``.
+        """
+        return np.array(self.rows, dtype=np.int64)
+
+    def timestamp_array(self) -> np.ndarray:
+        """The timestamps as an int64 array.
+
+        Returns:
+            shape ``(N, 3)``.
+        """
+        return np.array(self.timestamps, dtype=np.int64).reshape(-1, 3)
 
 
 class FMoWBase(NonGeoDataset, abc.ABC):
@@ -189,6 +250,23 @@ class FMoWBase(NonGeoDataset, abc.ABC):
             f'first: {errors[0]}',
             stacklevel=3,
         )
+
+    def _install(self, index: SplitIndex, total: int) -> None:
+        """Apply the bad-sample policy to an index and keep its images.
+
+        Args:
+            index: the split's index.
+            total: number of entries examined (files, folders or table rows).
+
+        Raises:
+            FMoWSampleError: if the index rejected an entry and ``on_error='raise'``.
+        """
+        self._reject(index.errors, total)
+        # Fixed-width numpy arrays instead of lists of Python objects keep the
+        # per-worker memory flat when a DataLoader forks.
+        self.files = np.array(index.files, dtype=str)
+        self.labels = np.array(index.labels, dtype=np.int64)
+        self.locations = np.array(index.locations, dtype=str)
 
     def __len__(self) -> int:
         """Return the number of images.

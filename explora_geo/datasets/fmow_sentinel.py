@@ -13,7 +13,7 @@ from torchgeo.datasets import RGBBandsMissingError
 from torchgeo.datasets.utils import Path, Sample
 
 from ..sensors import SENTINEL2
-from .fmow_base import FMoWBase, OnError
+from .fmow_base import FMoWBase, OnError, SplitIndex
 from .fmow_metadata import (
     FMoWSampleError,
     class_index,
@@ -165,12 +165,7 @@ class FMoWSentinel(FMoWBase):
             image_root: directory of the split's images.
         """
         table = read_metadata_csv(self.csv_path, self.required_columns)
-        files: list[str] = []
-        labels: list[int] = []
-        locations: list[str] = []
-        stamps: list[tuple[int, int, int]] = []
-        rows: list[int] = []
-        errors: list[str] = []
+        index = SplitIndex()
         columns = (table[c] for c in self.required_columns)
         for row, (cat, loc, img, ts) in enumerate(zip(*columns, strict=True)):
             where = csv_row(self.csv_path, row)
@@ -178,24 +173,14 @@ class FMoWSentinel(FMoWBase):
                 label = class_index(cat, where)
                 stamp = parse_timestamp(ts, where)
             except FMoWSampleError as e:
-                errors.append(str(e))
+                index.errors.append(str(e))
                 continue
             location = f'{cat}_{loc}'
-            files.append(
-                os.path.join(image_root, cat, location, f'{location}_{img}.tif')
-            )
-            labels.append(label)
-            locations.append(location)
-            stamps.append(stamp)
-            rows.append(row)
-        self._reject(errors, len(table))
-        # Fixed-width numpy arrays instead of lists of Python objects keep the
-        # per-worker memory flat when a DataLoader forks.
-        self.files = np.array(files, dtype=str)
-        self.labels = np.array(labels, dtype=np.int64)
-        self.locations = np.array(locations, dtype=str)
-        self.timestamps = np.array(stamps, dtype=np.int64).reshape(-1, 3)
-        self.rows = np.array(rows, dtype=np.int64)
+            file = os.path.join(image_root, cat, location, f'{location}_{img}.tif')
+            index.add(file, label, location, row, stamp)
+        self._install(index, len(table))
+        self.timestamps = index.timestamp_array()
+        self.rows = index.row_array()
 
     def _load_sample(self, index: int) -> Sample:
         """Load ``image``, ``label`` and ``timestamp`` (see :meth:`FMoWBase._load_sample`)."""
