@@ -90,9 +90,7 @@ class Camelyon17(WILDSClassificationDataset):
     * https://doi.org/10.1109/TMI.2018.2867350
     * https://arxiv.org/abs/2012.07421
 
-    Arguments: see :class:`~explora_geo.datasets.wilds.WILDSImageDataset`; *split*
-    is one of :attr:`splits` (default ``'train'``), *version* defaults to
-    ``'1.0'``.
+    Constructor arguments: see :class:`~explora_geo.datasets.wilds.WILDSImageDataset`.
 
     .. versionadded:: 0.1
     """
@@ -130,8 +128,8 @@ class Camelyon17Unlabeled(WILDSUnlabeledDataset):
 
     Samples are ``{'image': float (3, 96, 96) 0-255}``.
 
-    Arguments: see :class:`~explora_geo.datasets.wilds.WILDSImageDataset`; *split*
-    defaults to ``'train_unlabeled'`` and *version* to ``'1.0'``.
+    By default the ``'train_unlabeled'`` split is read; constructor arguments: see
+    :class:`~explora_geo.datasets.wilds.WILDSImageDataset`.
 
     .. versionadded:: 0.1
     """

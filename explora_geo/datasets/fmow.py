@@ -2,8 +2,8 @@
 
 import json
 import os
-from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, Literal
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal, Unpack
 
 import numpy as np
 import pandas as pd
@@ -13,7 +13,7 @@ from torch import Tensor
 from torchgeo.datasets.utils import Path, Sample
 
 from ..sensors import FMOW_RGB
-from .fmow_base import FMoWBase, OnError, SplitIndex
+from .fmow_base import FMoWBase, FMoWOptions, SplitIndex
 from .fmow_metadata import (
     FMoWSampleError,
     class_index,
@@ -78,9 +78,7 @@ class FMoW(FMoWBase):
         root: Path = 'data',
         split: Literal['train', 'val', 'test'] = 'train',
         layout: Literal['release', 'satmae'] = 'release',
-        size: int | None = None,
-        transforms: Callable[[Sample], Sample] | None = None,
-        on_error: OnError = 'raise',
+        **kwargs: Unpack[FMoWOptions],
     ) -> None:
         """Initialize a new FMoW instance.
 
@@ -88,12 +86,7 @@ class FMoW(FMoWBase):
             root: root directory of the dataset.
             split: one of ``'train'``, ``'val'`` or ``'test'``.
             layout: ``'release'`` (folders + JSON) or ``'satmae'`` (CSV files).
-            size: resize the shorter side to this many pixels and crop the centre
-                square, so that samples collate; None keeps the native size.
-            transforms: a function/transform that takes a sample and returns a
-                transformed version.
-            on_error: ``'raise'`` to stop at a bad entry or file, ``'skip'`` to drop
-                it with a warning (see :class:`FMoWBase`).
+            **kwargs: *size*, *transforms* and *on_error*, see :class:`FMoWBase`.
 
         Raises:
             DatasetNotFoundError: if the split directory or CSV is missing.
@@ -101,7 +94,7 @@ class FMoW(FMoWBase):
                 ``on_error='raise'``).
             ValueError: if an argument is invalid.
         """
-        super().__init__(root, split, size, transforms, on_error)
+        super().__init__(root, split, **kwargs)
         if layout not in self.layouts:
             raise ValueError(
                 f'layout={layout!r} is invalid; expected one of {self.layouts}'
@@ -321,9 +314,7 @@ class FMoWTemporal(FMoWBase):
         layout: Literal['release', 'satmae'] = 'release',
         bands: Sequence[str] | None = None,
         normalization: Literal['none', 'satmae'] = 'none',
-        size: int | None = None,
-        transforms: Callable[[Sample], Sample] | None = None,
-        on_error: OnError = 'raise',
+        **kwargs: Unpack[FMoWOptions],
     ) -> None:
         """Initialize a new FMoWTemporal instance.
 
@@ -339,18 +330,15 @@ class FMoWTemporal(FMoWBase):
             layout: on-disk layout of fMoW-RGB (see :class:`FMoW`).
             bands: Sentinel-2 bands to load (see :class:`FMoWSentinel`).
             normalization: Sentinel-2 scaling (see :class:`FMoWSentinel`).
-            size: resize the shorter side to this many pixels and crop the centre
-                square; None keeps the native size.
-            transforms: a function/transform that takes a sample and returns a
-                transformed version.
-            on_error: ``'raise'`` or ``'skip'`` for bad entries and files.
+            **kwargs: *size*, *transforms* and *on_error*, see :class:`FMoWBase`;
+                *size* and *on_error* also apply to the images read.
 
         Raises:
             DatasetNotFoundError: if the data is not found.
             FMoWSampleError: if the metadata has no timestamps or is invalid.
             ValueError: if an argument is invalid.
         """
-        super().__init__(root, split, size, transforms, on_error)
+        super().__init__(root, split, **kwargs)
         if num_images < 1:
             raise ValueError(f'num_images={num_images} is invalid; expected >= 1')
         self.sensor = sensor
@@ -366,7 +354,7 @@ class FMoWTemporal(FMoWBase):
                     "bands and normalization apply to sensor='sentinel' only"
                 )
             self.dataset = FMoW(
-                root, split, layout=layout, size=size, on_error=on_error
+                root, split, layout=layout, size=self.size, on_error=self.on_error
             )
             if layout == 'satmae' and self.dataset.timestamps is None:
                 raise FMoWSampleError(
@@ -381,8 +369,8 @@ class FMoWTemporal(FMoWBase):
                 split,
                 bands=FMoWSentinel.default_bands if bands is None else bands,
                 normalization=normalization,
-                size=size,
-                on_error=on_error,
+                size=self.size,
+                on_error=self.on_error,
             )
         else:
             raise ValueError(

@@ -5,7 +5,7 @@ import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, TypedDict
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -69,6 +69,17 @@ def stretch(image: np.ndarray) -> np.ndarray:
     lo = np.percentile(image, 2, axis=(0, 1), keepdims=True)
     hi = np.percentile(image, 98, axis=(0, 1), keepdims=True)
     return np.clip((image - lo) / np.maximum(hi - lo, 1e-12), 0, 1)
+
+
+class FMoWOptions(TypedDict, total=False):
+    """Keyword arguments taken by every fMoW dataset (see :class:`FMoWBase`).
+
+    .. versionadded:: 0.1
+    """
+
+    size: int | None
+    transforms: Callable[[Sample], Sample] | None
+    on_error: OnError
 
 
 @dataclass
@@ -167,19 +178,24 @@ class FMoWBase(NonGeoDataset, abc.ABC):
         self,
         root: Path,
         split: str,
-        size: int | None,
-        transforms: Callable[[Sample], Sample] | None,
-        on_error: OnError,
+        size: int | None = None,
+        transforms: Callable[[Sample], Sample] | None = None,
+        on_error: OnError = 'raise',
     ) -> None:
         """Initialize the shared state.
+
+        The keyword arguments *size*, *transforms* and *on_error* are those of
+        every fMoW dataset (:class:`FMoWOptions`).
 
         Args:
             root: root directory of the dataset.
             split: one of ``'train'``, ``'val'``, ``'test'``.
-            size: resize the shorter side to this and crop the centre square; None
-                keeps the native size.
-            transforms: a function/transform applied to each sample.
-            on_error: ``'raise'`` or ``'skip'`` for bad samples.
+            size: resize the shorter side to this many pixels and crop the centre
+                square, so that samples collate; None keeps the native size.
+            transforms: a function/transform that takes a sample and returns a
+                transformed version.
+            on_error: ``'raise'`` to stop at a bad entry (category, table row) or
+                file, ``'skip'`` to drop it with a warning.
 
         Raises:
             ValueError: if *split*, *size* or *on_error* is invalid.

@@ -1,8 +1,8 @@
 """fMoW-Sentinel: 13-band Sentinel-2 images of the fMoW locations."""
 
 import os
-from collections.abc import Callable, Sequence
-from typing import ClassVar, Literal
+from collections.abc import Sequence
+from typing import ClassVar, Literal, Unpack
 
 import numpy as np
 import rasterio
@@ -13,7 +13,7 @@ from torchgeo.datasets import RGBBandsMissingError
 from torchgeo.datasets.utils import Path, Sample
 
 from ..sensors import SENTINEL2
-from .fmow_base import FMoWBase, OnError, SplitIndex
+from .fmow_base import FMoWBase, FMoWOptions, SplitIndex
 from .fmow_metadata import (
     FMoWSampleError,
     class_index,
@@ -102,9 +102,7 @@ class FMoWSentinel(FMoWBase):
         split: Literal['train', 'val', 'test'] = 'train',
         bands: Sequence[str] = default_bands,
         normalization: Literal['none', 'satmae'] = 'none',
-        size: int | None = None,
-        transforms: Callable[[Sample], Sample] | None = None,
-        on_error: OnError = 'raise',
+        **kwargs: Unpack[FMoWOptions],
     ) -> None:
         """Initialize a new FMoWSentinel instance.
 
@@ -115,12 +113,7 @@ class FMoWSentinel(FMoWBase):
                 without B1, B9, B10).
             normalization: ``'none'`` for raw digital numbers, ``'satmae'`` for the
                 SatMAE scaling to [0, 1].
-            size: resize the shorter side to this many pixels and crop the centre
-                square, so that samples collate; None keeps the native size.
-            transforms: a function/transform that takes a sample and returns a
-                transformed version.
-            on_error: ``'raise'`` to stop at a bad row or file, ``'skip'`` to drop
-                it with a warning (see :class:`FMoWBase`).
+            **kwargs: *size*, *transforms* and *on_error*, see :class:`FMoWBase`.
 
         Raises:
             DatasetNotFoundError: if the CSV or the image folder is missing.
@@ -128,7 +121,7 @@ class FMoWSentinel(FMoWBase):
                 ``on_error='raise'``).
             ValueError: if an argument is invalid.
         """
-        super().__init__(root, split, size, transforms, on_error)
+        super().__init__(root, split, **kwargs)
         if isinstance(bands, str) or not bands:
             raise ValueError(
                 f'bands={bands!r} is invalid; expected a sequence of band names'

@@ -78,9 +78,7 @@ class GlobalWheat(WILDSImageDataset):
     * https://doi.org/10.34133/2020/3521852
     * https://arxiv.org/abs/2105.07660
 
-    Arguments: see :class:`~explora_geo.datasets.wilds.WILDSImageDataset`; *split*
-    is one of :attr:`splits` (default ``'train'``), *version* defaults to
-    ``'1.1'``. A box outside its image is a bad sample, found when it is loaded.
+    Constructor arguments: see :class:`~explora_geo.datasets.wilds.WILDSImageDataset`.
 
     .. versionadded:: 0.1
     """
@@ -143,9 +141,8 @@ class GlobalWheatUnlabeled(WILDSUnlabeledDataset):
 
     Samples are ``{'image': float (3, H, W) 0-255}``.
 
-    Arguments: see :class:`~explora_geo.datasets.wilds.WILDSImageDataset`; *split*
-    defaults to ``'train_unlabeled'``, *version* to ``'1.0'`` for the unlabeled
-    release and ``'1.1'`` for the labeled one.
+    By default the ``'train_unlabeled'`` split is read; constructor arguments: see
+    :class:`~explora_geo.datasets.wilds.WILDSImageDataset`.
 
     .. versionadded:: 0.1
     """

@@ -50,9 +50,7 @@ class IWildCam(WILDSClassificationDataset):
     * https://arxiv.org/abs/2004.10340
     * https://arxiv.org/abs/2012.07421
 
-    Arguments: see :class:`~explora_geo.datasets.wilds.WILDSImageDataset`; *split*
-    is one of :attr:`splits` (default ``'train'``), *version* defaults to
-    ``'2.0'``.
+    Constructor arguments: see :class:`~explora_geo.datasets.wilds.WILDSImageDataset`.
 
     .. versionadded:: 0.1
     """
@@ -116,9 +114,8 @@ class IWildCamUnlabeled(WILDSUnlabeledDataset):
 
     Samples are ``{'image': float (3, H, W) 0-255}``.
 
-    Arguments: see :class:`~explora_geo.datasets.wilds.WILDSImageDataset`; *split*
-    defaults to ``'extra_unlabeled'``, *version* to ``'1.0'`` for the unlabeled
-    release and ``'2.0'`` for the labeled one.
+    By default the ``'extra_unlabeled'`` split is read; constructor arguments: see
+    :class:`~explora_geo.datasets.wilds.WILDSImageDataset`.
 
     .. versionadded:: 0.1
     """
