@@ -23,7 +23,7 @@ from torch import Tensor
 from torchgeo.datasets import NonGeoDataset
 from torchgeo.datasets.utils import Path, Sample
 
-from .plot import plot_classification, plot_detection
+from .plot import plot_rgb_sample
 
 #: How a dataset reacts to a bad sample: raise an error, or skip and warn.
 OnError = Literal['raise', 'skip']
@@ -317,7 +317,8 @@ class ImageTableDataset(NonGeoDataset, abc.ABC):
 
         A sample with boxes (``'bbox_xyxy'``) is drawn with them and, if present,
         the predicted boxes (``'prediction_bbox_xyxy'``); any other with its label
-        and prediction (``'label'``, ``'prediction'``), named by :attr:`classes`.
+        and prediction (``'label'``, ``'prediction'``), named by :attr:`classes`
+        (see :func:`~explora_geo.datasets.plot.plot_rgb_sample`).
 
         Args:
             sample: A sample returned by :meth:`__getitem__`.
@@ -331,9 +332,7 @@ class ImageTableDataset(NonGeoDataset, abc.ABC):
             RGBBandsMissingError: If the sample's image has no R, G, B channels.
         """
         sample = {**sample, 'image': self._rgb(sample['image'])}
-        if 'bbox_xyxy' in sample:
-            return plot_detection(sample, show_titles, suptitle)
-        return plot_classification(self.classes, sample, show_titles, suptitle)
+        return plot_rgb_sample(sample, self.classes, show_titles, suptitle)
 
     def _rgb(self, image: Tensor) -> Tensor:
         """Select the R, G, B channels of an image, in that order, for plotting.
