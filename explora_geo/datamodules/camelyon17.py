@@ -21,49 +21,30 @@ class Camelyon17DataModule(ImageClassificationSplitsDataModule):
     .. versionadded:: 0.1
     """
 
+    labeled_class = Camelyon17
+    unlabeled_class = Camelyon17Unlabeled
+
     def __init__(
         self,
-        batch_size: int = 64,
-        num_workers: int = 0,
-        image_size: int = 224,
         crop_scale: tuple[float, float] | None = None,
-        unlabeled: bool = False,
-        val_split: str = 'val',
-        test_split: str = 'test',
         pretrain_split: str = 'train_unlabeled',
-        pretrain_val_split: str | None = None,
         **kwargs: Any,
     ) -> None:
         """Initialize a new Camelyon17DataModule instance.
 
         Args:
-            batch_size: Size of each mini-batch.
-            num_workers: Number of workers for parallel data loading.
-            image_size: Height and width of the images fed to the model.
             crop_scale: Area range of a random resized crop of training images,
                 or None (default) for no crop.
-            unlabeled: If True, load images only, for pre-training.
-            val_split: Split used for validation (``'val'`` or ``'id_val'``).
-            test_split: Split used for testing.
-            pretrain_split: Split read with ``unlabeled=True``.
-            pretrain_val_split: Split used for validation with
-                ``unlabeled=True`` (e.g. ``'val_unlabeled'``), or None.
-            **kwargs: Additional keyword arguments passed to
-                :class:`~explora_geo.datasets.Camelyon17` (``root``,
+            pretrain_split: Split read with ``unlabeled=True``; *pretrain_val_split*
+                may name another (e.g. ``'val_unlabeled'``).
+            **kwargs: Arguments of :class:`ImageSplitsDataModule` (*batch_size*,
+                *image_size*, *unlabeled*, *val_split* ``'val'`` or ``'id_val'``,
+                ...) and of :class:`~explora_geo.datasets.Camelyon17` (``root``,
                 ``on_error``, ...).
         """
         super().__init__(
-            Camelyon17,
-            Camelyon17Unlabeled,
-            batch_size,
-            num_workers,
-            image_size=image_size,
             crop_scale=crop_scale,
             vertical_flip=True,
-            unlabeled=unlabeled,
-            val_split=val_split,
-            test_split=test_split,
             pretrain_split=pretrain_split,
-            pretrain_val_split=pretrain_val_split,
             **kwargs,
         )

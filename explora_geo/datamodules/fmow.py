@@ -2,7 +2,7 @@
 
 from collections.abc import Sequence
 from functools import partial
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import kornia.augmentation as K
 from torch.utils.data import default_collate
@@ -39,28 +39,50 @@ class _FMoWDataModule(DataContract, NonGeoDataModule):
     inputs). On the device, training batches get a random resized crop to
     ``image_size`` (scale 0.2-1, bicubic) and a horizontal flip; validation and test
     batches the central ``image_size`` crop. Then the channels are normalised
-    (:attr:`normalization`).
+    (:attr:`normalization`, chosen by :meth:`_normalization`).
 
     With ``unlabeled=True`` training batches are only normalised: the
     self-supervised objective crops and flips them itself.
+
+    A subclass sets :attr:`fmow_class`; one that changes a default or adds an
+    argument declares only that and passes the others on with ``**kwargs``.
     """
 
     class_names = FMOW_CLASSES
 
+    #: The dataset class.
+    fmow_class: ClassVar[type[FMoW | FMoWSentinel | FMoWTemporal]] = FMoW
     #: Keys of a batch in unlabeled mode.
     unlabeled_keys: tuple[str, ...] = ('image',)
 
     def __init__(
         self,
-        dataset_class: type[FMoW | FMoWSentinel | FMoWTemporal],
-        batch_size: int,
-        num_workers: int,
-        image_size: int,
-        crop_pct: float,
-        unlabeled: bool,
-        norm: Normalization,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        image_size: int = 224,
+        crop_pct: float = 0.875,
+        unlabeled: bool = False,
         **kwargs: Any,
     ) -> None:
+        """Initialize a new fMoW datamodule instance.
+
+        Args:
+            batch_size: Size of each mini-batch.
+            num_workers: Number of workers for parallel data loading.
+            image_size: side of the images fed to the model.
+            crop_pct: the dataset resizes images to ``image_size / crop_pct`` before
+                the (random or central) crop.
+            unlabeled: keep only the image (and, temporal, its timestamps) in
+                batches, for pre-training.
+            **kwargs: Additional keyword arguments passed to the dataset class
+                (:class:`~explora_geo.datasets.FMoW`,
+                :class:`~explora_geo.datasets.FMoWSentinel` or
+                :class:`~explora_geo.datasets.FMoWTemporal`).
+
+        Raises:
+            ValueError: if *size* is passed, *image_size*/*crop_pct* are invalid,
+                or a dataset argument is.
+        """
         if 'size' in kwargs:
             raise ValueError(
                 'size is set by the datamodule from image_size / crop_pct; pass those'
@@ -70,10 +92,11 @@ class _FMoWDataModule(DataContract, NonGeoDataModule):
                 f'image_size={image_size}, crop_pct={crop_pct} are invalid; expected '
                 'image_size >= 1 and 0 < crop_pct <= 1'
             )
+        norm = self._normalization(unlabeled, kwargs)
         self.normalization = norm
         self.mean, self.std = device_stats(norm)
         kwargs['size'] = int(image_size / crop_pct)
-        super().__init__(dataset_class, batch_size, num_workers, **kwargs)
+        super().__init__(self.fmow_class, batch_size, num_workers, **kwargs)
         self.image_size = image_size
         self.crop_pct = crop_pct
         self.unlabeled = unlabeled
@@ -89,6 +112,18 @@ class _FMoWDataModule(DataContract, NonGeoDataModule):
         self.aug = self._augmentations(K.CenterCrop(image_size))
         if unlabeled:
             self.collate_fn = partial(collate_keys, keys=self.unlabeled_keys)
+
+    def _normalization(self, unlabeled: bool, kwargs: dict[str, Any]) -> Normalization:
+        """Choose the normalisation batches carry, configuring the dataset for it.
+
+        Args:
+            unlabeled: whether batches are for pre-training.
+            kwargs: the dataset keyword arguments, which may be updated.
+
+        Returns:
+            fMoW-RGB's: ``'unit'`` when unlabeled, else ``'standard'``.
+        """
+        return FMOW_RGB.normalization('unit' if unlabeled else 'standard')
 
     def _augmentations(self, *ops: K.AugmentationBase2D) -> K.AugmentationSequential:
         """Chain spatial operations and the normalisation for ``(B, C, H, W)`` batches.
@@ -115,43 +150,11 @@ class FMoWDataModule(_FMoWDataModule):
     ``unlabeled=True`` gives batches with the image only, scaled to [0, 1]
     (``'unit'``) and not augmented, for self-supervised pre-training.
 
+    Arguments: see :class:`_FMoWDataModule`; other keyword arguments go to
+    :class:`~explora_geo.datasets.FMoW`.
+
     .. versionadded:: 0.1
     """
-
-    def __init__(
-        self,
-        batch_size: int = 64,
-        num_workers: int = 0,
-        image_size: int = 224,
-        crop_pct: float = 0.875,
-        unlabeled: bool = False,
-        **kwargs: Any,
-    ) -> None:
-        """Initialize a new FMoWDataModule instance.
-
-        Args:
-            batch_size: Size of each mini-batch.
-            num_workers: Number of workers for parallel data loading.
-            image_size: side of the images fed to the model.
-            crop_pct: the dataset resizes images to ``image_size / crop_pct`` before
-                the (random or central) crop.
-            unlabeled: keep only the image in batches (pre-training).
-            **kwargs: Additional keyword arguments passed to
-                :class:`~explora_geo.datasets.FMoW`.
-
-        Raises:
-            ValueError: if *size* is passed or *image_size*/*crop_pct* are invalid.
-        """
-        super().__init__(
-            FMoW,
-            batch_size,
-            num_workers,
-            image_size,
-            crop_pct,
-            unlabeled,
-            FMOW_RGB.normalization('unit' if unlabeled else 'standard'),
-            **kwargs,
-        )
 
 
 class FMoWSentinelDataModule(_FMoWDataModule):
@@ -168,42 +171,40 @@ class FMoWSentinelDataModule(_FMoWDataModule):
     .. versionadded:: 0.1
     """
 
+    fmow_class = FMoWSentinel
+
     def __init__(
         self,
-        batch_size: int = 64,
-        num_workers: int = 0,
         image_size: int = 96,
-        crop_pct: float = 0.875,
         normalization: Literal['satmae', 'zscore'] = 'satmae',
-        unlabeled: bool = False,
         **kwargs: Any,
     ) -> None:
         """Initialize a new FMoWSentinelDataModule instance.
 
         Args:
-            batch_size: Size of each mini-batch.
-            num_workers: Number of workers for parallel data loading.
             image_size: side of the images fed to the model.
-            crop_pct: the dataset resizes images to ``image_size / crop_pct`` before
-                the (random or central) crop.
             normalization: ``'satmae'`` or ``'zscore'``.
-            unlabeled: keep only the image in batches (pre-training).
-            **kwargs: Additional keyword arguments passed to
+            **kwargs: Arguments of :class:`_FMoWDataModule` (*batch_size*,
+                *num_workers*, *crop_pct*, *unlabeled*) and of
                 :class:`~explora_geo.datasets.FMoWSentinel`.
 
         Raises:
             ValueError: if an argument is invalid.
         """
-        super().__init__(
-            FMoWSentinel,
-            batch_size,
-            num_workers,
-            image_size,
-            crop_pct,
-            unlabeled,
-            _sentinel_normalization(normalization, kwargs),
-            **kwargs,
-        )
+        self._scaling = normalization
+        super().__init__(image_size=image_size, **kwargs)
+
+    def _normalization(self, unlabeled: bool, kwargs: dict[str, Any]) -> Normalization:
+        """The Sentinel-2 normalisation of *normalization* (see :meth:`__init__`).
+
+        Args:
+            unlabeled: whether batches are for pre-training (no effect).
+            kwargs: the dataset keyword arguments; ``normalization`` is set in them.
+
+        Returns:
+            The normalisation batches carry.
+        """
+        return _sentinel_normalization(self._scaling, kwargs)
 
 
 def _sentinel_normalization(
@@ -241,61 +242,58 @@ class FMoWTemporalDataModule(_FMoWDataModule):
     ``(B, T, 3)``. The same random crop and flip are applied to all ``T`` images of
     a sample. Defaults follow the paper: 224 px for ``sensor='rgb'`` and 96 px for
     ``sensor='sentinel'``, with the normalisation of :class:`FMoWDataModule` or
-    :class:`FMoWSentinelDataModule` (RGB in unlabelled mode: ``'unit'``). ``unlabeled=True`` keeps the images and their
-    timestamps, for temporal pre-training.
+    :class:`FMoWSentinelDataModule` (RGB in unlabelled mode: ``'unit'``).
+    ``unlabeled=True`` keeps the images and their timestamps, for temporal
+    pre-training.
 
     .. versionadded:: 0.1
     """
 
+    fmow_class = FMoWTemporal
     unlabeled_keys = ('image', 'timestamps')
 
     def __init__(
         self,
-        batch_size: int = 64,
-        num_workers: int = 0,
         sensor: Literal['rgb', 'sentinel'] = 'rgb',
         image_size: int | None = None,
-        crop_pct: float = 0.875,
         normalization: Literal['satmae', 'zscore'] = 'satmae',
-        unlabeled: bool = False,
         **kwargs: Any,
     ) -> None:
         """Initialize a new FMoWTemporalDataModule instance.
 
         Args:
-            batch_size: Size of each mini-batch.
-            num_workers: Number of workers for parallel data loading.
             sensor: ``'rgb'`` or ``'sentinel'``.
             image_size: side of the images fed to the model; default 224 (RGB) or
                 96 (Sentinel-2).
-            crop_pct: the dataset resizes images to ``image_size / crop_pct`` before
-                the (random or central) crop.
             normalization: Sentinel-2 only, ``'satmae'`` or ``'zscore'``.
-            unlabeled: keep only images and timestamps in batches (pre-training).
-            **kwargs: Additional keyword arguments passed to
+            **kwargs: Arguments of :class:`_FMoWDataModule` (*batch_size*,
+                *num_workers*, *crop_pct*, *unlabeled*) and of
                 :class:`~explora_geo.datasets.FMoWTemporal`.
 
         Raises:
             ValueError: if an argument is invalid.
         """
-        kwargs['sensor'] = sensor
-        norm: Normalization
-        if sensor == 'sentinel':
-            norm = _sentinel_normalization(normalization, kwargs)
-            size = 96 if image_size is None else image_size
-        else:
-            norm = FMOW_RGB.normalization('unit' if unlabeled else 'standard')
-            size = 224 if image_size is None else image_size
-        super().__init__(
-            FMoWTemporal,
-            batch_size,
-            num_workers,
-            size,
-            crop_pct,
-            unlabeled,
-            norm,
-            **kwargs,
-        )
+        self._sensor = sensor
+        self._scaling = normalization
+        if image_size is None:
+            image_size = 96 if sensor == 'sentinel' else 224
+        super().__init__(image_size=image_size, **kwargs)
+
+    def _normalization(self, unlabeled: bool, kwargs: dict[str, Any]) -> Normalization:
+        """The normalisation of :class:`FMoWDataModule` or :class:`FMoWSentinelDataModule`.
+
+        Args:
+            unlabeled: whether batches are for pre-training.
+            kwargs: the dataset keyword arguments; ``sensor`` (and, for
+                Sentinel-2, ``normalization``) are set in them.
+
+        Returns:
+            The normalisation batches carry.
+        """
+        kwargs['sensor'] = self._sensor
+        if self._sensor == 'sentinel':
+            return _sentinel_normalization(self._scaling, kwargs)
+        return super()._normalization(unlabeled, kwargs)
 
     def _augmentations(self, *ops: K.AugmentationBase2D) -> K.AugmentationSequential:
         """Chain operations applied alike to every image of a ``(B, T, C, H, W)`` batch.

@@ -30,45 +30,25 @@ class GlobalWheatDataModule(ImageSplitsDataModule):
     .. versionadded:: 0.1
     """
 
+    labeled_class = GlobalWheat
+    unlabeled_class = GlobalWheatUnlabeled
+
     def __init__(
-        self,
-        batch_size: int = 8,
-        num_workers: int = 0,
-        image_size: int = 1024,
-        unlabeled: bool = False,
-        val_split: str = 'val',
-        test_split: str = 'test',
-        pretrain_split: str = 'train',
-        **kwargs: Any,
+        self, batch_size: int = 8, image_size: int = 1024, **kwargs: Any
     ) -> None:
         """Initialize a new GlobalWheatDataModule instance.
 
         Args:
             batch_size: Size of each mini-batch.
-            num_workers: Number of workers for parallel data loading.
             image_size: Height and width of the images fed to the model.
-            unlabeled: If True, load images only, for pre-training.
-            val_split: Split used for validation (``'val'`` or ``'id_val'``).
-            test_split: Split used for testing (``'test'`` or ``'id_test'``).
-            pretrain_split: Split of
-                :class:`~explora_geo.datasets.GlobalWheatUnlabeled` read with
-                ``unlabeled=True``.
-            **kwargs: Additional keyword arguments passed to
+            **kwargs: Arguments of :class:`ImageSplitsDataModule` (*num_workers*,
+                *unlabeled*, *val_split* ``'val'`` or ``'id_val'``, *test_split*
+                ``'test'`` or ``'id_test'``, *pretrain_split*: a split of
+                :class:`~explora_geo.datasets.GlobalWheatUnlabeled`, ...) and of
                 :class:`~explora_geo.datasets.GlobalWheat` (``root``,
                 ``on_error``, ...).
         """
-        super().__init__(
-            GlobalWheat,
-            GlobalWheatUnlabeled,
-            batch_size,
-            num_workers,
-            unlabeled=unlabeled,
-            val_split=val_split,
-            test_split=test_split,
-            pretrain_split=pretrain_split,
-            **kwargs,
-        )
-        self.image_size = image_size
+        super().__init__(batch_size=batch_size, image_size=image_size, **kwargs)
         self.collate_fn = collate_fn_detection
         self.sample_transform = K.AugmentationSequential(
             K.Resize((image_size, image_size), antialias=True),

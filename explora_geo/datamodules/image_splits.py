@@ -8,7 +8,7 @@ can be batched), and augmentation plus normalisation applied on the device.
 
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 import kornia.augmentation as K
 from torch.utils.data import Dataset
@@ -119,25 +119,31 @@ class ImageSplitsDataModule(DataContract, NonGeoDataModule):
     """Datamodule over named splits of an image dataset, with an unlabeled mode.
 
     In the labeled mode, *train_split*, *val_split* and *test_split* of
-    *dataset_class* feed the training, validation and test loaders. With
+    :attr:`labeled_class` feed the training, validation and test loaders. With
     ``unlabeled=True``, the training loader reads *pretrain_split* of
-    *unlabeled_class* (images only) and the validation loader
+    :attr:`unlabeled_class` (images only) and the validation loader
     *pretrain_val_split* if given; images are then only scaled to [0, 1]
     (``'unit'``), leaving crops, colour augmentation and normalisation to the
     self-supervised objective.
 
-    Subclasses set :attr:`sample_transform` (applied per sample, on the CPU, so
-    that samples can be batched) and :attr:`train_aug`.
+    Subclasses set :attr:`labeled_class` and :attr:`unlabeled_class`, and set
+    :attr:`sample_transform` (applied per sample, on the CPU, so that samples can
+    be batched) and :attr:`train_aug`. A subclass that changes a default declares
+    only that argument and passes the others on with ``**kwargs``.
 
     .. versionadded:: 0.1
     """
 
+    #: Labeled dataset class, constructed with ``split=``.
+    labeled_class: ClassVar[type[NonGeoDataset]]
+    #: Unlabeled dataset class, constructed with ``split=``.
+    unlabeled_class: ClassVar[type[NonGeoDataset]]
+
     def __init__(
         self,
-        dataset_class: type[NonGeoDataset],
-        unlabeled_class: type[NonGeoDataset],
         batch_size: int = 64,
         num_workers: int = 0,
+        image_size: int = 224,
         unlabeled: bool = False,
         train_split: str = 'train',
         val_split: str = 'val',
@@ -147,25 +153,28 @@ class ImageSplitsDataModule(DataContract, NonGeoDataModule):
         normalization: Normalization | None = None,
         **kwargs: Any,
     ) -> None:
-        """Initialize a new ImageSplitsDataModule instance.
+        """Initialize a new image-splits datamodule instance.
 
         Args:
-            dataset_class: Labeled dataset class, constructed with ``split=``.
-            unlabeled_class: Unlabeled dataset class, constructed with ``split=``.
             batch_size: Size of each mini-batch.
             num_workers: Number of workers for parallel data loading.
+            image_size: Height and width of the images fed to the model.
             unlabeled: If True, load images only, for pre-training.
             train_split: Labeled split used for training.
-            val_split: Labeled split used for validation.
+            val_split: Labeled split used for validation (e.g. ``'val'``, out of
+                distribution, or ``'id_val'``).
             test_split: Labeled split used for testing.
-            pretrain_split: Split of *unlabeled_class* used for pre-training.
-            pretrain_val_split: Split of *unlabeled_class* used for validation
-                during pre-training, or None for no validation loader.
+            pretrain_split: Split of :attr:`unlabeled_class` read with
+                ``unlabeled=True``.
+            pretrain_val_split: Split of :attr:`unlabeled_class` used for
+                validation with ``unlabeled=True``, or None for no validation
+                loader.
             normalization: Normalisation of the labeled mode, applied on the
                 device (default: ImageNet statistics,
                 :data:`~explora_geo.sensors.IMAGENET_RGB`); the unlabeled mode
                 divides by its ``scale`` only.
-            **kwargs: Additional keyword arguments passed to the dataset classes.
+            **kwargs: Additional keyword arguments passed to the dataset classes
+                (``root``, ``on_error``, ``download``, ...).
         """
         norm = normalization or IMAGENET_RGB.normalization('standard')
         if unlabeled:
@@ -173,8 +182,8 @@ class ImageSplitsDataModule(DataContract, NonGeoDataModule):
         self.normalization = norm
         # torchgeo's default device augmentation normalises with these.
         self.mean, self.std = device_stats(norm)
-        super().__init__(dataset_class, batch_size, num_workers, **kwargs)
-        self.unlabeled_class = unlabeled_class
+        super().__init__(self.labeled_class, batch_size, num_workers, **kwargs)
+        self.image_size = image_size
         self.unlabeled = unlabeled
         self.train_split = train_split
         self.val_split = val_split
@@ -201,7 +210,7 @@ class ImageSplitsDataModule(DataContract, NonGeoDataModule):
             if self.unlabeled:
                 self.unlabeled_class(split=self.pretrain_split, **self.kwargs)  # type: ignore[call-arg]
             else:
-                self.dataset_class(split=self.train_split, **self.kwargs)  # type: ignore[call-arg]
+                self.labeled_class(split=self.train_split, **self.kwargs)  # type: ignore[call-arg]
 
     def setup(self, stage: str) -> None:
         """Set up datasets.
@@ -219,9 +228,9 @@ class ImageSplitsDataModule(DataContract, NonGeoDataModule):
             ]
         else:
             plan = [
-                ('train', self.dataset_class, self.train_split, fit),
-                ('val', self.dataset_class, self.val_split, val),
-                ('test', self.dataset_class, self.test_split, ('test',)),
+                ('train', self.labeled_class, self.train_split, fit),
+                ('val', self.labeled_class, self.val_split, val),
+                ('test', self.labeled_class, self.test_split, ('test',)),
             ]
         for name, dataset_class, split, stages in plan:
             if stage in stages and split is not None:
@@ -241,35 +250,23 @@ class ImageClassificationSplitsDataModule(ImageSplitsDataModule):
 
     def __init__(
         self,
-        dataset_class: type[NonGeoDataset],
-        unlabeled_class: type[NonGeoDataset],
-        batch_size: int = 64,
-        num_workers: int = 0,
-        image_size: int = 224,
         crop_scale: tuple[float, float] | None = (0.08, 1.0),
         vertical_flip: bool = False,
         **kwargs: Any,
     ) -> None:
-        """Initialize a new ImageClassificationSplitsDataModule instance.
+        """Initialize a new image-classification splits datamodule instance.
 
         Args:
-            dataset_class: Labeled dataset class, constructed with ``split=``.
-            unlabeled_class: Unlabeled dataset class, constructed with ``split=``.
-            batch_size: Size of each mini-batch.
-            num_workers: Number of workers for parallel data loading.
-            image_size: Height and width of the images fed to the model.
-            crop_scale: Range of the area fraction of the random resized crop of
-                training images, or None for no crop.
+            crop_scale: Area range of the random resized crop of training
+                images, or None for no crop.
             vertical_flip: If True, also flip training images vertically.
-            **kwargs: Additional keyword arguments passed to
-                :class:`ImageSplitsDataModule` and the dataset classes.
+            **kwargs: Arguments of :class:`ImageSplitsDataModule`
+                (*batch_size*, *num_workers*, *image_size*, *unlabeled*, the
+                splits, ...) and of the dataset classes (``root``, ...).
         """
-        super().__init__(
-            dataset_class, unlabeled_class, batch_size, num_workers, **kwargs
-        )
-        self.image_size = image_size
-        self.sample_transform = resize_short_side(image_size)
+        super().__init__(**kwargs)
+        self.sample_transform = resize_short_side(self.image_size)
         if not self.unlabeled:
             self.train_aug = train_augmentation(
-                self.normalization, image_size, crop_scale, vertical_flip
+                self.normalization, self.image_size, crop_scale, vertical_flip
             )

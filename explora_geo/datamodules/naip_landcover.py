@@ -23,16 +23,12 @@ class NAIPLandCoverDataModule(ImageClassificationSplitsDataModule):
     .. versionadded:: 0.1
     """
 
+    labeled_class = NAIPLandCover
+    unlabeled_class = NAIPLandCoverUnlabeled
+
     def __init__(
         self,
-        batch_size: int = 64,
-        num_workers: int = 0,
-        image_size: int = 224,
-        crop_scale: tuple[float, float] | None = (0.08, 1.0),
-        unlabeled: bool = False,
-        val_split: str = 'val',
         test_split: str = 'val',
-        pretrain_split: str = 'train',
         bands: Sequence[str] = NAIPLandCover.rgb_bands,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
@@ -41,20 +37,14 @@ class NAIPLandCoverDataModule(ImageClassificationSplitsDataModule):
         """Initialize a new NAIPLandCoverDataModule instance.
 
         Args:
-            batch_size: Size of each mini-batch.
-            num_workers: Number of workers for parallel data loading.
-            image_size: Height and width of the images fed to the model.
-            crop_scale: Area range of the random resized crop of training
-                images, or None for no crop.
-            unlabeled: If True, load images only, for pre-training.
-            val_split: Split used for validation.
             test_split: Split used for testing (``'test'`` if the dataset has
                 one).
-            pretrain_split: Split read with ``unlabeled=True``.
             bands: Bands to load, from ``('R', 'G', 'B', 'NIR')``.
             mean: Per-band means (0-255 scale); ImageNet's for R, G, B if None.
             std: Per-band standard deviations; ImageNet's for R, G, B if None.
-            **kwargs: Additional keyword arguments passed to
+            **kwargs: Arguments of :class:`ImageClassificationSplitsDataModule`
+                and :class:`ImageSplitsDataModule` (*batch_size*, *image_size*,
+                *crop_scale*, *unlabeled*, *pretrain_split*, ...) and of
                 :class:`~explora_geo.datasets.NAIPLandCover` (``root``,
                 ``on_error``, ...).
 
@@ -79,17 +69,8 @@ class NAIPLandCoverDataModule(ImageClassificationSplitsDataModule):
             'standard', bands, tuple(map(float, mean)), tuple(map(float, std)), 255.0
         )
         super().__init__(
-            NAIPLandCover,
-            NAIPLandCoverUnlabeled,
-            batch_size,
-            num_workers,
-            image_size=image_size,
-            crop_scale=crop_scale,
             vertical_flip=True,
-            unlabeled=unlabeled,
-            val_split=val_split,
             test_split=test_split,
-            pretrain_split=pretrain_split,
             bands=bands,
             normalization=norm,
             **kwargs,

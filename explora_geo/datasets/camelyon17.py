@@ -1,15 +1,18 @@
 """Camelyon17-WILDS tumour classification of histopathology patches."""
 
 import os
-from collections.abc import Callable, Sequence
-from typing import ClassVar, Literal
+from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
-from torchgeo.datasets.utils import Path, Sample
 
-from .image_table import OnError, integer_labels, read_table, table_records
-from .wilds import WILDSClassificationDataset, WILDSUnlabeledDataset
+from .image_table import integer_labels, read_table, table_records
+from .wilds import (
+    UNLABELED_SPLITS,
+    WILDSClassificationDataset,
+    WILDSUnlabeledDataset,
+)
 
 #: Hospital (``center``) whose slides form the out-of-distribution validation split.
 VAL_CENTER = 1
@@ -87,54 +90,26 @@ class Camelyon17(WILDSClassificationDataset):
     * https://doi.org/10.1109/TMI.2018.2867350
     * https://arxiv.org/abs/2012.07421
 
+    Constructor arguments: see :class:`~explora_geo.datasets.wilds.WILDSImageDataset`.
+
     .. versionadded:: 0.1
     """
 
+    wilds_name = 'camelyon17'
     splits: ClassVar[tuple[str, ...]] = ('train', 'id_val', 'val', 'test')
+    default_version = '1.0'
     classes: Sequence[str] = ('normal', 'tumor')
 
-    def __init__(
-        self,
-        root: Path = 'data',
-        split: Literal['train', 'id_val', 'val', 'test'] = 'train',
-        version: str = '1.0',
-        transforms: Callable[[Sample], Sample] | None = None,
-        download: bool = False,
-        on_error: OnError = 'raise',
-    ) -> None:
-        """Initialize a new Camelyon17 instance.
-
-        Args:
-            root: Root directory holding ``camelyon17_v<version>``.
-            split: One of ``'train'``, ``'id_val'``, ``'val'``, ``'test'``.
-            version: Release version.
-            transforms: A function/transform that takes an input sample
-                and returns a transformed version.
-            download: If True, download the release with the ``wilds`` package
-                when it is missing.
-            on_error: ``'raise'`` to stop at the first bad sample (missing or
-                corrupt image, invalid label) with an error naming it; ``'skip'``
-                to leave bad samples out and count them in a warning.
-
-        Raises:
-            ValueError: If *split* is invalid or the metadata lacks a column.
-            DatasetNotFoundError: If the release is not found and *download* is
-                False.
-            InvalidSampleError: If a row's label is invalid and *on_error* is
-                ``'raise'``.
-        """
-        super().__init__(
-            root, 'camelyon17', version, split, transforms, download, on_error
-        )
+    def _index(self) -> None:
+        """Read the rows of the split from ``metadata.csv``, with their labels."""
         self._verify(['metadata.csv'])
-
         table_path = os.path.join(self.data_dir, 'metadata.csv')
         table = read_table(
             table_path,
             [*_COORDINATES, 'tumor', 'center', 'split'],
             dtype={'patient': str},
         )
-        table = table[_official_splits(table) == split]
+        table = table[_official_splits(table) == self.split]
         labels, problems = integer_labels(table['tumor'], len(self.classes))
         records = table_records(
             table_path, table, _patch_paths(self.data_dir, table), label=labels
@@ -153,49 +128,23 @@ class Camelyon17Unlabeled(WILDSUnlabeledDataset):
 
     Samples are ``{'image': float (3, 96, 96) 0-255}``.
 
+    By default the ``'train_unlabeled'`` split is read; constructor arguments: see
+    :class:`~explora_geo.datasets.wilds.WILDSImageDataset`.
+
     .. versionadded:: 0.1
     """
 
-    unlabeled_splits: ClassVar[tuple[str, ...]] = (
-        'train_unlabeled',
-        'val_unlabeled',
-        'test_unlabeled',
-    )
-    splits: ClassVar[tuple[str, ...]] = (*unlabeled_splits, *Camelyon17.splits)
+    wilds_name = 'camelyon17'
+    unlabeled_splits = UNLABELED_SPLITS
+    splits: ClassVar[tuple[str, ...]] = (*UNLABELED_SPLITS, *Camelyon17.splits)
+    default_split = 'train_unlabeled'
+    default_version = '1.0'
 
-    def __init__(
-        self,
-        root: Path = 'data',
-        split: str = 'train_unlabeled',
-        version: str = '1.0',
-        transforms: Callable[[Sample], Sample] | None = None,
-        download: bool = False,
-        on_error: OnError = 'raise',
-    ) -> None:
-        """Initialize a new Camelyon17Unlabeled instance.
-
-        Args:
-            root: Root directory holding the release folders.
-            split: An unlabeled split or a split of the labeled release.
-            version: Release version.
-            transforms: A function/transform that takes an input sample
-                and returns a transformed version.
-            download: If True, download the release with the ``wilds`` package
-                when it is missing.
-            on_error: ``'raise'`` or ``'skip'`` missing and corrupt images.
-
-        Raises:
-            ValueError: If *split* is invalid or the metadata lacks a column.
-            DatasetNotFoundError: If the release is not found and *download* is
-                False.
-        """
-        unlabeled = split in self.unlabeled_splits
-        release = 'camelyon17_unlabeled' if unlabeled else 'camelyon17'
-        super().__init__(root, release, version, split, transforms, download, on_error)
+    def _index(self) -> None:
+        """Read the rows of the split from ``metadata.csv``."""
         self._verify(['metadata.csv'])
-
         table_path = os.path.join(self.data_dir, 'metadata.csv')
-        if unlabeled:
+        if self.from_unlabeled_release:
             table = read_table(
                 table_path, [*_COORDINATES, 'center'], dtype={'patient': str}
             )
@@ -210,6 +159,6 @@ class Camelyon17Unlabeled(WILDSUnlabeledDataset):
                 table_path, [*_COORDINATES, 'center', 'split'], dtype={'patient': str}
             )
             names = _official_splits(table)
-        table = table[names == split]
+        table = table[names == self.split]
         records = table_records(table_path, table, _patch_paths(self.data_dir, table))
         self._set_records(records)

@@ -2,8 +2,8 @@
 
 import json
 import os
-from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, Literal
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal, Unpack
 
 import numpy as np
 import pandas as pd
@@ -13,7 +13,7 @@ from torch import Tensor
 from torchgeo.datasets.utils import Path, Sample
 
 from ..sensors import FMOW_RGB
-from .fmow_base import FMoWBase, OnError
+from .fmow_base import FMoWBase, FMoWOptions, SplitIndex
 from .fmow_metadata import (
     FMoWSampleError,
     class_index,
@@ -78,9 +78,7 @@ class FMoW(FMoWBase):
         root: Path = 'data',
         split: Literal['train', 'val', 'test'] = 'train',
         layout: Literal['release', 'satmae'] = 'release',
-        size: int | None = None,
-        transforms: Callable[[Sample], Sample] | None = None,
-        on_error: OnError = 'raise',
+        **kwargs: Unpack[FMoWOptions],
     ) -> None:
         """Initialize a new FMoW instance.
 
@@ -88,12 +86,7 @@ class FMoW(FMoWBase):
             root: root directory of the dataset.
             split: one of ``'train'``, ``'val'`` or ``'test'``.
             layout: ``'release'`` (folders + JSON) or ``'satmae'`` (CSV files).
-            size: resize the shorter side to this many pixels and crop the centre
-                square, so that samples collate; None keeps the native size.
-            transforms: a function/transform that takes a sample and returns a
-                transformed version.
-            on_error: ``'raise'`` to stop at a bad entry or file, ``'skip'`` to drop
-                it with a warning (see :class:`FMoWBase`).
+            **kwargs: *size*, *transforms* and *on_error*, see :class:`FMoWBase`.
 
         Raises:
             DatasetNotFoundError: if the split directory or CSV is missing.
@@ -101,7 +94,7 @@ class FMoW(FMoWBase):
                 ``on_error='raise'``).
             ValueError: if an argument is invalid.
         """
-        super().__init__(root, split, size, transforms, on_error)
+        super().__init__(root, split, **kwargs)
         if layout not in self.layouts:
             raise ValueError(
                 f'layout={layout!r} is invalid; expected one of {self.layouts}'
@@ -124,29 +117,21 @@ class FMoW(FMoWBase):
         Args:
             split_root: the split directory.
         """
-        files: list[str] = []
-        labels: list[int] = []
-        locations: list[str] = []
-        errors: list[str] = []
+        index = SplitIndex()
         categories = sorted(e.name for e in os.scandir(split_root) if e.is_dir())
         for cat in categories:
             cat_dir = os.path.join(split_root, cat)
             try:
                 label = class_index(cat, f'{cat_dir} (category directory)')
             except FMoWSampleError as e:
-                errors.append(str(e))
+                index.errors.append(str(e))
                 continue
             for loc in sorted(e.name for e in os.scandir(cat_dir) if e.is_dir()):
                 loc_dir = os.path.join(cat_dir, loc)
                 for name in sorted(os.listdir(loc_dir)):
                     if name.endswith('_rgb.jpg'):
-                        files.append(os.path.join(loc_dir, name))
-                        labels.append(label)
-                        locations.append(f'{cat}/{loc}')
-        self._reject(errors, len(categories))
-        self.files = np.array(files, dtype=str)
-        self.labels = np.array(labels, dtype=np.int64)
-        self.locations = np.array(locations, dtype=str)
+                        index.add(os.path.join(loc_dir, name), label, f'{cat}/{loc}')
+        self._install(index, len(categories))
 
     def _index_csv(self, csv_path: str) -> None:
         """Index a SatMAE-style CSV.
@@ -157,35 +142,23 @@ class FMoW(FMoWBase):
         table = read_metadata_csv(csv_path, ('category', 'image_path'))
         has_time = 'timestamp' in table.columns
         times = table['timestamp'] if has_time else [None] * len(table)
-        files: list[str] = []
-        labels: list[int] = []
-        locations: list[str] = []
-        stamps: list[tuple[int, int, int]] = []
-        rows: list[int] = []
-        errors: list[str] = []
+        index = SplitIndex()
         for row, (cat, path, ts) in enumerate(
             zip(table['category'], table['image_path'], times, strict=True)
         ):
             where = csv_row(csv_path, row)
             try:
                 label = class_index(cat, where, allow_index=True)
-                if has_time:
-                    stamps.append(parse_timestamp(ts, where))
+                stamp = parse_timestamp(ts, where) if has_time else None
             except FMoWSampleError as e:
-                errors.append(str(e))
+                index.errors.append(str(e))
                 continue
             file = os.path.normpath(os.path.join(self.root, path))
-            files.append(file)
-            labels.append(label)
-            locations.append(os.path.dirname(file))
-            rows.append(row)
-        self._reject(errors, len(table))
-        self.files = np.array(files, dtype=str)
-        self.labels = np.array(labels, dtype=np.int64)
-        self.locations = np.array(locations, dtype=str)
-        self.rows = np.array(rows, dtype=np.int64)
+            index.add(file, label, os.path.dirname(file), row, stamp)
+        self._install(index, len(table))
+        self.rows = index.row_array()
         if has_time:
-            self.timestamps = np.array(stamps, dtype=np.int64).reshape(-1, 3)
+            self.timestamps = index.timestamp_array()
 
     def _load_sample(self, index: int) -> Sample:
         """Load one image and its label (see :meth:`FMoWBase._load_sample`)."""
@@ -341,9 +314,7 @@ class FMoWTemporal(FMoWBase):
         layout: Literal['release', 'satmae'] = 'release',
         bands: Sequence[str] | None = None,
         normalization: Literal['none', 'satmae'] = 'none',
-        size: int | None = None,
-        transforms: Callable[[Sample], Sample] | None = None,
-        on_error: OnError = 'raise',
+        **kwargs: Unpack[FMoWOptions],
     ) -> None:
         """Initialize a new FMoWTemporal instance.
 
@@ -359,18 +330,15 @@ class FMoWTemporal(FMoWBase):
             layout: on-disk layout of fMoW-RGB (see :class:`FMoW`).
             bands: Sentinel-2 bands to load (see :class:`FMoWSentinel`).
             normalization: Sentinel-2 scaling (see :class:`FMoWSentinel`).
-            size: resize the shorter side to this many pixels and crop the centre
-                square; None keeps the native size.
-            transforms: a function/transform that takes a sample and returns a
-                transformed version.
-            on_error: ``'raise'`` or ``'skip'`` for bad entries and files.
+            **kwargs: *size*, *transforms* and *on_error*, see :class:`FMoWBase`;
+                *size* and *on_error* also apply to the images read.
 
         Raises:
             DatasetNotFoundError: if the data is not found.
             FMoWSampleError: if the metadata has no timestamps or is invalid.
             ValueError: if an argument is invalid.
         """
-        super().__init__(root, split, size, transforms, on_error)
+        super().__init__(root, split, **kwargs)
         if num_images < 1:
             raise ValueError(f'num_images={num_images} is invalid; expected >= 1')
         self.sensor = sensor
@@ -386,7 +354,7 @@ class FMoWTemporal(FMoWBase):
                     "bands and normalization apply to sensor='sentinel' only"
                 )
             self.dataset = FMoW(
-                root, split, layout=layout, size=size, on_error=on_error
+                root, split, layout=layout, size=self.size, on_error=self.on_error
             )
             if layout == 'satmae' and self.dataset.timestamps is None:
                 raise FMoWSampleError(
@@ -401,8 +369,8 @@ class FMoWTemporal(FMoWBase):
                 split,
                 bands=FMoWSentinel.default_bands if bands is None else bands,
                 normalization=normalization,
-                size=size,
-                on_error=on_error,
+                size=self.size,
+                on_error=self.on_error,
             )
         else:
             raise ValueError(

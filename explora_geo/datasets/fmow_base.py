@@ -4,7 +4,8 @@ import abc
 import os
 import warnings
 from collections.abc import Callable
-from typing import ClassVar, Literal
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal, TypedDict
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -70,6 +71,77 @@ def stretch(image: np.ndarray) -> np.ndarray:
     return np.clip((image - lo) / np.maximum(hi - lo, 1e-12), 0, 1)
 
 
+class FMoWOptions(TypedDict, total=False):
+    """Keyword arguments taken by every fMoW dataset (see :class:`FMoWBase`).
+
+    .. versionadded:: 0.1
+    """
+
+    size: int | None
+    transforms: Callable[[Sample], Sample] | None
+    on_error: OnError
+
+
+@dataclass
+class SplitIndex:
+    """The entries of a split, gathered while indexing it.
+
+    One entry per accepted image in :attr:`files`, :attr:`labels`,
+    :attr:`locations` and, where the index has them, :attr:`rows` (table rows) and
+    :attr:`timestamps`; one message per rejected entry in :attr:`errors`.
+
+    .. versionadded:: 0.1
+    """
+
+    files: list[str] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    locations: list[str] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)
+    timestamps: list[tuple[int, int, int]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def add(
+        self,
+        file: str,
+        label: int,
+        location: str,
+        row: int | None = None,
+        timestamp: tuple[int, int, int] | None = None,
+    ) -> None:
+        """Add an accepted image.
+
+        Args:
+            file: its path.
+            label: its class index.
+            location: its location (images of one location are views of one site).
+            row: the table row that lists it, if any.
+            timestamp: its ``(year, month, hour)``, if known.
+        """
+        self.files.append(file)
+        self.labels.append(label)
+        self.locations.append(location)
+        if row is not None:
+            self.rows.append(row)
+        if timestamp is not None:
+            self.timestamps.append(timestamp)
+
+    def row_array(self) -> np.ndarray:
+        """The table rows as an int64 array.
+
+        Returns:
+            shape ``(N,)``.
+        """
+        return np.array(self.rows, dtype=np.int64)
+
+    def timestamp_array(self) -> np.ndarray:
+        """The timestamps as an int64 array.
+
+        Returns:
+            shape ``(N, 3)``.
+        """
+        return np.array(self.timestamps, dtype=np.int64).reshape(-1, 3)
+
+
 class FMoWBase(NonGeoDataset, abc.ABC):
     """Base class of the fMoW datasets.
 
@@ -106,19 +178,24 @@ class FMoWBase(NonGeoDataset, abc.ABC):
         self,
         root: Path,
         split: str,
-        size: int | None,
-        transforms: Callable[[Sample], Sample] | None,
-        on_error: OnError,
+        size: int | None = None,
+        transforms: Callable[[Sample], Sample] | None = None,
+        on_error: OnError = 'raise',
     ) -> None:
         """Initialize the shared state.
+
+        The keyword arguments *size*, *transforms* and *on_error* are those of
+        every fMoW dataset (:class:`FMoWOptions`).
 
         Args:
             root: root directory of the dataset.
             split: one of ``'train'``, ``'val'``, ``'test'``.
-            size: resize the shorter side to this and crop the centre square; None
-                keeps the native size.
-            transforms: a function/transform applied to each sample.
-            on_error: ``'raise'`` or ``'skip'`` for bad samples.
+            size: resize the shorter side to this many pixels and crop the centre
+                square, so that samples collate; None keeps the native size.
+            transforms: a function/transform that takes a sample and returns a
+                transformed version.
+            on_error: ``'raise'`` to stop at a bad entry (category, table row) or
+                file, ``'skip'`` to drop it with a warning.
 
         Raises:
             ValueError: if *split*, *size* or *on_error* is invalid.
@@ -189,6 +266,23 @@ class FMoWBase(NonGeoDataset, abc.ABC):
             f'first: {errors[0]}',
             stacklevel=3,
         )
+
+    def _install(self, index: SplitIndex, total: int) -> None:
+        """Apply the bad-sample policy to an index and keep its images.
+
+        Args:
+            index: the split's index.
+            total: number of entries examined (files, folders or table rows).
+
+        Raises:
+            FMoWSampleError: if the index rejected an entry and ``on_error='raise'``.
+        """
+        self._reject(index.errors, total)
+        # Fixed-width numpy arrays instead of lists of Python objects keep the
+        # per-worker memory flat when a DataLoader forks.
+        self.files = np.array(index.files, dtype=str)
+        self.labels = np.array(index.labels, dtype=np.int64)
+        self.locations = np.array(index.locations, dtype=str)
 
     def __len__(self) -> int:
         """Return the number of images.

@@ -1,8 +1,8 @@
 """fMoW-Sentinel: 13-band Sentinel-2 images of the fMoW locations."""
 
 import os
-from collections.abc import Callable, Sequence
-from typing import ClassVar, Literal
+from collections.abc import Sequence
+from typing import ClassVar, Literal, Unpack
 
 import numpy as np
 import rasterio
@@ -13,7 +13,7 @@ from torchgeo.datasets import RGBBandsMissingError
 from torchgeo.datasets.utils import Path, Sample
 
 from ..sensors import SENTINEL2
-from .fmow_base import FMoWBase, OnError
+from .fmow_base import FMoWBase, FMoWOptions, SplitIndex
 from .fmow_metadata import (
     FMoWSampleError,
     class_index,
@@ -102,9 +102,7 @@ class FMoWSentinel(FMoWBase):
         split: Literal['train', 'val', 'test'] = 'train',
         bands: Sequence[str] = default_bands,
         normalization: Literal['none', 'satmae'] = 'none',
-        size: int | None = None,
-        transforms: Callable[[Sample], Sample] | None = None,
-        on_error: OnError = 'raise',
+        **kwargs: Unpack[FMoWOptions],
     ) -> None:
         """Initialize a new FMoWSentinel instance.
 
@@ -115,12 +113,7 @@ class FMoWSentinel(FMoWBase):
                 without B1, B9, B10).
             normalization: ``'none'`` for raw digital numbers, ``'satmae'`` for the
                 SatMAE scaling to [0, 1].
-            size: resize the shorter side to this many pixels and crop the centre
-                square, so that samples collate; None keeps the native size.
-            transforms: a function/transform that takes a sample and returns a
-                transformed version.
-            on_error: ``'raise'`` to stop at a bad row or file, ``'skip'`` to drop
-                it with a warning (see :class:`FMoWBase`).
+            **kwargs: *size*, *transforms* and *on_error*, see :class:`FMoWBase`.
 
         Raises:
             DatasetNotFoundError: if the CSV or the image folder is missing.
@@ -128,7 +121,7 @@ class FMoWSentinel(FMoWBase):
                 ``on_error='raise'``).
             ValueError: if an argument is invalid.
         """
-        super().__init__(root, split, size, transforms, on_error)
+        super().__init__(root, split, **kwargs)
         if isinstance(bands, str) or not bands:
             raise ValueError(
                 f'bands={bands!r} is invalid; expected a sequence of band names'
@@ -165,12 +158,7 @@ class FMoWSentinel(FMoWBase):
             image_root: directory of the split's images.
         """
         table = read_metadata_csv(self.csv_path, self.required_columns)
-        files: list[str] = []
-        labels: list[int] = []
-        locations: list[str] = []
-        stamps: list[tuple[int, int, int]] = []
-        rows: list[int] = []
-        errors: list[str] = []
+        index = SplitIndex()
         columns = (table[c] for c in self.required_columns)
         for row, (cat, loc, img, ts) in enumerate(zip(*columns, strict=True)):
             where = csv_row(self.csv_path, row)
@@ -178,24 +166,14 @@ class FMoWSentinel(FMoWBase):
                 label = class_index(cat, where)
                 stamp = parse_timestamp(ts, where)
             except FMoWSampleError as e:
-                errors.append(str(e))
+                index.errors.append(str(e))
                 continue
             location = f'{cat}_{loc}'
-            files.append(
-                os.path.join(image_root, cat, location, f'{location}_{img}.tif')
-            )
-            labels.append(label)
-            locations.append(location)
-            stamps.append(stamp)
-            rows.append(row)
-        self._reject(errors, len(table))
-        # Fixed-width numpy arrays instead of lists of Python objects keep the
-        # per-worker memory flat when a DataLoader forks.
-        self.files = np.array(files, dtype=str)
-        self.labels = np.array(labels, dtype=np.int64)
-        self.locations = np.array(locations, dtype=str)
-        self.timestamps = np.array(stamps, dtype=np.int64).reshape(-1, 3)
-        self.rows = np.array(rows, dtype=np.int64)
+            file = os.path.join(image_root, cat, location, f'{location}_{img}.tif')
+            index.add(file, label, location, row, stamp)
+        self._install(index, len(table))
+        self.timestamps = index.timestamp_array()
+        self.rows = index.row_array()
 
     def _load_sample(self, index: int) -> Sample:
         """Load ``image``, ``label`` and ``timestamp`` (see :meth:`FMoWBase._load_sample`)."""

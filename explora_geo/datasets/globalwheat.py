@@ -2,18 +2,16 @@
 
 import math
 import os
-from collections.abc import Callable
-from typing import ClassVar, Literal
+from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
-from matplotlib.figure import Figure
-from torchgeo.datasets.utils import Path, Sample
+from torchgeo.datasets.utils import Sample
 
-from .image_table import InvalidSampleError, OnError, read_table, table_records
-from .plot import plot_detection
-from .wilds import WILDSImageDataset, WILDSUnlabeledDataset
+from .image_table import InvalidSampleError, read_table, table_records
+from .wilds import UNLABELED_SPLITS, WILDSImageDataset, WILDSUnlabeledDataset
 
 #: Value of ``BoxesString`` for an image without any wheat head.
 NO_BOX = 'no_box'
@@ -80,6 +78,8 @@ class GlobalWheat(WILDSImageDataset):
     * https://doi.org/10.34133/2020/3521852
     * https://arxiv.org/abs/2105.07660
 
+    Constructor arguments: see :class:`~explora_geo.datasets.wilds.WILDSImageDataset`.
+
     .. versionadded:: 0.1
     """
 
@@ -91,46 +91,14 @@ class GlobalWheat(WILDSImageDataset):
         'id_test': 'fixed_train_test.csv',
     }
     splits: ClassVar[tuple[str, ...]] = tuple(split_files)
-    classes: ClassVar[tuple[str, ...]] = ('background', 'wheat_head')
+    classes: Sequence[str] | None = ('background', 'wheat_head')
+    wilds_name = 'globalwheat'
+    default_version = '1.1'
 
-    def __init__(
-        self,
-        root: Path = 'data',
-        split: Literal['train', 'val', 'test', 'id_val', 'id_test'] = 'train',
-        version: str = '1.1',
-        transforms: Callable[[Sample], Sample] | None = None,
-        download: bool = False,
-        on_error: OnError = 'raise',
-    ) -> None:
-        """Initialize a new GlobalWheat instance.
-
-        Args:
-            root: Root directory holding ``globalwheat_v<version>``.
-            split: One of ``'train'``, ``'val'``, ``'test'``, ``'id_val'``,
-                ``'id_test'``.
-            version: Release version.
-            transforms: A function/transform that takes an input sample
-                and returns a transformed version.
-            download: If True, download the release with the ``wilds`` package
-                when it is missing.
-            on_error: ``'raise'`` to stop at the first bad sample (missing or
-                corrupt image, malformed boxes, boxes outside the image) with an
-                error naming it; ``'skip'`` to leave bad samples out and count
-                them in a warning.
-
-        Raises:
-            ValueError: If *split* is invalid or the table lacks a column.
-            DatasetNotFoundError: If the release is not found and *download* is
-                False.
-            InvalidSampleError: If a row's boxes are malformed and *on_error* is
-                ``'raise'``.
-        """
-        super().__init__(
-            root, 'globalwheat', version, split, transforms, download, on_error
-        )
-        self._verify([self.split_files[split]])
-
-        table_path = os.path.join(self.data_dir, self.split_files[split])
+    def _index(self) -> None:
+        """Read the split's table and parse its boxes."""
+        table_path = os.path.join(self.data_dir, self.split_files[self.split])
+        self._verify([self.split_files[self.split]])
         table = read_table(table_path, ['image_name', 'BoxesString'])
         parsed = [parse_boxes(text) for text in table['BoxesString']]
         problems = pd.Series([p for _, p in parsed], index=table.index, dtype=object)
@@ -160,25 +128,6 @@ class GlobalWheat(WILDSImageDataset):
             'label': torch.ones(len(boxes), dtype=torch.long),
         }
 
-    def plot(
-        self, sample: Sample, show_titles: bool = True, suptitle: str | None = None
-    ) -> Figure:
-        """Plot a sample from the dataset.
-
-        Args:
-            sample: A sample returned by :meth:`__getitem__`, optionally with
-                ``'prediction_bbox_xyxy'``.
-            show_titles: Flag indicating whether to show titles above each panel.
-            suptitle: Optional string to use as a suptitle.
-
-        Returns:
-            A matplotlib Figure with the rendered sample.
-
-        Raises:
-            RGBBandsMissingError: If the image is not a three-channel RGB image.
-        """
-        return plot_detection(sample, show_titles, suptitle)
-
 
 class GlobalWheatUnlabeled(WILDSUnlabeledDataset):
     """GlobalWheat images without boxes, for self-supervised pre-training.
@@ -192,53 +141,25 @@ class GlobalWheatUnlabeled(WILDSUnlabeledDataset):
 
     Samples are ``{'image': float (3, H, W) 0-255}``.
 
+    By default the ``'train_unlabeled'`` split is read; constructor arguments: see
+    :class:`~explora_geo.datasets.wilds.WILDSImageDataset`.
+
     .. versionadded:: 0.1
     """
 
-    unlabeled_splits: ClassVar[tuple[str, ...]] = (
-        'train_unlabeled',
-        'val_unlabeled',
-        'test_unlabeled',
-        'extra_unlabeled',
-    )
+    wilds_name = 'globalwheat'
+    unlabeled_splits: ClassVar[tuple[str, ...]] = (*UNLABELED_SPLITS, 'extra_unlabeled')
     splits: ClassVar[tuple[str, ...]] = (*unlabeled_splits, *GlobalWheat.splits)
+    default_split = 'train_unlabeled'
+    default_version = GlobalWheat.default_version
 
-    def __init__(
-        self,
-        root: Path = 'data',
-        split: str = 'train_unlabeled',
-        version: str | None = None,
-        transforms: Callable[[Sample], Sample] | None = None,
-        download: bool = False,
-        on_error: OnError = 'raise',
-    ) -> None:
-        """Initialize a new GlobalWheatUnlabeled instance.
-
-        Args:
-            root: Root directory holding the release folders.
-            split: An unlabeled split or a split of the labeled release.
-            version: Release version; defaults to ``'1.0'`` for the unlabeled
-                release and ``'1.1'`` for the labeled one.
-            transforms: A function/transform that takes an input sample
-                and returns a transformed version.
-            download: If True, download the release with the ``wilds`` package
-                when it is missing.
-            on_error: ``'raise'`` or ``'skip'`` missing and corrupt images.
-
-        Raises:
-            ValueError: If *split* is invalid or the table lacks a column.
-            DatasetNotFoundError: If the release is not found and *download* is
-                False.
-        """
-        unlabeled = split in self.unlabeled_splits
-        release = 'globalwheat_unlabeled' if unlabeled else 'globalwheat'
-        version = version or ('1.0' if unlabeled else '1.1')
-        super().__init__(root, release, version, split, transforms, download, on_error)
-        filename = (
-            f'official_{split}.csv' if unlabeled else GlobalWheat.split_files[split]
-        )
+    def _index(self) -> None:
+        """Read the image names of the split's table."""
+        if self.from_unlabeled_release:
+            filename = f'official_{self.split}.csv'
+        else:
+            filename = GlobalWheat.split_files[self.split]
         self._verify([filename])
-
         table_path = os.path.join(self.data_dir, filename)
         table = read_table(table_path, ['image_name'])
         records = table_records(table_path, table, _image_paths(self.data_dir, table))

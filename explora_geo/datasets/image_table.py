@@ -18,8 +18,12 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
+from torch import Tensor
 from torchgeo.datasets import NonGeoDataset
 from torchgeo.datasets.utils import Path, Sample
+
+from .plot import plot_rgb_sample
 
 #: How a dataset reacts to a bad sample: raise an error, or skip and warn.
 OnError = Literal['raise', 'skip']
@@ -127,6 +131,9 @@ class ImageTableDataset(NonGeoDataset, abc.ABC):
 
     .. versionadded:: 0.1
     """
+
+    #: Class names in label order, or None for a dataset without class labels.
+    classes: Sequence[str] | None = None
 
     def __init__(
         self,
@@ -302,6 +309,44 @@ class ImageTableDataset(NonGeoDataset, abc.ABC):
         if not os.path.isfile(path):
             raise FileNotFoundError(f'Image file {self._where(index)} does not exist')
         return path
+
+    def plot(
+        self, sample: Sample, show_titles: bool = True, suptitle: str | None = None
+    ) -> Figure:
+        """Plot a sample from the dataset.
+
+        A sample with boxes (``'bbox_xyxy'``) is drawn with them and, if present,
+        the predicted boxes (``'prediction_bbox_xyxy'``); any other with its label
+        and prediction (``'label'``, ``'prediction'``), named by :attr:`classes`
+        (see :func:`~explora_geo.datasets.plot.plot_rgb_sample`).
+
+        Args:
+            sample: A sample returned by :meth:`__getitem__`.
+            show_titles: Flag indicating whether to show titles above each panel.
+            suptitle: Optional string to use as a suptitle.
+
+        Returns:
+            A matplotlib Figure with the rendered sample.
+
+        Raises:
+            RGBBandsMissingError: If the sample's image has no R, G, B channels.
+        """
+        sample = {**sample, 'image': self._rgb(sample['image'])}
+        return plot_rgb_sample(sample, self.classes, show_titles, suptitle)
+
+    def _rgb(self, image: Tensor) -> Tensor:
+        """Select the R, G, B channels of an image, in that order, for plotting.
+
+        Args:
+            image: An image of a sample, (C, H, W).
+
+        Returns:
+            The image, (3, H, W) if it is an RGB image (the default: unchanged).
+
+        Raises:
+            RGBBandsMissingError: If the image has no R, G, B channels.
+        """
+        return image
 
     @abc.abstractmethod
     def _load_sample(self, index: int) -> Sample:

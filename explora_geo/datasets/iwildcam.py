@@ -1,14 +1,12 @@
 """iWildCam2020-WILDS camera-trap species classification."""
 
 import os
-from collections.abc import Callable
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
-from torchgeo.datasets.utils import Path, Sample
 
-from .image_table import OnError, integer_labels, read_table, table_records
+from .image_table import integer_labels, read_table, table_records
 from .wilds import WILDSClassificationDataset, WILDSUnlabeledDataset
 
 
@@ -52,52 +50,23 @@ class IWildCam(WILDSClassificationDataset):
     * https://arxiv.org/abs/2004.10340
     * https://arxiv.org/abs/2012.07421
 
+    Constructor arguments: see :class:`~explora_geo.datasets.wilds.WILDSImageDataset`.
+
     .. versionadded:: 0.1
     """
 
+    wilds_name = 'iwildcam'
     splits: ClassVar[tuple[str, ...]] = ('train', 'val', 'test', 'id_val', 'id_test')
+    default_version = '2.0'
 
-    def __init__(
-        self,
-        root: Path = 'data',
-        split: Literal['train', 'val', 'test', 'id_val', 'id_test'] = 'train',
-        version: str = '2.0',
-        transforms: Callable[[Sample], Sample] | None = None,
-        download: bool = False,
-        on_error: OnError = 'raise',
-    ) -> None:
-        """Initialize a new IWildCam instance.
-
-        Args:
-            root: Root directory holding ``iwildcam_v<version>``.
-            split: One of ``'train'``, ``'val'``, ``'test'``, ``'id_val'``,
-                ``'id_test'``.
-            version: Release version.
-            transforms: A function/transform that takes an input sample
-                and returns a transformed version.
-            download: If True, download the release with the ``wilds`` package
-                when it is missing.
-            on_error: ``'raise'`` to stop at the first bad sample (missing or
-                corrupt image, invalid label) with an error naming it; ``'skip'``
-                to leave bad samples out and count them in a warning.
-
-        Raises:
-            ValueError: If *split* is invalid, or a table lacks a required column
-                or has an invalid class list.
-            DatasetNotFoundError: If the release is not found and *download* is
-                False.
-            InvalidSampleError: If a row's label is invalid and *on_error* is
-                ``'raise'``.
-        """
-        super().__init__(
-            root, 'iwildcam', version, split, transforms, download, on_error
-        )
+    def _index(self) -> None:
+        """Read the class list and the rows of the split, with their labels."""
         self._verify(['metadata.csv', 'categories.csv'])
         self.classes = self._read_classes()
 
         table_path = os.path.join(self.data_dir, 'metadata.csv')
         table = read_table(table_path, ['split', 'filename', 'y'])
-        table = table[table['split'] == split]
+        table = table[table['split'] == self.split]
         filenames, problems = _filenames(table, 'filename')
         labels, label_problems = integer_labels(table['y'], len(self.classes))
         problems = problems.where(problems != '', label_problems)
@@ -145,52 +114,29 @@ class IWildCamUnlabeled(WILDSUnlabeledDataset):
 
     Samples are ``{'image': float (3, H, W) 0-255}``.
 
+    By default the ``'extra_unlabeled'`` split is read; constructor arguments: see
+    :class:`~explora_geo.datasets.wilds.WILDSImageDataset`.
+
     .. versionadded:: 0.1
     """
 
-    splits: ClassVar[tuple[str, ...]] = ('extra_unlabeled', *IWildCam.splits)
+    wilds_name = 'iwildcam'
+    unlabeled_splits: ClassVar[tuple[str, ...]] = ('extra_unlabeled',)
+    splits: ClassVar[tuple[str, ...]] = (*unlabeled_splits, *IWildCam.splits)
+    default_split = 'extra_unlabeled'
+    default_version = IWildCam.default_version
 
-    def __init__(
-        self,
-        root: Path = 'data',
-        split: str = 'extra_unlabeled',
-        version: str | None = None,
-        transforms: Callable[[Sample], Sample] | None = None,
-        download: bool = False,
-        on_error: OnError = 'raise',
-    ) -> None:
-        """Initialize a new IWildCamUnlabeled instance.
-
-        Args:
-            root: Root directory holding the release folders.
-            split: ``'extra_unlabeled'`` or a split of the labeled release.
-            version: Release version; defaults to ``'1.0'`` for the unlabeled
-                release and ``'2.0'`` for the labeled one.
-            transforms: A function/transform that takes an input sample
-                and returns a transformed version.
-            download: If True, download the release with the ``wilds`` package
-                when it is missing.
-            on_error: ``'raise'`` or ``'skip'`` missing and corrupt images.
-
-        Raises:
-            ValueError: If *split* is invalid or a table lacks a required column.
-            DatasetNotFoundError: If the release is not found and *download* is
-                False.
-        """
-        unlabeled = split == 'extra_unlabeled'
-        release = 'iwildcam_unlabeled' if unlabeled else 'iwildcam'
-        version = version or ('1.0' if unlabeled else '2.0')
-        super().__init__(root, release, version, split, transforms, download, on_error)
+    def _index(self) -> None:
+        """Read the image names of the split."""
         self._verify(['metadata.csv'])
-
         table_path = os.path.join(self.data_dir, 'metadata.csv')
-        if unlabeled:
+        if self.from_unlabeled_release:
             table = read_table(table_path, ['uid'])
             names, problems = _filenames(table, 'uid')
             paths = [os.path.join(self.data_dir, 'images', f'{n}.jpg') for n in names]
         else:
             table = read_table(table_path, ['split', 'filename'])
-            table = table[table['split'] == split]
+            table = table[table['split'] == self.split]
             names, problems = _filenames(table, 'filename')
             paths = [os.path.join(self.data_dir, 'train', n) for n in names]
         records = table_records(table_path, table, paths)

@@ -1,5 +1,6 @@
 """NAIP land-cover classification (66 classes)."""
 
+import abc
 import os
 from collections.abc import Callable, Sequence
 from typing import ClassVar
@@ -8,7 +9,6 @@ import numpy as np
 import pandas as pd
 import rasterio
 import torch
-from matplotlib.figure import Figure
 from rasterio.errors import RasterioError
 from torch import Tensor
 from torchgeo.datasets import DatasetNotFoundError, RGBBandsMissingError
@@ -21,7 +21,6 @@ from .image_table import (
     read_table,
     table_records,
 )
-from .plot import plot_classification
 
 
 class NAIPChips(ImageTableDataset):
@@ -33,17 +32,16 @@ class NAIPChips(ImageTableDataset):
     splits: ClassVar[tuple[str, ...]] = ('train', 'val', 'test')
     all_bands: tuple[str, ...] = ('R', 'G', 'B', 'NIR')
     rgb_bands: tuple[str, ...] = ('R', 'G', 'B')
-    classes: Sequence[str] | None = None
 
     def __init__(
         self,
-        root: Path,
-        split: str,
-        bands: Sequence[str],
-        transforms: Callable[[Sample], Sample] | None,
-        on_error: OnError,
+        root: Path = 'data',
+        split: str = 'train',
+        bands: Sequence[str] = rgb_bands,
+        transforms: Callable[[Sample], Sample] | None = None,
+        on_error: OnError = 'raise',
     ) -> None:
-        """Initialize a new NAIPChips instance.
+        """Initialize a new NAIP chips dataset instance.
 
         Args:
             root: Root directory of the dataset.
@@ -51,11 +49,17 @@ class NAIPChips(ImageTableDataset):
             bands: Bands to load, from ``('R', 'G', 'B', 'NIR')``.
             transforms: A function/transform that takes an input sample
                 and returns a transformed version.
-            on_error: ``'raise'`` or ``'skip'`` bad samples, see
-                :class:`~explora_geo.datasets.image_table.ImageTableDataset`.
+            on_error: ``'raise'`` to stop at the first bad sample (missing or
+                unreadable chip, unknown class) with an error naming it;
+                ``'skip'`` to leave bad samples out and count them in a warning
+                (see :class:`~explora_geo.datasets.image_table.ImageTableDataset`).
 
         Raises:
-            ValueError: If *split* or a band is invalid.
+            ValueError: If *split* or a band is invalid, or a table lacks a
+                required column or has an invalid class list.
+            DatasetNotFoundError: If a table of the split is not found.
+            InvalidSampleError: If a row's label is invalid and *on_error* is
+                ``'raise'``.
         """
         if split not in self.splits:
             raise ValueError(f'split must be one of {self.splits}, got {split!r}')
@@ -66,6 +70,15 @@ class NAIPChips(ImageTableDataset):
         self.root = root
         self.split = split
         self.bands = tuple(bands)
+        self._index()
+
+    @abc.abstractmethod
+    def _index(self) -> None:
+        """Check that the split's tables are present and install its records.
+
+        Implementations call :meth:`_verify` with the tables they read, then
+        :meth:`_set_records`.
+        """
 
     def _verify(self, files: Sequence[str]) -> None:
         """Check that the tables are present.
@@ -131,27 +144,15 @@ class NAIPChips(ImageTableDataset):
             ) from e
         return torch.from_numpy(array.astype(np.float32))
 
-    def plot(
-        self, sample: Sample, show_titles: bool = True, suptitle: str | None = None
-    ) -> Figure:
-        """Plot a sample from the dataset.
-
-        Args:
-            sample: A sample returned by :meth:`__getitem__`.
-            show_titles: Flag indicating whether to show titles above each panel.
-            suptitle: Optional string to use as a suptitle.
-
-        Returns:
-            A matplotlib Figure with the rendered sample.
+    def _rgb(self, image: Tensor) -> Tensor:
+        """Select the R, G, B bands of a chip (see :meth:`ImageTableDataset._rgb`).
 
         Raises:
             RGBBandsMissingError: If *bands* does not include R, G and B.
         """
         if not all(band in self.bands for band in self.rgb_bands):
             raise RGBBandsMissingError()
-        rgb = [self.bands.index(band) for band in self.rgb_bands]
-        sample = {**sample, 'image': sample['image'][rgb]}
-        return plot_classification(self.classes, sample, show_titles, suptitle)
+        return image[[self.bands.index(band) for band in self.rgb_bands]]
 
 
 class NAIPLandCover(NAIPChips):
@@ -170,44 +171,17 @@ class NAIPLandCover(NAIPChips):
     * the chips: GeoTIFFs with bands R, G, B and optionally NIR (NAIP band order)
 
     Samples are ``{'image': float (C, H, W), 'label': int64 ()}`` with the bands
-    selected by *bands*.
+    selected by *bands*. Arguments: see :class:`NAIPChips`.
 
     .. versionadded:: 0.1
     """
 
-    def __init__(
-        self,
-        root: Path = 'data',
-        split: str = 'train',
-        bands: Sequence[str] = NAIPChips.rgb_bands,
-        transforms: Callable[[Sample], Sample] | None = None,
-        on_error: OnError = 'raise',
-    ) -> None:
-        """Initialize a new NAIPLandCover instance.
-
-        Args:
-            root: Root directory of the dataset.
-            split: One of ``'train'``, ``'val'``, ``'test'``.
-            bands: Bands to load, from ``('R', 'G', 'B', 'NIR')``.
-            transforms: A function/transform that takes an input sample
-                and returns a transformed version.
-            on_error: ``'raise'`` to stop at the first bad sample (missing or
-                unreadable chip, unknown class) with an error naming it;
-                ``'skip'`` to leave bad samples out and count them in a warning.
-
-        Raises:
-            ValueError: If *split* or a band is invalid, or a table lacks a
-                required column or has an invalid class list.
-            DatasetNotFoundError: If the class list or the split's table is not
-                found.
-            InvalidSampleError: If a row's label is invalid and *on_error* is
-                ``'raise'``.
-        """
-        super().__init__(root, split, bands, transforms, on_error)
-        self._verify(['classes.csv', f'{split}.csv'])
+    def _index(self) -> None:
+        """Read the class list and the split's table, with its labels."""
+        self._verify(['classes.csv', f'{self.split}.csv'])
         self.classes = self._read_classes()
 
-        table_path = os.path.join(root, f'{split}.csv')
+        table_path = os.path.join(self.root, f'{self.split}.csv')
         table = read_table(table_path, ['path', 'label'], dtype={'label': str})
         labels, problems = self._parse_labels(table['label'])
         problems[table['path'].isna()] = "missing file name: column 'path' is empty"
@@ -280,37 +254,15 @@ class NAIPLandCoverUnlabeled(NAIPChips):
     layout of :class:`NAIPLandCover`; only the ``path`` column is required and no
     class list is needed.
 
-    Samples are ``{'image': float (C, H, W)}``.
+    Samples are ``{'image': float (C, H, W)}``. Arguments: see :class:`NAIPChips`.
 
     .. versionadded:: 0.1
     """
 
-    def __init__(
-        self,
-        root: Path = 'data',
-        split: str = 'train',
-        bands: Sequence[str] = NAIPChips.rgb_bands,
-        transforms: Callable[[Sample], Sample] | None = None,
-        on_error: OnError = 'raise',
-    ) -> None:
-        """Initialize a new NAIPLandCoverUnlabeled instance.
-
-        Args:
-            root: Root directory of the dataset.
-            split: One of ``'train'``, ``'val'``, ``'test'``.
-            bands: Bands to load, from ``('R', 'G', 'B', 'NIR')``.
-            transforms: A function/transform that takes an input sample
-                and returns a transformed version.
-            on_error: ``'raise'`` or ``'skip'`` missing and unreadable chips.
-
-        Raises:
-            ValueError: If *split* or a band is invalid, or the table lacks the
-                ``path`` column.
-            DatasetNotFoundError: If the split's table is not found.
-        """
-        super().__init__(root, split, bands, transforms, on_error)
-        self._verify([f'{split}.csv'])
-        table_path = os.path.join(root, f'{split}.csv')
+    def _index(self) -> None:
+        """Read the split's table."""
+        self._verify([f'{self.split}.csv'])
+        table_path = os.path.join(self.root, f'{self.split}.csv')
         table = read_table(table_path, ['path'])
         problems = pd.Series('', index=table.index, dtype=object)
         problems[table['path'].isna()] = "missing file name: column 'path' is empty"

@@ -1,4 +1,4 @@
-"""Plotting of RGB image samples: classification labels and detection boxes."""
+"""Plotting of RGB image samples: classification labels or detection boxes."""
 
 from collections.abc import Sequence
 from typing import cast
@@ -33,20 +33,24 @@ def rgb_for_plot(image: Tensor, scale: float = 255) -> np.ndarray:
     return np.clip(array / scale, 0, 1)
 
 
-def plot_classification(
-    classes: Sequence[str] | None,
+def plot_rgb_sample(
     sample: Sample,
+    classes: Sequence[str] | None = None,
     show_titles: bool = True,
     suptitle: str | None = None,
     scale: float = 255,
 ) -> Figure:
-    """Plot an RGB classification sample, with its label and prediction.
+    """Plot an RGB sample: with its boxes, or with its class label.
+
+    A sample with boxes (``'bbox_xyxy'``, (N, 4)) is drawn with them in one panel
+    and, if present, with its predicted boxes (``'prediction_bbox_xyxy'``) in a
+    second one, titled with the box counts. Any other sample is drawn in one
+    panel titled with its ``'label'`` and ``'prediction'``, named by *classes*.
 
     Args:
+        sample: A sample with an ``'image'`` (3, H, W) in R, G, B order.
         classes: Class names, indexed by label; None for unlabeled samples.
-        sample: A sample with an ``'image'`` (3, H, W) in R, G, B order and
-            optionally ``'label'`` and ``'prediction'``.
-        show_titles: Flag indicating whether to show the label as a title.
+        show_titles: Flag indicating whether to show titles above each panel.
         suptitle: Optional string to use as a suptitle.
         scale: Image value that maps to full brightness.
 
@@ -59,44 +63,35 @@ def plot_classification(
     .. versionadded:: 0.1
     """
     image = rgb_for_plot(sample['image'], scale)
-    fig, ax = plt.subplots(figsize=(4, 4))
-    ax.imshow(image)
-    ax.axis('off')
-    if show_titles and classes is not None and 'label' in sample:
-        title = f'Label: {classes[cast(int, sample["label"].item())]}'
-        if 'prediction' in sample:
-            prediction = classes[cast(int, sample['prediction'].item())]
-            title += f'\nPrediction: {prediction}'
-        ax.set_title(title)
+    if 'bbox_xyxy' in sample:
+        fig = _plot_boxes(image, sample, show_titles)
+    else:
+        fig, ax = plt.subplots(figsize=(4, 4))
+        ax.imshow(image)
+        ax.axis('off')
+        if show_titles and classes is not None and 'label' in sample:
+            title = f'Label: {classes[cast(int, sample["label"].item())]}'
+            if 'prediction' in sample:
+                prediction = classes[cast(int, sample['prediction'].item())]
+                title += f'\nPrediction: {prediction}'
+            ax.set_title(title)
     if suptitle is not None:
         fig.suptitle(suptitle)
     return fig
 
 
-def plot_detection(
-    sample: Sample,
-    show_titles: bool = True,
-    suptitle: str | None = None,
-    scale: float = 255,
-) -> Figure:
-    """Plot an RGB detection sample with its boxes and predicted boxes.
+def _plot_boxes(image: np.ndarray, sample: Sample, show_titles: bool) -> Figure:
+    """Draw an image with its boxes and, if present, with its predicted boxes.
 
     Args:
-        sample: A sample with an ``'image'`` (3, H, W) in R, G, B order and
-            optionally ``'bbox_xyxy'`` and ``'prediction_bbox_xyxy'`` (N, 4).
+        image: The image, (H, W, 3) in [0, 1].
+        sample: The sample, with ``'bbox_xyxy'`` and optionally
+            ``'prediction_bbox_xyxy'`` (N, 4).
         show_titles: Flag indicating whether to show the box counts as titles.
-        suptitle: Optional string to use as a suptitle.
-        scale: Image value that maps to full brightness.
 
     Returns:
-        A matplotlib Figure: the ground truth, and the prediction if present.
-
-    Raises:
-        RGBBandsMissingError: If the image is not a three-channel RGB image.
-
-    .. versionadded:: 0.1
+        The figure: the ground truth, and the prediction if present.
     """
-    image = rgb_for_plot(sample['image'], scale)
     panels = [('bbox_xyxy', 'Ground truth', 'yellow')]
     if 'prediction_bbox_xyxy' in sample:
         panels.append(('prediction_bbox_xyxy', 'Prediction', 'cyan'))
@@ -112,6 +107,4 @@ def plot_detection(
             )
         if show_titles:
             ax.set_title(f'{title}: {count} boxes')
-    if suptitle is not None:
-        fig.suptitle(suptitle)
     return fig

@@ -7,13 +7,13 @@ package (optional extra ``explora-geo[wilds]``) is only used to download a
 release when ``download=True``.
 """
 
+import abc
 import os
 from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 from PIL import Image
 from torch import Tensor
 from torchgeo.datasets import DatasetNotFoundError
@@ -21,11 +21,20 @@ from torchgeo.datasets.errors import DependencyNotFoundError
 from torchgeo.datasets.utils import Path, Sample
 
 from .image_table import ImageTableDataset, InvalidSampleError, OnError
-from .plot import plot_classification
+
+#: The splits of the unlabeled WILDS releases, by domain: training domains, and the
+#: domains of the out-of-distribution validation and test splits.
+UNLABELED_SPLITS = ('train_unlabeled', 'val_unlabeled', 'test_unlabeled')
 
 
 class WILDSImageDataset(ImageTableDataset):
     """Abstract base class for image datasets in a WILDS release folder.
+
+    A subclass names its WILDS dataset (:attr:`wilds_name`), its splits and the
+    default versions of its releases, and implements :meth:`_index`, which reads
+    the split's table(s). Splits listed in :attr:`unlabeled_splits` are read
+    from the unlabeled release ``<wilds_name>_unlabeled``, the others from the
+    labeled release ``<wilds_name>``.
 
     .. versionadded:: 0.1
     """
@@ -33,45 +42,88 @@ class WILDSImageDataset(ImageTableDataset):
     #: Where the releases are described and can be downloaded by hand.
     url = 'https://wilds.stanford.edu/datasets/'
 
+    #: Name of the WILDS dataset, e.g. ``'iwildcam'``: the labeled release.
+    wilds_name: ClassVar[str]
     #: The splits a dataset reads.
     splits: ClassVar[tuple[str, ...]]
+    #: The splits read from the unlabeled release ``<wilds_name>_unlabeled``.
+    unlabeled_splits: ClassVar[tuple[str, ...]] = ()
+    #: The split read when *split* is None.
+    default_split: ClassVar[str] = 'train'
+    #: Version of the labeled release read when *version* is None.
+    default_version: ClassVar[str]
+    #: Version of the unlabeled release read when *version* is None.
+    default_unlabeled_version: ClassVar[str] = '1.0'
 
     def __init__(
         self,
-        root: Path,
-        release: str,
-        version: str,
-        split: str,
-        transforms: Callable[[Sample], Sample] | None,
-        download: bool,
-        on_error: OnError,
+        root: Path = 'data',
+        split: str | None = None,
+        version: str | None = None,
+        transforms: Callable[[Sample], Sample] | None = None,
+        download: bool = False,
+        on_error: OnError = 'raise',
     ) -> None:
-        """Initialize a new WILDSImageDataset instance.
+        """Initialize a new WILDS dataset instance.
 
         Args:
-            root: Root directory holding the ``<release>_v<version>`` folder.
-            release: Name of the release, e.g. ``'iwildcam'`` or
-                ``'iwildcam_unlabeled'``.
-            version: Version of the release, e.g. ``'2.0'``.
-            split: The split to read, one of the class's :attr:`splits`.
+            root: Root directory holding the release folders,
+                ``<root>/<release>_v<version>``.
+            split: The split to read, one of the class's :attr:`splits`; None for
+                its :attr:`default_split`.
+            version: Version of the release, e.g. ``'2.0'``; None for the class's
+                :attr:`default_version` (labeled release) or
+                :attr:`default_unlabeled_version` (unlabeled release).
             transforms: A function/transform that takes an input sample
                 and returns a transformed version.
             download: If True, download the release with the ``wilds`` package
                 when it is not found under *root*.
-            on_error: ``'raise'`` or ``'skip'`` bad samples, see
-                :class:`~explora_geo.datasets.image_table.ImageTableDataset`.
+            on_error: ``'raise'`` to stop at the first bad sample (missing or
+                corrupt image, invalid label or boxes) with an error naming it;
+                ``'skip'`` to leave bad samples out and count them in a warning
+                (see :class:`~explora_geo.datasets.image_table.ImageTableDataset`).
 
         Raises:
-            ValueError: If *split* is not one of :attr:`splits`.
+            ValueError: If *split* is not one of :attr:`splits`, or a table lacks
+                a required column or has an invalid class list.
+            DatasetNotFoundError: If the release is not found and *download* is
+                False.
+            InvalidSampleError: If a row's target is invalid and *on_error* is
+                ``'raise'``.
         """
+        split = self.default_split if split is None else split
         if split not in self.splits:
             raise ValueError(f'split must be one of {self.splits}, got {split!r}')
         super().__init__(transforms=transforms, on_error=on_error)
+        unlabeled = split in self.unlabeled_splits
         self.split = split
         self.root = root
-        self.release = release
+        #: The release read: ``<wilds_name>`` or ``<wilds_name>_unlabeled``.
+        self.release = f'{self.wilds_name}_unlabeled' if unlabeled else self.wilds_name
+        if version is None:
+            version = (
+                self.default_unlabeled_version if unlabeled else self.default_version
+            )
         self.version = version
         self.download = download
+        self._index()
+
+    @property
+    def from_unlabeled_release(self) -> bool:
+        """Whether :attr:`split` is read from the unlabeled release.
+
+        Returns:
+            True for a split of :attr:`unlabeled_splits`.
+        """
+        return self.split in self.unlabeled_splits
+
+    @abc.abstractmethod
+    def _index(self) -> None:
+        """Check that the split's files are present and install its records.
+
+        Implementations call :meth:`_verify` with the files they read, then
+        :meth:`_set_records`.
+        """
 
     @property
     def data_dir(self) -> str:
@@ -170,7 +222,6 @@ class WILDSClassificationDataset(WILDSImageDataset):
     .. versionadded:: 0.1
     """
 
-    #: Class names, in label order.
     classes: Sequence[str]
 
     def _load_sample(self, index: int) -> Sample:
@@ -178,24 +229,6 @@ class WILDSClassificationDataset(WILDSImageDataset):
         image = self._read_rgb(index)
         label = torch.tensor(self.records['label'].iat[index], dtype=torch.long)
         return {'image': image, 'label': label}
-
-    def plot(
-        self, sample: Sample, show_titles: bool = True, suptitle: str | None = None
-    ) -> Figure:
-        """Plot a sample from the dataset.
-
-        Args:
-            sample: A sample returned by :meth:`__getitem__`.
-            show_titles: Flag indicating whether to show titles above each panel.
-            suptitle: Optional string to use as a suptitle.
-
-        Returns:
-            A matplotlib Figure with the rendered sample.
-
-        Raises:
-            RGBBandsMissingError: If the image is not a three-channel RGB image.
-        """
-        return plot_classification(self.classes, sample, show_titles, suptitle)
 
 
 class WILDSUnlabeledDataset(WILDSImageDataset):
@@ -207,18 +240,3 @@ class WILDSUnlabeledDataset(WILDSImageDataset):
     def _load_sample(self, index: int) -> Sample:
         """The image (see :meth:`ImageTableDataset._load_sample`)."""
         return {'image': self._read_rgb(index)}
-
-    def plot(self, sample: Sample, suptitle: str | None = None) -> Figure:
-        """Plot a sample from the dataset.
-
-        Args:
-            sample: A sample returned by :meth:`__getitem__`.
-            suptitle: Optional string to use as a suptitle.
-
-        Returns:
-            A matplotlib Figure with the rendered sample.
-
-        Raises:
-            RGBBandsMissingError: If the image is not a three-channel RGB image.
-        """
-        return plot_classification(None, sample, False, suptitle)
