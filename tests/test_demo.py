@@ -253,10 +253,11 @@ def test_demo_is_repeatable_and_writes_its_products(
     # Fine-tuned with the paper's protocol: warm-up + cosine, drop-path, AdamW
     # weight decay, learning rate scaled with the batch size.
     hparams = torch.load(checkpoint, weights_only=True)['hyper_parameters']
-    assert hparams['scheduler'] == 'cosine'
-    assert hparams['warmup_epochs'] == TINY.finetune_warmup_epochs == 1.0
-    assert hparams['drop_path_rate'] == TINY.finetune_drop_path == 0.2
-    assert hparams['weight_decay'] == TINY.finetune_weight_decay == 0.05
+    protocol = hparams['protocol']
+    assert protocol['scheduler'] == 'cosine'
+    assert protocol['warmup_epochs'] == TINY.finetune_warmup_epochs == 1.0
+    assert protocol['drop_path_rate'] == TINY.finetune_drop_path == 0.2
+    assert protocol['weight_decay'] == TINY.finetune_weight_decay == 0.05
     assert hparams['lr'] == pytest.approx(TINY.finetune_base_lr * 32 / 256)
     # Nothing but the checkpoint, the raster and the output: the CLI runs.
     out = tmp_path / 'cli.tif'

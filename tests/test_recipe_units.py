@@ -60,6 +60,7 @@ def test_lora_finetune_recipes_follow_the_paper(name: str) -> None:
     batch = config['data']['init_args']['batch_size']
     assert trainer['max_epochs'] == 120
     assert batch * trainer['accumulate_grad_batches'] == 256
-    assert (model['finetune'], model['lora_rank']) == ('lora', 8)
-    assert (model['scheduler'], model['warmup_epochs']) == ('cosine', 1)
-    assert model['drop_path_rate'] == 0.2
+    protocol = model['protocol']
+    assert (model['finetune'], model['lora']['rank']) == ('lora', 8)
+    assert (protocol['scheduler'], protocol['warmup_epochs']) == ('cosine', 1)
+    assert protocol['drop_path_rate'] == 0.2

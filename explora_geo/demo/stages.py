@@ -32,6 +32,7 @@ from ..tasks.callbacks import ExPLoRAExport
 from ..tasks.classification import ClassificationTask
 from ..tasks.explora_mae import ExPLoRAMAE
 from ..tasks.pretraining import OptimizationConfig
+from ..tasks.protocols import LoRAConfig, ProtocolConfig
 from .config import CLASSES, DemoConfig
 from .data import SCENE_NORMALIZATION, ChipGrid, LabelledChips, RandomChips
 
@@ -381,12 +382,14 @@ def finetune(
         num_classes=len(CLASSES),
         labels=list(CLASSES),
         finetune='lora',
-        lora_rank=config.finetune_rank,
+        lora=LoRAConfig(rank=config.finetune_rank),
         lr=config.finetune_lr,
-        weight_decay=config.finetune_weight_decay,
-        scheduler='cosine',
-        warmup_epochs=config.finetune_warmup_epochs,
-        drop_path_rate=config.finetune_drop_path,
+        protocol=ProtocolConfig(
+            weight_decay=config.finetune_weight_decay,
+            scheduler='cosine',
+            warmup_epochs=config.finetune_warmup_epochs,
+            drop_path_rate=config.finetune_drop_path,
+        ),
         model_kwargs={**arch.group_kwargs, 'img_size': arch.img_size},
         normalization=SCENE_NORMALIZATION.to_dict(),
     )

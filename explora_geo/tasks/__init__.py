@@ -11,6 +11,7 @@ from .pretraining import (
     NonFiniteLossError,
     OptimizationConfig,
 )
+from .protocols import LoRAConfig, ProtocolConfig
 from .segmentation import SemanticSegmentationTask
 
 __all__ = (
@@ -20,8 +21,10 @@ __all__ = (
     'ExPLoRAMAE',
     'ExPLoRAPretrainingTask',
     'KNNProbe',
+    'LoRAConfig',
     'NonFiniteLossError',
     'ObjectDetectionTask',
     'OptimizationConfig',
+    'ProtocolConfig',
     'SemanticSegmentationTask',
 )

@@ -14,9 +14,11 @@ channels adapted, strict key check) and the paper's fine-tuning regimes:
   tokens), as the paper probes;
 * ``'full'``: everything trains.
 
-The paper's protocols are options (see :mod:`explora_geo.tasks.protocols`):
-linear warm-up then cosine decay per optimiser step, drop-path, layer-wise
-learning-rate decay, label smoothing, SGD or AdamW, and DinoV2's linear-probe
+The paper's protocols are options, grouped in one ``protocol`` argument
+(:class:`~explora_geo.tasks.protocols.ProtocolConfig`): linear warm-up then
+cosine decay per optimiser step, drop-path, layer-wise learning-rate decay,
+label smoothing, SGD or AdamW; the LoRA is the ``lora`` argument
+(:class:`~explora_geo.tasks.protocols.LoRAConfig`). DinoV2's linear-probe
 sweep (``probe_lrs``): one head per learning rate and feature set trained in
 one run, the best on validation kept. Batches may carry ``timestamps``
 (fMoW temporal); they reach the model as ``timestamps=``.
@@ -28,7 +30,6 @@ detection tasks.
 """
 
 import contextlib
-import dataclasses
 import fnmatch
 import itertools
 from collections.abc import Iterator, Mapping, Sequence
@@ -39,20 +40,20 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.types import OptimizerLRScheduler
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
-from torch.optim import AdamW
 from torchgeo.datasets.utils import Sample
 from torchgeo.tasks import BaseTask, Classification
 from torchmetrics.classification import MulticlassAccuracy
 from torchvision.models._api import WeightsEnum
 
-from ..adapter import ExPLoRAConfig, apply_explora
+from ..adapter import apply_explora
 from ..models.weights import create_model
 from ..sensors import InputSpec, Normalization, write_input_spec
+from .pretraining import as_config, store_configs
 from .protocols import (
-    OptimizerName,
+    LoRAConfig,
     ProbeHeads,
     ProbeSpec,
-    SchedulerName,
+    ProtocolConfig,
     build_optimizer,
     build_scheduler,
     effective_batch_size,
@@ -186,54 +187,87 @@ class DownstreamProtocol(BaseTask):
     """The fine-tuning protocol shared by the downstream tasks.
 
     Mixed in before a TorchGeo task (``class T(DownstreamProtocol,
-    SemanticSegmentation)``): the effective fine-tuning mode, the optimiser and
-    schedule of the hyperparameters (:func:`~explora_geo.tasks.protocols.build_optimizer`
-    and :func:`~explora_geo.tasks.protocols.build_scheduler`) and the checkpoint
-    record of :func:`record_task`. Subclasses name the ViT that layer-wise
-    decay runs over in :meth:`decay_backbone`.
+    SemanticSegmentation)``): the ``lora`` and ``protocol`` arguments
+    (:class:`~explora_geo.tasks.protocols.LoRAConfig`,
+    :class:`~explora_geo.tasks.protocols.ProtocolConfig`), the effective
+    fine-tuning mode, the optimiser and schedule of the protocol
+    (:func:`~explora_geo.tasks.protocols.build_optimizer` and
+    :func:`~explora_geo.tasks.protocols.build_scheduler`), its label smoothing
+    and the checkpoint record of :func:`record_task`. Subclasses name the ViT
+    that layer-wise decay runs over in :meth:`decay_backbone`.
 
     .. versionadded:: 0.1
     """
+
+    #: The LoRA of ``finetune='lora'``.
+    lora: LoRAConfig
+    #: Optimiser, schedule and regularisation.
+    protocol: ProtocolConfig
+    #: The loss (TorchGeo's, of the tasks that have one).
+    criterion: nn.Module
+
+    def __init__(
+        self,
+        *,
+        lora: LoRAConfig | Mapping[str, Any],
+        protocol: ProtocolConfig | Mapping[str, Any],
+        **kwargs: Any,
+    ) -> None:
+        """Read the configs, then initialise the TorchGeo task.
+
+        Args:
+            lora: The LoRA (or its mapping).
+            protocol: The training protocol (or its mapping).
+            **kwargs: The TorchGeo task's arguments.
+        """
+        self.lora = as_config(LoRAConfig, lora)
+        self.protocol = as_config(ProtocolConfig, protocol)
+        super().__init__(**kwargs)
+        store_configs(self, lora=self.lora, protocol=self.protocol)
 
     @property
     def finetune(self) -> str:
         """The effective fine-tuning mode (``freeze_backbone`` means a frozen ViT)."""
         return finetune_mode(self.hparams)
 
-    def build_vit(self, name: str) -> VisionTransformer:
-        """Create the headless ViT of the hyperparameters and set what trains.
+    def create_vit(self, name: str, num_classes: int = 0) -> nn.Module:
+        """Create the ViT of the hyperparameters with the task's weights.
 
-        The ViT is built by :func:`~explora_geo.models.create_model` with the
-        task's weights, ``drop_path_rate``, ``model_kwargs`` and, with
-        ``dynamic_img_size``, timm's dynamic input size and padding; then
-        :func:`configure_finetune` applies the fine-tuning mode.
+        Built by :func:`~explora_geo.models.create_model` with ``model_kwargs``,
+        the protocol's ``drop_path_rate`` and, with ``dynamic_img_size``,
+        timm's dynamic input size and padding.
+
+        Args:
+            name: timm name of the ViT.
+            num_classes: Outputs of its classifier (0: none).
+
+        Returns:
+            The ViT; all of it trains.
+        """
+        h = self.hparams
+        kwargs = dict(h['model_kwargs'] or {})
+        if self.protocol.drop_path_rate:
+            kwargs['drop_path_rate'] = self.protocol.drop_path_rate
+        if h.get('dynamic_img_size'):
+            kwargs |= {'dynamic_img_size': True, 'dynamic_img_pad': True}
+        return create_model(
+            name,
+            weights=self.weights,
+            num_classes=num_classes,
+            in_chans=h['in_channels'],
+            **kwargs,
+        )
+
+    def build_vit(self, name: str) -> VisionTransformer:
+        """Create the headless ViT (:meth:`create_vit`) and set what trains.
 
         Args:
             name: timm name of the ViT.
 
         Returns:
-            The ViT, without a classifier.
+            The ViT, without a classifier, after :func:`configure_finetune`.
         """
-        h = self.hparams
-        kwargs = dict(h['model_kwargs'] or {})
-        if h['drop_path_rate']:
-            kwargs['drop_path_rate'] = h['drop_path_rate']
-        if h['dynamic_img_size']:
-            kwargs |= {'dynamic_img_size': True, 'dynamic_img_pad': True}
-        vit = create_model(
-            name,
-            weights=self.weights,
-            num_classes=0,
-            in_chans=h['in_channels'],
-            **kwargs,
-        )
-        configure_finetune(
-            vit,
-            self.finetune,
-            rank=h['lora_rank'],
-            alpha=h['lora_alpha'],
-            targets=h['lora_targets'],
-        )
+        vit = configure_finetune(self.create_vit(name), self.finetune, self.lora)
         return cast(VisionTransformer, vit)
 
     def decay_backbone(self) -> nn.Module:
@@ -250,13 +284,13 @@ class DownstreamProtocol(BaseTask):
         Returns:
             The optimiser (layer-wise decay over :meth:`decay_backbone`).
         """
-        h = self.hparams
+        protocol = self.protocol
         return build_optimizer(
-            h['optimizer'],
+            protocol.optimizer,
             self,
-            h['lr'],
-            h['weight_decay'],
-            layer_decay=h['layer_decay'],
+            self.hparams['lr'],
+            protocol.weight_decay,
+            layer_decay=protocol.layer_decay,
             backbone=self.decay_backbone(),
         )
 
@@ -266,19 +300,44 @@ class DownstreamProtocol(BaseTask):
         Returns:
             Optimizer and learning-rate scheduler.
         """
-        h = self.hparams
+        protocol = self.protocol
         optimizer = self.build_protocol_optimizer()
         scheduler = build_scheduler(
-            h['scheduler'],
+            protocol.scheduler,
             optimizer,
             self._trainer,
-            warmup_epochs=h['warmup_epochs'],
-            min_lr=h['min_lr'],
-            patience=h['patience'],
+            warmup_epochs=protocol.warmup_epochs,
+            min_lr=protocol.min_lr,
+            patience=self.hparams['patience'],
             monitor=self.monitor,
             mode=self.mode,
         )
         return {'optimizer': optimizer, 'lr_scheduler': scheduler}
+
+    def configure_losses(self) -> None:
+        """TorchGeo's losses; cross-entropy with the protocol's label smoothing.
+
+        Raises:
+            ValueError: If label smoothing is asked of a task without a
+                cross-entropy loss.
+        """
+        super().configure_losses()
+        smoothing = self.protocol.label_smoothing
+        if not smoothing:
+            return
+        h = self.hparams
+        if h.get('loss') != 'ce':
+            raise ValueError(
+                'label_smoothing applies to the cross-entropy loss; '
+                f'{type(self).__name__} has loss={h.get("loss")!r}'
+            )
+        weights = h['class_weights']
+        if weights is not None and not isinstance(weights, Tensor):
+            weights = torch.tensor(weights, dtype=torch.float32)
+        ignore = -1000 if h['ignore_index'] is None else h['ignore_index']
+        self.criterion = nn.CrossEntropyLoss(
+            weight=weights, ignore_index=ignore, label_smoothing=smoothing
+        )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record the task class and what the model expects (see :func:`record_task`).
@@ -292,20 +351,16 @@ class DownstreamProtocol(BaseTask):
 def configure_finetune(
     backbone: nn.Module,
     mode: str,
-    rank: int = 8,
-    alpha: float = 8.0,
-    targets: Sequence[str] = ('q', 'v'),
+    lora: LoRAConfig = LoRAConfig(),
     trainable: Sequence[str] = (),
 ) -> nn.Module:
     """Set which tensors of *backbone* train, in place.
 
     Args:
         backbone: A timm-style ViT.
-        mode: ``'lora'`` (LoRA on *targets* of every block, nothing else of the
-            backbone trains), ``'linear_probe'`` (all frozen) or ``'full'``.
-        rank: LoRA rank.
-        alpha: LoRA alpha (updates scaled by ``alpha / rank``).
-        targets: Projections of the fused ``qkv`` that get LoRA.
+        mode: ``'lora'`` (the LoRA of *lora* on every block, nothing else of
+            the backbone trains), ``'linear_probe'`` (all frozen) or ``'full'``.
+        lora: The LoRA of ``'lora'``.
         trainable: Parameter-name patterns (``fnmatch``) of *backbone* that
             train in every mode, e.g. ``('head.*',)`` for a head inside it.
 
@@ -316,12 +371,7 @@ def configure_finetune(
         ValueError: If *mode* is unknown.
     """
     if mode == 'lora':
-        config = dataclasses.replace(
-            ExPLoRAConfig.lora_finetune(rank=rank, alpha=alpha),
-            targets=tuple(targets),
-            trainable=tuple(trainable),
-        )
-        apply_explora(backbone, config)
+        apply_explora(backbone, lora.adapter(trainable))
     elif mode == 'linear_probe':
         backbone.requires_grad_(False)
         for name, param in backbone.named_parameters():
@@ -509,21 +559,12 @@ class ClassificationTask(DownstreamProtocol, Classification):
         patience: int = 10,
         freeze_backbone: bool = False,
         finetune: ClassificationFinetune = 'lora',
-        lora_rank: int = 8,
-        lora_alpha: float = 8.0,
-        lora_targets: Sequence[str] = ('q', 'v'),
+        lora: LoRAConfig | Mapping[str, Any] = LoRAConfig(),
+        protocol: ProtocolConfig | Mapping[str, Any] = ProtocolConfig(),
         pooling: Pooling | None = None,
         pooled_blocks: int = 1,
         model_kwargs: dict[str, Any] | None = None,
         normalization: dict[str, Any] | None = None,
-        optimizer: OptimizerName = 'adamw',
-        weight_decay: float = 0.01,
-        scheduler: SchedulerName = 'plateau',
-        warmup_epochs: float = 0.0,
-        min_lr: float = 0.0,
-        layer_decay: float = 1.0,
-        drop_path_rate: float = 0.0,
-        label_smoothing: float = 0.0,
         probe_lrs: Sequence[float] | None = None,
         probe_blocks: Sequence[int] = (1, 4),
         probe_pooling: Sequence[Pooling] = ('token', 'token+avg'),
@@ -550,15 +591,16 @@ class ClassificationTask(DownstreamProtocol, Classification):
                 class and used with 'ce' loss.
             ignore_index: Optional integer class index to ignore in the loss and
                 metrics.
-            lr: Learning rate (of the last layer with *layer_decay*).
+            lr: Learning rate (of the last layer with layer-wise decay).
             patience: Patience of the learning-rate plateau scheduler.
             freeze_backbone: Same as ``finetune='linear_probe'``.
             finetune: ``'lora'``, ``'linear_probe'``, ``'full'`` or ``'peft'``
                 (an HF peft adapter given by *peft_config*; the head trains).
-            lora_rank: LoRA rank for ``'lora'``.
-            lora_alpha: LoRA alpha for ``'lora'`` (scaling ``alpha / rank``).
-            lora_targets: Matrices with LoRA: ``'q'``, ``'k'``, ``'v'`` (of
-                ``qkv``), ``'proj'``, ``'fc1'``, ``'fc2'``.
+            lora: The LoRA of ``'lora'``
+                (:class:`~explora_geo.tasks.protocols.LoRAConfig` or its mapping).
+            protocol: Optimiser, schedule, drop-path and label smoothing
+                (:class:`~explora_geo.tasks.protocols.ProtocolConfig` or its
+                mapping).
             pooling: Head input. ``None``: the model's own pooling (timm's
                 ``global_pool``: the class token for DinoV2/MAE ViTs). Else
                 DinoV2's linear-probe features (see :func:`probe_features`):
@@ -572,17 +614,6 @@ class ClassificationTask(DownstreamProtocol, Classification):
             normalization: How raw band values become model input
                 (:meth:`~explora_geo.sensors.Normalization.to_dict`), recorded in
                 checkpoints for prediction; default the datamodule's.
-            optimizer: ``'adamw'`` or ``'sgd'`` (momentum 0.9).
-            weight_decay: Weight decay of the matrices (biases, norms, class
-                token and position embedding are not decayed).
-            scheduler: ``'plateau'`` (TorchGeo's, on ``val_loss``) or
-                ``'cosine'`` (linear warm-up, then cosine decay to *min_lr*,
-                updated every optimiser step).
-            warmup_epochs: Warm-up of the cosine schedule, in epochs.
-            min_lr: Final learning rate of the cosine schedule.
-            layer_decay: Layer-wise learning-rate decay (BEiT/MAE); 1: none.
-            drop_path_rate: Stochastic depth rate of the ViT's blocks.
-            label_smoothing: Label smoothing of the cross-entropy loss.
             probe_lrs: Linear probe only: train one head per learning rate,
                 per number of last blocks in *probe_blocks* and per pooling in
                 *probe_pooling*, all on the same frozen features (DinoV2's
@@ -624,10 +655,6 @@ class ClassificationTask(DownstreamProtocol, Classification):
                 "pooled_blocks > 1 concatenates class tokens: it needs pooling='token' "
                 f"or 'token+avg' (got pooling={pooling!r}, pooled_blocks={pooled_blocks})"
             )
-        if not 0 <= label_smoothing < 1:
-            raise ValueError(
-                f'label_smoothing must be in [0, 1), got {label_smoothing}'
-            )
         if probe_lrs is not None:
             probing = freeze_backbone or finetune == 'linear_probe'
             if not probing or task != 'multiclass' or not probe_lrs:
@@ -643,6 +670,8 @@ class ClassificationTask(DownstreamProtocol, Classification):
                     f'positive (got {tuple(probe_pooling)}, {tuple(probe_blocks)})'
                 )
         super().__init__(
+            lora=lora,
+            protocol=protocol,
             model=model,
             weights=weights,
             in_channels=in_channels,
@@ -684,16 +713,7 @@ class ClassificationTask(DownstreamProtocol, Classification):
         """Build the ViT, load the weights and set what trains."""
         h = self.hparams
         num_outputs = h['num_classes'] or h['num_labels'] or 1
-        kwargs = dict(h['model_kwargs'] or {})
-        if h['drop_path_rate']:
-            kwargs['drop_path_rate'] = h['drop_path_rate']
-        self.model = create_model(
-            h['model'],
-            weights=self.weights,
-            num_classes=num_outputs,
-            in_chans=h['in_channels'],
-            **kwargs,
-        )
+        self.model = self.create_vit(h['model'], num_outputs)
         self.probes = None
         width = int(self.model.embed_dim)
         if h['probe_lrs'] is not None:
@@ -717,29 +737,7 @@ class ClassificationTask(DownstreamProtocol, Classification):
         if self.finetune == 'peft':
             self.model = inject_peft(self.model, h['peft_config'], ('head.*',))
             return
-        configure_finetune(
-            self.model,
-            self.finetune,
-            rank=h['lora_rank'],
-            alpha=h['lora_alpha'],
-            targets=h['lora_targets'],
-            trainable=('head.*',),
-        )
-
-    def configure_losses(self) -> None:
-        """TorchGeo's losses; cross-entropy with ``label_smoothing`` when given."""
-        super().configure_losses()
-        h = self.hparams
-        if h['loss'] == 'ce' and h['label_smoothing']:
-            weights = h['class_weights']
-            if weights is not None and not isinstance(weights, Tensor):
-                weights = torch.tensor(weights, dtype=torch.float32)
-            ignore = -1000 if h['ignore_index'] is None else h['ignore_index']
-            self.criterion = nn.CrossEntropyLoss(
-                weight=weights,
-                ignore_index=ignore,
-                label_smoothing=h['label_smoothing'],
-            )
+        configure_finetune(self.model, self.finetune, self.lora, ('head.*',))
 
     def configure_metrics(self) -> None:
         """TorchGeo's metrics, plus the top-1 accuracy of every probe head."""
@@ -991,13 +989,13 @@ class ClassificationTask(DownstreamProtocol, Classification):
         """
         if self.probes is None:
             return super().build_protocol_optimizer()
-        h = self.hparams
         scale = 1.0
         if self._trainer is not None:
             scale = effective_batch_size(self.trainer) / PROBE_REFERENCE_BATCH
         groups = self.probes.param_groups(scale)
-        if h['optimizer'] == 'sgd':
+        lr, weight_decay = self.hparams['lr'], self.protocol.weight_decay
+        if self.protocol.optimizer == 'sgd':
             return torch.optim.SGD(
-                groups, lr=h['lr'], momentum=0.9, weight_decay=h['weight_decay']
+                groups, lr=lr, momentum=0.9, weight_decay=weight_decay
             )
-        return AdamW(groups, lr=h['lr'], weight_decay=h['weight_decay'])
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)

@@ -11,7 +11,7 @@ model.
 """
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, cast
 
 from timm.models.vision_transformer import VisionTransformer
@@ -26,7 +26,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ..models.feature_pyramid import SimpleFeaturePyramid, ViTFeatureMaps
 from .classification import DownstreamProtocol, FinetuneMode, check_finetune
-from .protocols import OptimizerName, SchedulerName
+from .protocols import LoRAConfig, ProtocolConfig
 
 __all__ = ('ObjectDetectionTask', 'ViTDetBackbone')
 
@@ -95,9 +95,8 @@ class ObjectDetectionTask(DownstreamProtocol, ObjectDetection):
         patience: int = 10,
         freeze_backbone: bool = False,
         finetune: FinetuneMode = 'lora',
-        lora_rank: int = 8,
-        lora_alpha: float = 8.0,
-        lora_targets: Sequence[str] = ('q', 'v'),
+        lora: LoRAConfig | Mapping[str, Any] = LoRAConfig(),
+        protocol: ProtocolConfig | Mapping[str, Any] = ProtocolConfig(),
         feature_index: int = -1,
         fpn_channels: int = 256,
         anchor_sizes: Sequence[int] = (32, 64, 128, 256, 512),
@@ -106,13 +105,6 @@ class ObjectDetectionTask(DownstreamProtocol, ObjectDetection):
         model_kwargs: dict[str, Any] | None = None,
         labels: list[str] | None = None,
         normalization: dict[str, Any] | None = None,
-        optimizer: OptimizerName = 'adamw',
-        weight_decay: float = 0.01,
-        scheduler: SchedulerName = 'plateau',
-        warmup_epochs: float = 0.0,
-        min_lr: float = 0.0,
-        layer_decay: float = 1.0,
-        drop_path_rate: float = 0.0,
     ) -> None:
         """Initialize a new ObjectDetectionTask instance.
 
@@ -125,14 +117,16 @@ class ObjectDetectionTask(DownstreamProtocol, ObjectDetection):
             num_classes: Number of classes, including the background (0).
             trainable_layers: Unused (a ResNet option of the parent task, kept so
                 that checkpoints' hyperparameters rebuild the task).
-            lr: Learning rate of AdamW.
+            lr: Learning rate (of the detector with layer-wise decay).
             patience: Patience of the learning-rate plateau scheduler.
             freeze_backbone: Same as ``finetune='linear_probe'``.
             finetune: ``'lora'`` (LoRA on the ViT; pyramid and detector train),
                 ``'linear_probe'`` (frozen ViT) or ``'full'``.
-            lora_rank: LoRA rank for ``'lora'``.
-            lora_alpha: LoRA alpha for ``'lora'``.
-            lora_targets: Projections of ``qkv`` with LoRA.
+            lora: The LoRA of ``'lora'``
+                (:class:`~explora_geo.tasks.protocols.LoRAConfig` or its mapping).
+            protocol: Optimiser, schedule and drop-path
+                (:class:`~explora_geo.tasks.protocols.ProtocolConfig` or its
+                mapping; no label smoothing: the losses are Faster R-CNN's).
             feature_index: ViT block that builds the pyramid.
             fpn_channels: Channels of the pyramid levels.
             anchor_sizes: Anchor size of each of the five levels (strides 4 to 64).
@@ -146,17 +140,6 @@ class ObjectDetectionTask(DownstreamProtocol, ObjectDetection):
             normalization: How raw band values become model input
                 (:meth:`~explora_geo.sensors.Normalization.to_dict`), recorded in
                 checkpoints for prediction; default the datamodule's.
-            optimizer: ``'adamw'`` or ``'sgd'`` (momentum 0.9).
-            weight_decay: Weight decay of the matrices (biases, norms, class
-                token and position embedding are not decayed).
-            scheduler: ``'plateau'`` (TorchGeo's, on ``val_map``) or
-                ``'cosine'`` (linear warm-up, then cosine decay to *min_lr*,
-                updated every optimiser step).
-            warmup_epochs: Warm-up of the cosine schedule, in epochs.
-            min_lr: Final learning rate of the cosine schedule.
-            layer_decay: Layer-wise learning-rate decay over the ViT's blocks
-                (pyramid and detector train at *lr*); 1: none.
-            drop_path_rate: Stochastic depth rate of the ViT's blocks.
 
         Raises:
             ValueError: If *model*, *finetune* or *anchor_sizes* is invalid.
@@ -172,6 +155,8 @@ class ObjectDetectionTask(DownstreamProtocol, ObjectDetection):
                 f'64), got {tuple(anchor_sizes)}'
             )
         super().__init__(
+            lora=lora,
+            protocol=protocol,
             model=model,
             backbone=backbone,
             weights=weights,

@@ -177,6 +177,23 @@ def config_dict(config: Any) -> dict[str, Any]:
     }
 
 
+def store_configs(task: BaseTask, **configs: Any) -> None:
+    """Record config dataclasses in a task's hyperparameters as plain mappings.
+
+    Checkpoints are read with ``weights_only=True``, so they hold every field
+    of each config as plain data (the config as used, with its defaults,
+    whether it was given as a dataclass or as a partial mapping); the task's
+    constructor turns the mapping back into the dataclass (:func:`as_config`).
+
+    Args:
+        task: A task whose ``save_hyperparameters`` has run.
+        **configs: The configs by argument name.
+    """
+    for name in ('_hparams', '_hparams_initial'):
+        hparams = cast(dict[str, Any], getattr(task, name))
+        hparams.update({key: config_dict(c) for key, c in configs.items()})
+
+
 class ExPLoRAPretrainingTask(BaseTask):
     """Base class of the ExPLoRA pre-training tasks.
 
@@ -232,12 +249,12 @@ class ExPLoRAPretrainingTask(BaseTask):
         )
         self.input_spec: InputSpec | None = None
         super().__init__()
-        # Checkpoints are read with weights_only=True: store plain data.
-        for name in ('_hparams', '_hparams_initial'):
-            hparams = cast(dict[str, Any], getattr(self, name))
-            for key, value in hparams.items():
-                if dataclasses.is_dataclass(value) and not isinstance(value, type):
-                    hparams[key] = config_dict(value)
+        store_configs(
+            self,
+            adapter=self.adapter,
+            optimization=self.optimization,
+            objective=self.objective_config,
+        )
 
     # Building -----------------------------------------------------------------
 

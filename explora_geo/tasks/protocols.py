@@ -5,8 +5,11 @@ epoch, drop-path 0.2 and an effective batch of 256, and probes linearly as
 DinoV2's evaluation does: many linear heads trained at once on shared frozen
 features (a grid of learning rates times feature sets), the best one on the
 validation set reported. This module holds those pieces so that the
-classification and segmentation tasks share them:
+classification, segmentation and detection tasks share them:
 
+* :class:`ProtocolConfig` and :class:`LoRAConfig`: the ``protocol`` and
+  ``lora`` arguments of the downstream tasks, each one frozen dataclass (or
+  its mapping, as YAML recipes and checkpoints give it) documented here once;
 * :func:`build_optimizer`: AdamW or SGD over the trainable tensors, with
   weight decay only on matrices and optional layer-wise learning-rate decay
   (timm's :func:`~timm.optim.param_groups_layer_decay`);
@@ -17,6 +20,7 @@ classification and segmentation tasks share them:
 .. versionadded:: 0.1
 """
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,12 +34,15 @@ from torch import Tensor, nn
 from torch.optim import SGD, AdamW, Optimizer
 from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
+from ..adapter import ExPLoRAConfig
 from .pretraining import warmup_cosine
 
 __all__ = (
+    'LoRAConfig',
     'OptimizerName',
     'ProbeHeads',
     'ProbeSpec',
+    'ProtocolConfig',
     'SchedulerName',
     'build_optimizer',
     'build_scheduler',
@@ -50,6 +57,127 @@ OptimizerName = Literal['adamw', 'sgd']
 
 #: Learning-rate schedules of the downstream tasks.
 SchedulerName = Literal['plateau', 'cosine']
+
+
+@dataclass(frozen=True)
+class ProtocolConfig:
+    """How a downstream task trains: optimiser, schedule and regularisation.
+
+    The ``protocol`` argument of
+    :class:`~explora_geo.tasks.classification.ClassificationTask`,
+    :class:`~explora_geo.tasks.segmentation.SemanticSegmentationTask` and
+    :class:`~explora_geo.tasks.detection.ObjectDetectionTask`, given as this
+    dataclass or as a mapping of some of its fields (in a recipe,
+    ``protocol: {scheduler: cosine, warmup_epochs: 1}``); the others keep
+    their defaults, TorchGeo's AdamW and plateau schedule. The learning rate
+    and the plateau scheduler's patience are the tasks' own ``lr`` and
+    ``patience``, as in TorchGeo.
+
+    Attributes:
+        optimizer: ``'adamw'`` or ``'sgd'`` (momentum 0.9).
+        weight_decay: Weight decay of the matrices (biases, norms, class
+            token and position embedding are not decayed).
+        scheduler: ``'plateau'`` (TorchGeo's, on the task's monitored metric)
+            or ``'cosine'`` (linear warm-up, then cosine decay to *min_lr*,
+            updated every optimiser step).
+        warmup_epochs: Warm-up of the cosine schedule, in epochs (fractions
+            allowed).
+        min_lr: Final learning rate of the cosine schedule.
+        layer_decay: Layer-wise learning-rate decay over the ViT's blocks
+            (BEiT/MAE); decoders and heads train at ``lr``; 1: none.
+        drop_path_rate: Stochastic depth rate of the ViT's blocks.
+        label_smoothing: Label smoothing of the cross-entropy loss (tasks
+            with ``loss='ce'``).
+
+    .. versionadded:: 0.1
+    """
+
+    optimizer: OptimizerName = 'adamw'
+    weight_decay: float = 0.01
+    scheduler: SchedulerName = 'plateau'
+    warmup_epochs: float = 0.0
+    min_lr: float = 0.0
+    layer_decay: float = 1.0
+    drop_path_rate: float = 0.0
+    label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        """Check the fields.
+
+        Raises:
+            ValueError: Naming the field, if a value is out of range.
+        """
+        checks = {
+            'optimizer': (self.optimizer in ('adamw', 'sgd'), "'adamw' or 'sgd'"),
+            'scheduler': (
+                self.scheduler in ('plateau', 'cosine'),
+                "'plateau' or 'cosine'",
+            ),
+            'weight_decay': (self.weight_decay >= 0, '>= 0'),
+            'warmup_epochs': (self.warmup_epochs >= 0, '>= 0'),
+            'min_lr': (self.min_lr >= 0, '>= 0'),
+            'layer_decay': (0 < self.layer_decay <= 1, 'in (0, 1]'),
+            'drop_path_rate': (0 <= self.drop_path_rate < 1, 'in [0, 1)'),
+            'label_smoothing': (0 <= self.label_smoothing < 1, 'in [0, 1)'),
+        }
+        for name, (ok, expected) in checks.items():
+            if not ok:
+                raise ValueError(
+                    f'{name} must be {expected}, got {getattr(self, name)!r}'
+                )
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    """The LoRA of a downstream task's ``finetune='lora'``.
+
+    The ``lora`` argument of the downstream tasks (this dataclass or a mapping
+    of some of its fields, e.g. ``lora: {rank: 16}``): LoRA on the *targets*
+    of every block of the ViT, nothing else of the ViT trains
+    (:meth:`~explora_geo.adapter.ExPLoRAConfig.lora_finetune`); the task's
+    head or decoder trains in full.
+
+    Attributes:
+        rank: LoRA rank.
+        alpha: LoRA alpha (updates scaled by ``alpha / rank``).
+        targets: Matrices with LoRA: ``'q'``, ``'k'``, ``'v'`` (slices of the
+            fused ``qkv``), ``'proj'``, ``'fc1'``, ``'fc2'``.
+        dropout: Dropout on the LoRA input.
+
+    .. versionadded:: 0.1
+    """
+
+    rank: int = 8
+    alpha: float = 8.0
+    targets: tuple[str, ...] = ('q', 'v')
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        """Accept lists of targets (YAML) and check the fields.
+
+        Raises:
+            ValueError: If a value is out of range (see
+                :class:`~explora_geo.adapter.ExPLoRAConfig`).
+        """
+        object.__setattr__(self, 'targets', tuple(self.targets))
+        self.adapter()
+
+    def adapter(self, trainable: Sequence[str] = ()) -> ExPLoRAConfig:
+        """The adapter config that applies this LoRA.
+
+        Args:
+            trainable: Parameter-name patterns (``fnmatch``) of the model that
+                also train, e.g. ``('head.*',)``.
+
+        Returns:
+            LoRA on every block, no block unfrozen, norms frozen.
+        """
+        return dataclasses.replace(
+            ExPLoRAConfig.lora_finetune(rank=self.rank, alpha=self.alpha),
+            targets=self.targets,
+            dropout=self.dropout,
+            trainable=tuple(trainable),
+        )
 
 
 def _prepare_data(trainer: 'lightning.Trainer') -> None:

@@ -12,7 +12,7 @@ decoders and heads from :class:`~explora_geo.models.feature_pyramid.ViTFeatureMa
 .. versionadded:: 0.1
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, cast, get_args
 
 import torch.nn.functional as F
@@ -32,7 +32,7 @@ from torchvision.models._api import WeightsEnum
 
 from ..models.feature_pyramid import SimpleFeaturePyramid, ViTFeatureMaps
 from .classification import DownstreamProtocol, FinetuneMode, check_finetune
-from .protocols import OptimizerName, SchedulerName
+from .protocols import LoRAConfig, ProtocolConfig
 
 __all__ = ('SemanticSegmentationTask', 'ViTDPT', 'ViTUPerNet')
 
@@ -212,21 +212,13 @@ class SemanticSegmentationTask(DownstreamProtocol, SemanticSegmentation):
         freeze_backbone: bool = False,
         freeze_decoder: bool = False,
         finetune: FinetuneMode = 'lora',
-        lora_rank: int = 8,
-        lora_alpha: float = 8.0,
-        lora_targets: Sequence[str] = ('q', 'v'),
+        lora: LoRAConfig | Mapping[str, Any] = LoRAConfig(),
+        protocol: ProtocolConfig | Mapping[str, Any] = ProtocolConfig(),
         feature_indices: Sequence[int] | None = None,
         decoder_channels: int = 256,
         dynamic_img_size: bool = True,
         model_kwargs: dict[str, Any] | None = None,
         normalization: dict[str, Any] | None = None,
-        optimizer: OptimizerName = 'adamw',
-        weight_decay: float = 0.01,
-        scheduler: SchedulerName = 'plateau',
-        warmup_epochs: float = 0.0,
-        min_lr: float = 0.0,
-        layer_decay: float = 1.0,
-        drop_path_rate: float = 0.0,
     ) -> None:
         """Initialize a new SemanticSegmentationTask instance.
 
@@ -249,15 +241,17 @@ class SemanticSegmentationTask(DownstreamProtocol, SemanticSegmentation):
                 class and used with 'ce' loss.
             ignore_index: Optional integer class index to ignore in the loss and
                 metrics.
-            lr: Learning rate of AdamW.
+            lr: Learning rate (of the decoder with layer-wise decay).
             patience: Patience of the learning-rate plateau scheduler.
             freeze_backbone: Same as ``finetune='linear_probe'``.
             freeze_decoder: Freeze the decoder (only the last layers train).
             finetune: ``'lora'`` (LoRA on the ViT; decoder and head train),
                 ``'linear_probe'`` (frozen ViT) or ``'full'``.
-            lora_rank: LoRA rank for ``'lora'``.
-            lora_alpha: LoRA alpha for ``'lora'``.
-            lora_targets: Projections of ``qkv`` with LoRA.
+            lora: The LoRA of ``'lora'``
+                (:class:`~explora_geo.tasks.protocols.LoRAConfig` or its mapping).
+            protocol: Optimiser, schedule, drop-path and label smoothing
+                (:class:`~explora_geo.tasks.protocols.ProtocolConfig` or its
+                mapping).
             feature_indices: Four ViT blocks feeding the decoder (default
                 evenly spaced, ending at the last block).
             decoder_channels: Decoder width.
@@ -269,17 +263,6 @@ class SemanticSegmentationTask(DownstreamProtocol, SemanticSegmentation):
             normalization: How raw band values become model input
                 (:meth:`~explora_geo.sensors.Normalization.to_dict`), recorded in
                 checkpoints for prediction; default the datamodule's.
-            optimizer: ``'adamw'`` or ``'sgd'`` (momentum 0.9).
-            weight_decay: Weight decay of the matrices (biases, norms, class
-                token and position embedding are not decayed).
-            scheduler: ``'plateau'`` (TorchGeo's, on ``val_loss``) or
-                ``'cosine'`` (linear warm-up, then cosine decay to *min_lr*,
-                updated every optimiser step).
-            warmup_epochs: Warm-up of the cosine schedule, in epochs.
-            min_lr: Final learning rate of the cosine schedule.
-            layer_decay: Layer-wise learning-rate decay over the ViT's blocks
-                (the decoder trains at *lr*); 1: none.
-            drop_path_rate: Stochastic depth rate of the ViT's blocks.
 
         Raises:
             ValueError: If *model* or *finetune* is invalid.
@@ -292,6 +275,8 @@ class SemanticSegmentationTask(DownstreamProtocol, SemanticSegmentation):
             )
         check_finetune(finetune)
         super().__init__(
+            lora=lora,
+            protocol=protocol,
             model=model,
             backbone=backbone,
             weights=weights,

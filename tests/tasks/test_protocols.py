@@ -14,7 +14,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from explora_geo.datamodules import FMoWTemporalDataModule
 from explora_geo.tasks.classification import ClassificationTask, probe_features
-from explora_geo.tasks.protocols import ProbeSpec, build_optimizer
+from explora_geo.tasks.protocols import (
+    LoRAConfig,
+    ProbeSpec,
+    ProtocolConfig,
+    build_optimizer,
+)
 from explora_geo.tasks.segmentation import SemanticSegmentationTask
 
 TINY = {'depth': 2, 'embed_dim': 32, 'num_heads': 2, 'img_size': 28}
@@ -91,9 +96,11 @@ def test_cosine_schedule_per_step(
         model='explora_vitb_dino',
         num_classes=3,
         lr=0.1,
-        min_lr=0.001,
-        scheduler='cosine',
-        warmup_epochs=warmup_epochs,
+        protocol={
+            'min_lr': 0.001,
+            'scheduler': 'cosine',
+            'warmup_epochs': warmup_epochs,
+        },
         model_kwargs=TINY,
     )
     record = RecordLR()
@@ -121,7 +128,7 @@ def test_cosine_needs_a_trainer() -> None:
     task = ClassificationTask(
         model='explora_vitb_dino',
         num_classes=3,
-        scheduler='cosine',
+        protocol={'scheduler': 'cosine'},
         model_kwargs=TINY,
     )
     with pytest.raises(ValueError, match='needs the trainer'):
@@ -134,8 +141,7 @@ def test_layer_decay_and_weight_decay_groups() -> None:
         num_classes=3,
         finetune='full',
         lr=1.0,
-        weight_decay=0.05,
-        layer_decay=0.5,
+        protocol={'weight_decay': 0.05, 'layer_decay': 0.5},
         model_kwargs=TINY,
     )
     optimizer = task.configure_optimizers()['optimizer']  # type: ignore[index]
@@ -183,8 +189,7 @@ def test_drop_path_and_label_smoothing() -> None:
     task = ClassificationTask(
         model='explora_vitb_dino',
         num_classes=3,
-        drop_path_rate=0.2,
-        label_smoothing=0.1,
+        protocol={'drop_path_rate': 0.2, 'label_smoothing': 0.1},
         model_kwargs=TINY,
     )
     # timm spaces the rates linearly over the blocks, the last at the full rate.
@@ -196,7 +201,119 @@ def test_drop_path_and_label_smoothing() -> None:
     expected = -(0.9 * logp[0, 0] + 0.1 * logp[0].mean())
     torch.testing.assert_close(task.criterion(logits, target), expected)
     with pytest.raises(ValueError, match='label_smoothing'):
-        ClassificationTask(num_classes=3, label_smoothing=1.0, model_kwargs=TINY)
+        ClassificationTask(
+            num_classes=3, protocol={'label_smoothing': 1.0}, model_kwargs=TINY
+        )
+
+
+@pytest.mark.parametrize(
+    ('field', 'value', 'message'),
+    [
+        ('optimizer', 'lamb', "optimizer must be 'adamw' or 'sgd', got 'lamb'"),
+        ('scheduler', 'step', "scheduler must be 'plateau' or 'cosine', got 'step'"),
+        ('weight_decay', -0.1, 'weight_decay must be >= 0, got -0.1'),
+        ('warmup_epochs', -1, 'warmup_epochs must be >= 0, got -1'),
+        ('min_lr', -1e-6, 'min_lr must be >= 0, got -1e-06'),
+        ('layer_decay', 0.0, r'layer_decay must be in \(0, 1\], got 0.0'),
+        ('drop_path_rate', 1.0, r'drop_path_rate must be in \[0, 1\), got 1.0'),
+        ('label_smoothing', -0.1, r'label_smoothing must be in \[0, 1\), got -0.1'),
+    ],
+)
+def test_protocol_config_names_the_bad_field(
+    field: str, value: Any, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        ProtocolConfig(**{field: value})
+
+
+def test_lora_config_is_checked_as_an_adapter() -> None:
+    lora = LoRAConfig(rank=4, alpha=2.0, targets=['q', 'fc1'], dropout=0.1)  # type: ignore[arg-type]
+    assert lora.targets == ('q', 'fc1')
+    adapter = lora.adapter(('head.*',))
+    assert (adapter.rank, adapter.alpha, adapter.targets) == (4, 2.0, ('q', 'fc1'))
+    assert (adapter.dropout, adapter.trainable) == (0.1, ('head.*',))
+    assert (adapter.unfrozen_blocks, adapter.train_norms) == ((), False)
+    with pytest.raises(ValueError, match='targets must be distinct names'):
+        LoRAConfig(targets=('q', 'x'))
+    with pytest.raises(ValueError, match='alpha must be > 0'):
+        LoRAConfig(alpha=0.0)
+
+
+def test_configs_round_trip_through_a_checkpoint(tmp_path: Path) -> None:
+    from explora_geo.inference.cli import load_task
+
+    task = ClassificationTask(
+        model='explora_vitb_dino',
+        num_classes=3,
+        lora={'rank': 4, 'targets': ['q', 'k', 'v']},
+        protocol={'scheduler': 'cosine', 'min_lr': 1e-5, 'label_smoothing': 0.2},
+        model_kwargs=TINY,
+    )
+    protocol = ProtocolConfig(scheduler='cosine', min_lr=1e-5, label_smoothing=0.2)
+    lora = LoRAConfig(rank=4, targets=('q', 'k', 'v'))
+    assert (task.protocol, task.lora) == (protocol, lora)
+    # Every field is recorded, as plain data, whatever was given.
+    assert task.hparams['protocol'] == {
+        'optimizer': 'adamw',
+        'weight_decay': 0.01,
+        'scheduler': 'cosine',
+        'warmup_epochs': 0.0,
+        'min_lr': 1e-5,
+        'layer_decay': 1.0,
+        'drop_path_rate': 0.0,
+        'label_smoothing': 0.2,
+    }
+    assert task.hparams['lora'] == {
+        'rank': 4,
+        'alpha': 8.0,
+        'targets': ['q', 'k', 'v'],
+        'dropout': 0.0,
+    }
+    trainer = fit(task, tmp_path, epochs=1)
+    path = tmp_path / 'task.ckpt'
+    trainer.save_checkpoint(path)
+    loaded = load_task(path)
+    assert isinstance(loaded, ClassificationTask)
+    assert (loaded.protocol, loaded.lora) == (protocol, lora)
+    assert loaded.criterion.label_smoothing == 0.2
+    assert loaded.model.blocks[0].attn.qkv.lora_A.shape[:2] == (3, 4)
+
+
+def test_segmentation_label_smoothing() -> None:
+    task = SemanticSegmentationTask(
+        backbone='explora_vitb_dino',
+        num_classes=3,
+        ignore_index=2,
+        protocol={'label_smoothing': 0.1},
+        decoder_channels=16,
+        model_kwargs={**TINY, 'img_size': 32},
+    )
+    logits = torch.randn(2, 3, 4, 4)
+    target = torch.randint(0, 3, (2, 4, 4))
+    expected = nn.functional.cross_entropy(
+        logits, target, ignore_index=2, label_smoothing=0.1
+    )
+    torch.testing.assert_close(task.criterion(logits, target), expected)
+
+
+def test_label_smoothing_needs_cross_entropy() -> None:
+    from explora_geo.tasks.detection import ObjectDetectionTask
+
+    with pytest.raises(ValueError, match='ObjectDetectionTask has loss=None'):
+        ObjectDetectionTask(
+            backbone='explora_vitb_dino',
+            protocol={'label_smoothing': 0.1},
+            fpn_channels=16,
+            model_kwargs={**TINY, 'img_size': 32},
+        )
+    with pytest.raises(ValueError, match="ClassificationTask has loss='focal'"):
+        ClassificationTask(
+            model='explora_vitb_dino',
+            num_classes=3,
+            loss='focal',
+            protocol={'label_smoothing': 0.1},
+            model_kwargs=TINY,
+        )
 
 
 def test_segmentation_protocol_options() -> None:
@@ -205,8 +322,7 @@ def test_segmentation_protocol_options() -> None:
         num_classes=2,
         finetune='full',
         lr=1.0,
-        layer_decay=0.5,
-        drop_path_rate=0.1,
+        protocol={'layer_decay': 0.5, 'drop_path_rate': 0.1},
         decoder_channels=16,
         model_kwargs={**TINY, 'img_size': 32},
     )
@@ -226,9 +342,7 @@ def sweep_task(**kwargs: Any) -> ClassificationTask:
     return ClassificationTask(
         model='explora_vitb_dino',
         num_classes=4,
-        optimizer='sgd',
-        weight_decay=0.0,
-        scheduler='cosine',
+        protocol={'optimizer': 'sgd', 'weight_decay': 0.0, 'scheduler': 'cosine'},
         **{
             'finetune': 'linear_probe',
             'model_kwargs': TINY4,
@@ -466,8 +580,7 @@ def test_detection_protocol_options() -> None:
         backbone='explora_vitb_dino',
         finetune='full',
         lr=1.0,
-        layer_decay=0.5,
-        drop_path_rate=0.1,
+        protocol={'layer_decay': 0.5, 'drop_path_rate': 0.1},
         fpn_channels=16,
         model_kwargs={**TINY, 'img_size': 32},
     )
