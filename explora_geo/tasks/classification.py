@@ -31,6 +31,7 @@ detection tasks.
 
 import contextlib
 import fnmatch
+import inspect
 import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal, Self, cast, get_args
@@ -224,6 +225,21 @@ class DownstreamProtocol(BaseTask):
         self.protocol = as_config(ProtocolConfig, protocol)
         super().__init__(**kwargs)
         store_configs(self, lora=self.lora, protocol=self.protocol)
+
+    def torchgeo_arguments(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
+        """What a task's constructor passes on: the configs and TorchGeo's arguments.
+
+        Args:
+            arguments: The task constructor's arguments by name (its
+                ``locals()``).
+
+        Returns:
+            ``lora``, ``protocol`` and the arguments of the TorchGeo task's
+            constructor, the next in the method resolution order.
+        """
+        torchgeo_init = super().__init__
+        names = {'lora', 'protocol', *inspect.signature(torchgeo_init).parameters}
+        return {k: v for k, v in arguments.items() if k in names}
 
     @property
     def finetune(self) -> str:
@@ -669,24 +685,7 @@ class ClassificationTask(DownstreamProtocol, Classification):
                     f'probe_pooling must be among {get_args(Pooling)} and probe_blocks '
                     f'positive (got {tuple(probe_pooling)}, {tuple(probe_blocks)})'
                 )
-        super().__init__(
-            lora=lora,
-            protocol=protocol,
-            model=model,
-            weights=weights,
-            in_channels=in_channels,
-            task=task,
-            num_classes=num_classes,
-            num_labels=num_labels,
-            labels=labels,
-            pos_weight=pos_weight,
-            loss=loss,
-            class_weights=class_weights,
-            ignore_index=ignore_index,
-            lr=lr,
-            patience=patience,
-            freeze_backbone=freeze_backbone,
-        )
+        super().__init__(**self.torchgeo_arguments(locals()))
         self._model_inputs: dict[str, Tensor] = {}
 
     @property
@@ -864,6 +863,9 @@ class ClassificationTask(DownstreamProtocol, Classification):
     ) -> Tensor:
         """Training loss (with a probe sweep: the sum of every head's loss).
 
+        The steps run TorchGeo's with the batch's extra model inputs
+        (:meth:`model_inputs`), or, with a probe sweep, every head at once.
+
         Args:
             batch: The output of the DataLoader.
             batch_idx: Index of this batch.
@@ -872,26 +874,20 @@ class ClassificationTask(DownstreamProtocol, Classification):
         Returns:
             The loss tensor.
         """
-        if self.probes is None:
-            with self.model_inputs(batch):
-                return super().training_step(batch, batch_idx, dataloader_idx)
-        x, y = batch['image'], batch['label']
-        logits = self.probe_logits(x)
-        loss = torch.stack([self.criterion(out, y) for out in logits]).sum()
-        self.train_metrics(logits[int(self.probes.best)], y)
-        self.log('train_loss', loss, batch_size=x.shape[0])
-        return loss
+        if self.probes is not None:
+            x, y = batch['image'], batch['label']
+            logits = self.probe_logits(x)
+            loss = torch.stack([self.criterion(out, y) for out in logits]).sum()
+            self.train_metrics(logits[int(self.probes.best)], y)
+            self.log('train_loss', loss, batch_size=x.shape[0])
+            return loss
+        with self.model_inputs(batch):
+            return super().training_step(batch, batch_idx, dataloader_idx)
 
     def validation_step(
         self, batch: Sample, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        """Validation loss and metrics (of every head of a probe sweep).
-
-        Args:
-            batch: The output of the DataLoader.
-            batch_idx: Index of this batch.
-            dataloader_idx: Index of the current dataloader.
-        """
+        """Validation loss and metrics (of every probe head); see :meth:`training_step`."""
         if self.probes is None:
             with self.model_inputs(batch):
                 super().validation_step(batch, batch_idx, dataloader_idx)
@@ -928,29 +924,14 @@ class ClassificationTask(DownstreamProtocol, Classification):
         )
 
     def test_step(self, batch: Sample, batch_idx: int, dataloader_idx: int = 0) -> None:
-        """Test loss and metrics, with the batch's extra model inputs.
-
-        Args:
-            batch: The output of the DataLoader.
-            batch_idx: Index of this batch.
-            dataloader_idx: Index of the current dataloader.
-        """
+        """Test loss and metrics; see :meth:`training_step`."""
         with self.model_inputs(batch):
             super().test_step(batch, batch_idx, dataloader_idx)
 
     def predict_step(
         self, batch: Sample, batch_idx: int, dataloader_idx: int = 0
     ) -> Tensor:
-        """Class probabilities, with the batch's extra model inputs.
-
-        Args:
-            batch: The output of the DataLoader.
-            batch_idx: Index of this batch.
-            dataloader_idx: Index of the current dataloader.
-
-        Returns:
-            Predicted probabilities.
-        """
+        """Class probabilities; see :meth:`training_step`."""
         with self.model_inputs(batch):
             return super().predict_step(batch, batch_idx, dataloader_idx)
 

@@ -154,19 +154,7 @@ class ObjectDetectionTask(DownstreamProtocol, ObjectDetection):
                 'anchor_sizes needs one size per pyramid level (5: strides 4 to '
                 f'64), got {tuple(anchor_sizes)}'
             )
-        super().__init__(
-            lora=lora,
-            protocol=protocol,
-            model=model,
-            backbone=backbone,
-            weights=weights,
-            in_channels=in_channels,
-            num_classes=num_classes,
-            trainable_layers=trainable_layers,
-            lr=lr,
-            patience=patience,
-            freeze_backbone=freeze_backbone,
-        )
+        super().__init__(**self.torchgeo_arguments(locals()))
 
     def configure_models(self) -> None:
         """Build the ViT, the pyramid and Faster R-CNN; load weights; set what trains."""

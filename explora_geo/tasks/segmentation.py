@@ -103,8 +103,8 @@ class ViTUPerNet(_ViTSegmenter):
         """Initialize a new ViTUPerNet instance.
 
         Args:
-            vit: A timm ViT.
-            num_classes: Output channels.
+            vit: The timm ViT whose blocks become the pyramid's levels.
+            num_classes: Output channels of the 1x1 segmentation head.
             indices: Four block indices feeding the levels, highest resolution
                 first; default evenly spaced, ending at the last block.
             decoder_channels: Width of the UPerNet decoder.
@@ -146,8 +146,8 @@ class ViTDPT(_ViTSegmenter):
         """Initialize a new ViTDPT instance.
 
         Args:
-            vit: A timm ViT.
-            num_classes: Output channels.
+            vit: The timm ViT whose blocks DPT reassembles.
+            num_classes: Output channels of DPT's segmentation head.
             indices: Four block indices (default evenly spaced).
             decoder_channels: Fusion width; the reassemble widths are 1, 2, 4
                 and 4 times it (DPT's 256, 512, 1024, 1024 for 256).
@@ -235,12 +235,12 @@ class SemanticSegmentationTask(DownstreamProtocol, SemanticSegmentation):
             labels: List of class names.
             num_filters: Unused (an FCN option of the parent task, kept so that
                 checkpoints' hyperparameters rebuild the task).
-            pos_weight: A weight of positive examples and used with 'bce' loss.
-            loss: One of 'ce', 'bce', 'jaccard', 'focal', or 'dice'.
-            class_weights: Optional rescaling weight given to each
-                class and used with 'ce' loss.
-            ignore_index: Optional integer class index to ignore in the loss and
-                metrics.
+            pos_weight: Weight of positive pixels in the ``'bce'`` loss.
+            loss: ``'ce'``, ``'bce'``, ``'jaccard'``, ``'focal'`` or ``'dice'``
+                (TorchGeo's pixel losses).
+            class_weights: Per-class weights of the ``'ce'`` loss.
+            ignore_index: Class of the pixels the loss and metrics skip
+                (e.g. no-data).
             lr: Learning rate (of the decoder with layer-wise decay).
             patience: Patience of the learning-rate plateau scheduler.
             freeze_backbone: Same as ``finetune='linear_probe'``.
@@ -274,27 +274,7 @@ class SemanticSegmentationTask(DownstreamProtocol, SemanticSegmentation):
                 'for CNN backbones'
             )
         check_finetune(finetune)
-        super().__init__(
-            lora=lora,
-            protocol=protocol,
-            model=model,
-            backbone=backbone,
-            weights=weights,
-            in_channels=in_channels,
-            task=task,
-            num_classes=num_classes,
-            num_labels=num_labels,
-            labels=labels,
-            num_filters=num_filters,
-            pos_weight=pos_weight,
-            loss=loss,
-            class_weights=class_weights,
-            ignore_index=ignore_index,
-            lr=lr,
-            patience=patience,
-            freeze_backbone=freeze_backbone,
-            freeze_decoder=freeze_decoder,
-        )
+        super().__init__(**self.torchgeo_arguments(locals()))
 
     def configure_models(self) -> None:
         """Build the ViT and the head, load the weights and set what trains."""
