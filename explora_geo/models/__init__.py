@@ -23,6 +23,7 @@ from . import mae as mae
 from . import satmae_group as satmae_group
 from . import satmae_temporal as satmae_temporal
 from . import vit as vit
+from . import weights as weights
 from .checkpoints import load_into, read_checkpoint
 from .convert import (
     convert_group_state_dict,
@@ -38,32 +39,12 @@ from .satmae_group_mae import GroupChannelMAE
 from .satmae_temporal import TemporalViT, time_encoding
 from .satmae_temporal_mae import TemporalMAE
 from .vit import SourceViT
-from .weights import (
-    ExPLoRAViTB14DINOv2Weights,
-    ExPLoRAViTB16MAEWeights,
-    ExPLoRAViTG14DINOv2Weights,
-    ExPLoRAViTL8SatMAEGroupWeights,
-    ExPLoRAViTL14DINOv2Weights,
-    ExPLoRAViTL16MAEWeights,
-    ExPLoRAWeightsEnum,
-    create_model,
-    get_weight,
-    load_checkpoint,
-    load_weights,
-    resolve_weights,
-)
+from .weights import *  # noqa: F403 (re-exported: weights.__all__)
 
 __all__ = (
     'SATMAE_BANDS',
     'SATMAE_GROUPS',
     'SENTINEL2_BANDS',
-    'ExPLoRAViTB14DINOv2Weights',
-    'ExPLoRAViTB16MAEWeights',
-    'ExPLoRAViTG14DINOv2Weights',
-    'ExPLoRAViTL8SatMAEGroupWeights',
-    'ExPLoRAViTL14DINOv2Weights',
-    'ExPLoRAViTL16MAEWeights',
-    'ExPLoRAWeightsEnum',
     'GroupChannelMAE',
     'GroupChannelViT',
     'GroupPatchEmbed',
@@ -76,14 +57,10 @@ __all__ = (
     'convert_state_dict',
     'convert_temporal_state_dict',
     'create_mae',
-    'create_model',
-    'get_weight',
-    'load_checkpoint',
     'load_into',
-    'load_weights',
     'read_checkpoint',
     'register_mae',
     'resample_pos_embed',
-    'resolve_weights',
     'time_encoding',
+    *weights.__all__,
 )

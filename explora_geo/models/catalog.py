@@ -26,25 +26,13 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from torch import nn
 
 from ..sensors import FMOW_RGB, SENTINEL2
-from .convert import (
-    convert_group_state_dict,
-    convert_state_dict,
-    convert_temporal_state_dict,
-)
+from . import convert, weights
 from .mae import MaskedAutoencoderViT, mae_builder, register_mae
 from .satmae_group import GroupChannelViT
 from .satmae_group_mae import GroupChannelMAE
 from .satmae_temporal import TemporalViT
 from .satmae_temporal_mae import TemporalMAE
 from .vit import SourceViT
-from .weights import (
-    ExPLoRAViTB14DINOv2Weights,
-    ExPLoRAViTB16MAEWeights,
-    ExPLoRAViTG14DINOv2Weights,
-    ExPLoRAViTL8SatMAEGroupWeights,
-    ExPLoRAViTL14DINOv2Weights,
-    ExPLoRAViTL16MAEWeights,
-)
 
 __all__ = (
     'explora_vitb_dino',
@@ -90,26 +78,35 @@ _sentinel_cfg: dict[str, Any] = {
 default_cfgs = generate_default_cfgs(
     {
         # The first tag of a model is its default for pretrained=True.
-        'explora_vitl_dino.fmow_rgb': _cfg(ExPLoRAViTL14DINOv2Weights.FMOW_RGB.url),
-        'explora_vitl_dino.lvd142m': _cfg(
-            ExPLoRAViTL14DINOv2Weights.DINOV2_LVD142M.url
+        'explora_vitl_dino.fmow_rgb': _cfg(
+            weights.ExPLoRAViTL14DINOv2Weights.FMOW_RGB.url
         ),
-        'explora_vitb_dino.fmow_rgb': _cfg(ExPLoRAViTB14DINOv2Weights.FMOW_RGB.url),
+        'explora_vitl_dino.lvd142m': _cfg(
+            weights.ExPLoRAViTL14DINOv2Weights.DINOV2_LVD142M.url
+        ),
+        'explora_vitb_dino.fmow_rgb': _cfg(
+            weights.ExPLoRAViTB14DINOv2Weights.FMOW_RGB.url
+        ),
         'explora_vitb_dino.lvd142m': _cfg(
-            ExPLoRAViTB14DINOv2Weights.DINOV2_LVD142M.url
+            weights.ExPLoRAViTB14DINOv2Weights.DINOV2_LVD142M.url
         ),
         'explora_vitg_dino.lvd142m': _cfg(
-            ExPLoRAViTG14DINOv2Weights.DINOV2_LVD142M.url
+            weights.ExPLoRAViTG14DINOv2Weights.DINOV2_LVD142M.url
         ),
-        'explora_vitl_mae.in1k': _cfg(ExPLoRAViTL16MAEWeights.MAE_IN1K.url),
-        'explora_vitl_mae.in1k_pixel': _cfg(ExPLoRAViTL16MAEWeights.MAE_IN1K_PIXEL.url),
-        'explora_vitb_mae.in1k': _cfg(ExPLoRAViTB16MAEWeights.MAE_IN1K.url),
-        'explora_vitb_mae.in1k_pixel': _cfg(ExPLoRAViTB16MAEWeights.MAE_IN1K_PIXEL.url),
+        'explora_vitl_mae.in1k': _cfg(weights.ExPLoRAViTL16MAEWeights.MAE_IN1K.url),
+        'explora_vitl_mae.in1k_pixel': _cfg(
+            weights.ExPLoRAViTL16MAEWeights.MAE_IN1K_PIXEL.url
+        ),
+        'explora_vitb_mae.in1k': _cfg(weights.ExPLoRAViTB16MAEWeights.MAE_IN1K.url),
+        'explora_vitb_mae.in1k_pixel': _cfg(
+            weights.ExPLoRAViTB16MAEWeights.MAE_IN1K_PIXEL.url
+        ),
         'explora_vitl_satmae_group.fmow_sentinel': _cfg(
-            ExPLoRAViTL8SatMAEGroupWeights.FMOW_SENTINEL.url, **_sentinel_cfg
+            weights.ExPLoRAViTL8SatMAEGroupWeights.FMOW_SENTINEL.url, **_sentinel_cfg
         ),
         'explora_vitl_satmae_group.satmae_fmow_sentinel': _cfg(
-            ExPLoRAViTL8SatMAEGroupWeights.SATMAE_FMOW_SENTINEL.url, **_sentinel_cfg
+            weights.ExPLoRAViTL8SatMAEGroupWeights.SATMAE_FMOW_SENTINEL.url,
+            **_sentinel_cfg,
         ),
         'explora_vitb_satmae_group.untrained': _cfg(**_sentinel_cfg),
         'explora_vitl_satmae_temporal.untrained': _cfg(
@@ -140,12 +137,12 @@ def _create[M: nn.Module](
 
 
 def _create_vit(variant: str, pretrained: bool, **kwargs: Any) -> SourceViT:
-    return _create(SourceViT, variant, pretrained, convert_state_dict, **kwargs)
+    return _create(SourceViT, variant, pretrained, convert.convert_state_dict, **kwargs)
 
 
 def _create_group(variant: str, pretrained: bool, **kwargs: Any) -> GroupChannelViT:
     return _create(
-        GroupChannelViT, variant, pretrained, convert_group_state_dict, **kwargs
+        GroupChannelViT, variant, pretrained, convert.convert_group_state_dict, **kwargs
     )
 
 
@@ -299,7 +296,7 @@ def explora_vitl_satmae_temporal(
         TemporalViT,
         'explora_vitl_satmae_temporal',
         pretrained,
-        convert_temporal_state_dict,
+        convert.convert_temporal_state_dict,
         **{**args, **kwargs},
     )
 
@@ -310,14 +307,14 @@ def explora_vitl_satmae_temporal(
 _SATMAE_ENCODER = {'global_pool': 'token', 'learnable_encodings': False}
 
 for _name, _weights in (
-    ('explora_vitb_mae', ExPLoRAViTB16MAEWeights.MAE_IN1K_PIXEL),
-    ('explora_vitl_mae', ExPLoRAViTL16MAEWeights.MAE_IN1K_PIXEL),
+    ('explora_vitb_mae', weights.ExPLoRAViTB16MAEWeights.MAE_IN1K_PIXEL),
+    ('explora_vitl_mae', weights.ExPLoRAViTL16MAEWeights.MAE_IN1K_PIXEL),
 ):
     register_mae(_name)(mae_builder(MaskedAutoencoderViT, _name, _weights))
 # ExPLoRA starts the multispectral and temporal MAEs from the RGB pixel MAE.
 for _name, _weights in (
-    ('explora_vitl_satmae_group', ExPLoRAViTL16MAEWeights.MAE_IN1K_PIXEL),
-    ('explora_vitb_satmae_group', ExPLoRAViTB16MAEWeights.MAE_IN1K_PIXEL),
+    ('explora_vitl_satmae_group', weights.ExPLoRAViTL16MAEWeights.MAE_IN1K_PIXEL),
+    ('explora_vitb_satmae_group', weights.ExPLoRAViTB16MAEWeights.MAE_IN1K_PIXEL),
 ):
     register_mae(_name)(
         mae_builder(
@@ -328,7 +325,7 @@ register_mae('explora_vitl_satmae_temporal')(
     mae_builder(
         TemporalMAE,
         'explora_vitl_satmae_temporal',
-        ExPLoRAViTL16MAEWeights.MAE_IN1K_PIXEL,
+        weights.ExPLoRAViTL16MAEWeights.MAE_IN1K_PIXEL,
         _SATMAE_ENCODER,
         ('same_mask',),
     )
