@@ -47,15 +47,13 @@ from typing import Any
 import lightning
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from explora_geo.precision import (
-    PRECISION_CHOICES,
-    environment_report,
-    resolve_precision,
-)
+from explora_geo.precision import environment_report, resolve_precision
 from explora_geo.ssl import DINOv2Config
 from explora_geo.tasks.explora_dinov2 import ExPLoRADINOv2
+
+from harness import RandomImages, StepTimer, add_precision_option, quiet_trainer
 
 
 class DeepCopyTeacher(nn.Module):
@@ -97,21 +95,6 @@ class DeepCopyDINOv2(ExPLoRADINOv2):
 
 
 VARIANTS = {'shared': ExPLoRADINOv2, 'deepcopy': DeepCopyDINOv2}
-
-
-class RandomImages(Dataset[dict[str, Tensor]]):
-    """Fixed random images in [0, 1]."""
-
-    def __init__(self, n: int, size: int) -> None:
-        self.images = torch.rand(
-            n, 3, size, size, generator=torch.Generator().manual_seed(0)
-        )
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> dict[str, Tensor]:
-        return {'image': self.images[i]}
 
 
 def state_bytes(
@@ -174,28 +157,16 @@ def paper_update_times(repeats: int = 3) -> dict[str, float]:
     return out
 
 
-class Timer(lightning.Callback):
+class Timer(StepTimer):
     """Step times (wall and CPU) and the tensor memory after the first step."""
 
     def __init__(self) -> None:
-        self.wall: list[float] = []
-        self.cpu: list[float] = []
+        super().__init__()
         self.memory: dict[str, int] = {}
-
-    def on_train_batch_start(
-        self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int
-    ) -> None:
-        """Start the clocks."""
-        if pl_module.device.type == 'cuda':
-            torch.cuda.synchronize()
-        self._start = (time.perf_counter(), time.process_time())
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any) -> None:
         """Stop the clocks; measure memory once."""
-        if pl_module.device.type == 'cuda':
-            torch.cuda.synchronize()
-        self.wall.append(time.perf_counter() - self._start[0])
-        self.cpu.append(time.process_time() - self._start[1])
+        super().on_train_batch_end(trainer, pl_module, *args)
         if not self.memory:
             self.memory = state_bytes(pl_module, trainer.optimizers[0])
 
@@ -213,16 +184,8 @@ def run_variant(args: argparse.Namespace) -> dict[str, Any]:
         ),
     )
     timer = Timer()
-    trainer = lightning.Trainer(
-        accelerator=args.device,
-        devices=1,
-        max_steps=args.steps,
-        precision=args.resolved_precision,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[timer],
+    trainer = quiet_trainer(
+        timer, args.resolved_precision, args.device, max_steps=args.steps
     )
     data = DataLoader(
         RandomImages(args.batch * args.steps, args.img_size), batch_size=args.batch
@@ -281,7 +244,7 @@ def main() -> None:
     parser.add_argument('--steps', type=int, default=6)
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--repeats', type=int, default=2)
-    parser.add_argument('--precision', choices=PRECISION_CHOICES, default='auto')
+    add_precision_option(parser)
     parser.add_argument('--threads', type=int, default=1)
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--variant', choices=sorted(VARIANTS), help=argparse.SUPPRESS)

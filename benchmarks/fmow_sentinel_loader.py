@@ -35,12 +35,13 @@ from torch.utils.data import DataLoader
 import explora_geo
 from explora_geo.datasets.fmow_sentinel import FMoWSentinel
 from explora_geo.precision import (
-    PRECISION_CHOICES,
     PrecisionName,
     autocast,
     environment_report,
     resolve_precision,
 )
+
+from harness import add_precision_option
 
 ASSET = os.path.join(
     os.path.dirname(explora_geo.__file__), 'assets', 's2_virginia_13band.tif'
@@ -135,7 +136,7 @@ def main() -> None:
     parser.add_argument('--batch', type=int, default=64)
     parser.add_argument('--epochs', type=int, default=2)
     parser.add_argument('--vit-batch', type=int, default=2)
-    parser.add_argument('--precision', choices=PRECISION_CHOICES, default='auto')
+    add_precision_option(parser)
     args = parser.parse_args()
     precision = resolve_precision(args.precision, 'cpu')
 

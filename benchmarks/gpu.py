@@ -37,19 +37,17 @@ import inspect
 import json
 import statistics
 import sys
-import time
 from dataclasses import replace
 from typing import Any
 
 import lightning
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 from explora_geo.adapter import ExPLoRAConfig
 from explora_geo.precision import (
-    PRECISION_CHOICES,
     PrecisionName,
     autocast,
     environment_report,
@@ -57,6 +55,8 @@ from explora_geo.precision import (
 )
 from explora_geo.ssl import DINOv2Config
 from explora_geo.tasks import ExPLoRADINOv2, ExPLoRAMAE
+
+from harness import RandomImages, StepTimer, add_precision_option, quiet_trainer
 
 #: Dense bf16 tensor-core peak in TFLOP/s by a substring of the device name,
 #: from the vendor's data sheets; the first match wins.
@@ -92,44 +92,6 @@ def device_peak(name: str) -> float | None:
         if key in name:
             return tflops * 1e12
     return None
-
-
-class RandomImages(Dataset[dict[str, Tensor]]):
-    """Fixed random images in [0, 1]."""
-
-    def __init__(self, n: int, size: int) -> None:
-        self.images = torch.rand(
-            n, 3, size, size, generator=torch.Generator().manual_seed(0)
-        )
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> dict[str, Tensor]:
-        return {'image': self.images[i]}
-
-
-class Timer(lightning.Callback):
-    """Synchronised wall time of each training step."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-
-    def _sync(self, module: lightning.LightningModule) -> None:
-        if module.device.type == 'cuda':
-            torch.cuda.synchronize()
-
-    def on_train_batch_start(
-        self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int
-    ) -> None:
-        """Start the clock."""
-        self._sync(pl_module)
-        self.start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any) -> None:
-        """Stop the clock."""
-        self._sync(pl_module)
-        self.times.append(time.perf_counter() - self.start)
 
 
 def build(name: str, args: argparse.Namespace) -> lightning.LightningModule:
@@ -192,20 +154,10 @@ def measure(name: str, args: argparse.Namespace, device: str) -> dict[str, Any]:
     if device == 'cuda':
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    timer = Timer()
-    trainer = lightning.Trainer(
-        accelerator=device,
-        devices=1,
-        max_steps=steps,
-        precision=args.resolved_precision,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[timer],
-    )
+    timer = StepTimer()
+    trainer = quiet_trainer(timer, args.resolved_precision, device, max_steps=steps)
     trainer.fit(task, data)
-    step = statistics.median(timer.times[args.warmup :])
+    step = statistics.median(timer.wall[args.warmup :])
     peak = torch.cuda.max_memory_allocated() if device == 'cuda' else 0
     del trainer, task
     gc.collect()
@@ -233,7 +185,7 @@ def main() -> None:
     parser.add_argument('--local-crops', type=int, default=8)
     parser.add_argument('--steps', type=int, default=10)
     parser.add_argument('--warmup', type=int, default=3)
-    parser.add_argument('--precision', choices=PRECISION_CHOICES, default='auto')
+    add_precision_option(parser)
     parser.add_argument(
         '--peak-tflops',
         type=float,

@@ -33,12 +33,13 @@ from torch import nn
 
 import explora_geo.models.satmae_group  # noqa: F401  (registers the model)
 from explora_geo.precision import (
-    PRECISION_CHOICES,
     PrecisionName,
     autocast,
     environment_report,
     resolve_precision,
 )
+
+from harness import add_precision_option
 
 SIZES = {
     'l': (
@@ -94,7 +95,7 @@ def main() -> None:
     parser.add_argument('--iters', type=int, default=3)
     parser.add_argument('--embed-iters', type=int, default=20)
     parser.add_argument('--warmup', type=int, default=1)
-    parser.add_argument('--precision', choices=PRECISION_CHOICES, default='auto')
+    add_precision_option(parser)
     args = parser.parse_args()
     precision = resolve_precision(args.precision, 'cpu')
 

@@ -51,12 +51,9 @@ from explora_geo.adapter import (
     count_trainable_parameters,
     merge_and_unload,
 )
-from explora_geo.precision import (
-    PRECISION_CHOICES,
-    autocast,
-    environment_report,
-    resolve_precision,
-)
+from explora_geo.precision import autocast, environment_report, resolve_precision
+
+from harness import add_precision_option
 
 
 class NaiveQVLoRA(nn.Module):
@@ -268,7 +265,7 @@ def main() -> None:
     parser.add_argument('--warmup', type=int, default=1)
     parser.add_argument('--threads', type=int, default=torch.get_num_threads())
     parser.add_argument('--variants', default='explora,peft,naive,full')
-    parser.add_argument('--precision', choices=PRECISION_CHOICES, default='auto')
+    add_precision_option(parser)
     args = vars(parser.parse_args())
     args['resolved_precision'] = resolve_precision(args['precision'], 'cpu')
     ctx = mp.get_context('spawn')

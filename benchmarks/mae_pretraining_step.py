@@ -42,12 +42,13 @@ import psutil
 import torch
 
 from explora_geo.precision import (
-    PRECISION_CHOICES,
     PrecisionName,
     autocast,
     environment_report,
     resolve_precision,
 )
+
+from harness import StepTimer, add_precision_option, quiet_trainer
 
 MODELS = {
     'vitb': ('explora_vitb_mae', 'vit_base_patch16_224'),
@@ -129,35 +130,16 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     task.zero_grad(set_to_none=True)
     flops = counter.get_total_flops()
 
-    times: list[float] = []
-    cpu_times: list[float] = []
-
-    class Timer(lightning.Callback):
-        def on_train_batch_start(self, *a: Any) -> None:
-            self.start, self.start_cpu = time.perf_counter(), time.process_time()
-
-        def on_train_batch_end(self, *a: Any) -> None:
-            times.append(time.perf_counter() - self.start)
-            cpu_times.append(time.process_time() - self.start_cpu)
-
-    trainer = lightning.Trainer(
-        accelerator='cpu',
-        devices=1,
-        precision=args.resolved_precision,
-        max_epochs=1,
-        limit_train_batches=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[Timer()],
+    timer = StepTimer()
+    trainer = quiet_trainer(
+        timer, args.resolved_precision, max_epochs=1, limit_train_batches=steps
     )
     trainer.fit(task, loader)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {
         'variant': args.variant,
-        'step_s': statistics.median(times[args.warmup :]),
-        'cpu_s': statistics.median(cpu_times[args.warmup :]),
+        'step_s': statistics.median(timer.wall[args.warmup :]),
+        'cpu_s': statistics.median(timer.cpu[args.warmup :]),
         'peak_bytes': peak - baseline,
         'flops': flops,
         'trainable': trainable,
@@ -180,7 +162,7 @@ def main() -> None:
         help="timm attention of both variants: 'fused' (SDPA, timm's default) or "
         "'math' (explicit softmax(QK^T)V)",
     )
-    parser.add_argument('--precision', choices=PRECISION_CHOICES, default='auto')
+    add_precision_option(parser)
     parser.add_argument('--variant', choices=['explora', 'torchgeo'])
     args = parser.parse_args()
     args.resolved_precision = resolve_precision(args.precision, 'cpu')
