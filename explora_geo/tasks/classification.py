@@ -343,9 +343,10 @@ class DownstreamProtocol(BaseTask):
             return
         h = self.hparams
         if h.get('loss') != 'ce':
+            has = f'loss={h["loss"]!r}' if 'loss' in h else 'no loss option'
             raise ValueError(
-                'label_smoothing applies to the cross-entropy loss; '
-                f'{type(self).__name__} has loss={h.get("loss")!r}'
+                "label_smoothing applies to the cross-entropy loss (loss='ce'); "
+                f'{type(self).__name__} has {has}'
             )
         weights = h['class_weights']
         if weights is not None and not isinstance(weights, Tensor):

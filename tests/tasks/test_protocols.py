@@ -299,7 +299,7 @@ def test_segmentation_label_smoothing() -> None:
 def test_label_smoothing_needs_cross_entropy() -> None:
     from explora_geo.tasks.detection import ObjectDetectionTask
 
-    with pytest.raises(ValueError, match='ObjectDetectionTask has loss=None'):
+    with pytest.raises(ValueError, match='ObjectDetectionTask has no loss option'):
         ObjectDetectionTask(
             backbone='explora_vitb_dino',
             protocol={'label_smoothing': 0.1},
