@@ -531,6 +531,38 @@ def _reader(
     return run
 
 
+class _Reading:
+    """A reader thread from tile *first* on, and the queue it fills."""
+
+    def __init__(self, tiles: _Tiles, first: int) -> None:
+        self.tiles = tiles
+        self.start(first)
+
+    def start(self, first: int) -> None:
+        """Read from tile *first* on."""
+        self.first = first
+        self.stop = threading.Event()
+        self.queue: queue.Queue[Any] = queue.Queue(maxsize=2)
+        self.worker = _Worker(
+            'tile-reader', _reader(self.tiles, first, self.queue, self.stop)
+        )
+        if first < len(self.tiles.grid):
+            self.worker.start()
+
+    def close(self) -> None:
+        """Stop the thread; batches it read and nobody took give their buffers back."""
+        self.stop.set()
+        if self.worker.is_alive():
+            self.worker.join(timeout=30)
+        while True:
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, _Batch):
+                self.tiles.give(item)
+
+
 def _activation(model: nn.Module, activation: Activation | None, channels: int) -> str:
     if activation is not None:
         if activation not in ('softmax', 'sigmoid', 'none'):
@@ -1189,6 +1221,63 @@ def _predict(
     # The first batch tells the model's kind and number of outputs.
     probe = tiles.read(0, threading.Event())
     assert probe is not None
+    # A fresh run goes on with the next batch: read it while the model runs
+    # the first one (a resumed run restarts the reader where it resumes).
+    reading = _Reading(tiles, batch_size)
+    try:
+        return _run(
+            model,
+            source,
+            grid,
+            out_path,
+            tiles,
+            probe,
+            reading,
+            norm=norm,
+            device=device,
+            batch_size=batch_size,
+            output=output,
+            activation=activation,
+            blend=blend,
+            cog=cog,
+            compress=compress,
+            labels=labels,
+            score_dtype=score_dtype,
+            progress=progress,
+            vector_path=vector_path,
+            signature=signature,
+            resume=resume,
+            commit_interval=commit_interval,
+        )
+    finally:
+        reading.close()
+
+
+def _run(
+    model: nn.Module,
+    source: RasterSource,
+    grid: TileGrid,
+    out_path: Path,
+    tiles: _Tiles,
+    probe: _Batch,
+    reading: _Reading,
+    *,
+    norm: Callable[[Tensor], Tensor],
+    device: torch.device,
+    batch_size: int,
+    output: str | None,
+    activation: Activation | None,
+    blend: Blend,
+    cog: bool,
+    compress: str,
+    labels: Sequence[str] | None,
+    score_dtype: str | None,
+    progress: bool,
+    vector_path: str | os.PathLike[str] | None,
+    signature: Mapping[str, Any],
+    resume: bool,
+    commit_interval: float,
+) -> RasterPrediction:
     y = _forward(model, probe, norm, device)
     kind, channels = _kind(y, grid.tile_size)
     act = _activation(model, activation, channels)
@@ -1216,9 +1305,7 @@ def _predict(
         partial.discard()
     rows_done = partial.open()
     stop = threading.Event()
-    batches: queue.Queue[Any] = queue.Queue(maxsize=2)
     jobs: queue.Queue[Any] = queue.Queue(maxsize=2)
-    reader: _Worker | None = None
     writer: _Worker | None = None
     try:
         if kind == 'segmentation':
@@ -1241,19 +1328,23 @@ def _predict(
         if pending is None:
             tiles.give(probe)
         read_from = start + (batch_size if pending is not None else 0)
-        reader = _Worker('tile-reader', _reader(tiles, read_from, batches, stop))
+        if read_from != reading.first:
+            reading.close()
+            reading.start(read_from)
         writer = _Worker(
             'tile-writer',
             _writer(partial, sink, tiles, act, jobs, stop, commit_interval),
         )
         total = len(grid) - start
         tiles_run = 0
-        if read_from < len(grid):
-            reader.start()
         writer.start()
         with tqdm(total=total, disable=not progress, unit='tile') as bar:
             while start < len(grid):
-                item = pending if pending is not None else _get(batches, reader)
+                item = (
+                    pending
+                    if pending is not None
+                    else _get(reading.queue, reading.worker)
+                )
                 pending = None
                 if item is _DONE:
                     break
@@ -1298,9 +1389,9 @@ def _predict(
         if writer is not None and writer.is_alive():
             with contextlib.suppress(queue.Full):
                 jobs.put_nowait(_DONE)
-        for thread in (reader, writer):
-            if thread is not None and thread.is_alive():
-                thread.join(timeout=30)
+        reading.close()
+        if writer is not None and writer.is_alive():
+            writer.join(timeout=30)
         partial.close()
         partial.release()
     return RasterPrediction(

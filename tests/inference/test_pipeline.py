@@ -1,5 +1,6 @@
 """The tile pipeline's buffers, encoders and output compression."""
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -129,3 +130,41 @@ def test_compression_choices_keep_pixels(tmp_path: Path, cog: bool) -> None:
             compress='jpeg',  # type: ignore[arg-type]
         )
     assert not (tmp_path / 'bad.tif').exists()
+
+
+class FailsOnSecondBatch(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.calls += 1
+        if self.calls == 2:
+            raise RuntimeError('model failed')
+        return Pointwise()(x)
+
+
+class NotLogits(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return x[:, 0]
+
+
+@pytest.mark.parametrize('model', [FailsOnSecondBatch, NotLogits])
+def test_errors_stop_every_thread(tmp_path: Path, model: type[nn.Module]) -> None:
+    # One fails inside the pipeline, one at the first batch (neither (B, C)
+    # nor (B, C, H, W) logits) while the reader is already reading ahead.
+    write_raster(tmp_path / 'in.tif', height=120, width=100)
+    with pytest.raises((RuntimeError, ValueError)):
+        predict_raster(
+            model(),
+            tmp_path / 'in.tif',
+            tmp_path / 'out.tif',
+            tile_size=16,
+            overlap=4,
+            batch_size=2,
+            normalize=False,
+            output='classes',
+        )
+    alive = [t.name for t in threading.enumerate() if t.name.startswith('tile-')]
+    assert alive == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['in.tif']
