@@ -22,11 +22,17 @@ included) and MFU = FLOP/s divided by the device's dense bf16 peak, from
 :data:`BF16_PEAK_TFLOPS` by device name or ``--peak-tflops``. With the
 defaults both tasks finish in well under 5 minutes on an A100 or H100.
 
+``tiles``: :func:`explora_geo.inference.tiles.predict_raster` on the GPU
+over a synthetic 13-band raster (``--tile-raster`` px square), for a
+zero-cost model, the small ViT + UPerNet of ``benchmarks/tile_inference.py``
+and a ViT-L/16 + UPerNet, against each model's forward passes alone and
+against the I/O floor: does the pipeline keep the GPU busy?
+
 Without CUDA the script prints that it needs a CUDA GPU and exits with status
 2 (``--dry-run`` runs the same code on the CPU with 2-block, 64-wide ViTs, to
 check the script itself).
 
-Usage: ``python benchmarks/gpu.py [--tasks mae,dinov2] [--batch-mae 64]
+Usage: ``python benchmarks/gpu.py [--tasks mae,dinov2,tiles] [--batch-mae 64]
 [--batch-dinov2 32] [--steps 10] [--warmup 3] [--precision auto|32|bf16]
 [--peak-tflops 989]``
 """
@@ -37,16 +43,21 @@ import inspect
 import json
 import statistics
 import sys
+import tempfile
+import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import lightning
+import timm
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 from explora_geo.adapter import ExPLoRAConfig
+from explora_geo.inference.tiles import TileGrid, predict_raster
 from explora_geo.precision import (
     PrecisionName,
     autocast,
@@ -55,8 +66,17 @@ from explora_geo.precision import (
 )
 from explora_geo.ssl import DINOv2Config
 from explora_geo.tasks import ExPLoRADINOv2, ExPLoRAMAE
+from explora_geo.tasks.segmentation import ViTUPerNet
 
 from harness import RandomImages, StepTimer, add_precision_option, quiet_trainer
+from tile_inference import (
+    BANDS,
+    NORMALIZE,
+    FirstBands,
+    io_floor,
+    vit_upernet,
+    write_raster,
+)
 
 #: Dense bf16 tensor-core peak in TFLOP/s by a substring of the device name,
 #: from the vendor's data sheets; the first match wins.
@@ -175,9 +195,100 @@ def measure(name: str, args: argparse.Namespace, device: str) -> dict[str, Any]:
     }
 
 
+def _sync(device: str) -> None:
+    if device == 'cuda':
+        torch.cuda.synchronize()
+
+
+def model_only_on(
+    model: nn.Module, tiles: int, batch: int, tile: int, device: str
+) -> float:
+    """Seconds for the forward passes alone, on a batch already on *device*."""
+    x = torch.randn(batch, BANDS, tile, tile, device=device)
+    model.to(device).eval()
+    with torch.inference_mode():
+        model(x)  # warm-up
+        _sync(device)
+        start = time.perf_counter()
+        for i in range(0, tiles, batch):
+            model(x[: min(batch, tiles - i)])
+        _sync(device)
+    return time.perf_counter() - start
+
+
+def vitl_upernet(tiny: bool) -> nn.Module:
+    """A ViT-L/16 (13 bands, 256 px) with a 256-wide UPerNet head."""
+    torch.manual_seed(0)
+    vit = timm.create_model(
+        'explora_vitl_mae',
+        in_chans=BANDS,
+        num_classes=0,
+        img_size=256,
+        dynamic_img_size=True,
+        dynamic_img_pad=True,
+        **(TINY_VIT if tiny else {}),
+    )
+    return ViTUPerNet(vit, num_classes=4, decoder_channels=32 if tiny else 256)
+
+
+def tile_pipeline(args: argparse.Namespace, device: str) -> list[dict[str, Any]]:
+    """:func:`predict_raster` on *device* against the model alone and the I/O floor.
+
+    A synthetic 13-band uint16 raster (``benchmarks/tile_inference.py``), tiles
+    of 256 px with 32 px overlap, class maps. The pipeline keeps the device
+    busy when its time approaches the model's alone; the I/O floor is a plain
+    windowed read of the raster plus the COG write of a class map.
+    """
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / 'synthetic_s2.tif'
+        write_raster(src, args.tile_raster)
+        tiles = len(TileGrid(args.tile_raster, args.tile_raster, 256, 32))
+        floor = min(io_floor(src, Path(tmp) / 'floor.tif', 256) for _ in range(2))
+        models = {
+            'zero-cost (first 4 bands)': FirstBands(),
+            'ViT 2 blocks x 32 + UPerNet': vit_upernet(),
+            'ViT-L/16 + UPerNet': vitl_upernet(args.dry_run),
+        }
+        for name, model in models.items():
+            alone = model_only_on(model, tiles, args.tile_batch, 256, device)
+            seconds = []
+            for _ in range(2):
+                _sync(device)
+                start = time.perf_counter()
+                predict_raster(
+                    model,
+                    src,
+                    Path(tmp) / 'out.tif',
+                    tile_size=256,
+                    overlap=32,
+                    batch_size=args.tile_batch,
+                    normalize=NORMALIZE,
+                    device=device,
+                    resume=False,
+                )
+                _sync(device)
+                seconds.append(time.perf_counter() - start)
+            rows.append(
+                {
+                    'model': name,
+                    'tiles': tiles,
+                    'pipeline_s': min(seconds),
+                    'model_only_s': alone,
+                    'io_floor_s': floor,
+                }
+            )
+            model.cpu()
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--tasks', default='mae,dinov2')
+    parser.add_argument('--tasks', default='mae,dinov2,tiles')
+    parser.add_argument(
+        '--tile-raster', type=int, default=4096, help='side of the tiled raster'
+    )
+    parser.add_argument('--tile-batch', type=int, default=32)
     parser.add_argument('--batch-mae', type=int, default=64)
     parser.add_argument('--batch-dinov2', type=int, default=32)
     parser.add_argument('--img-size', type=int, default=224)
@@ -198,15 +309,16 @@ def main() -> None:
     )
     args = parser.parse_args()
     tasks = args.tasks.split(',')
-    unknown = sorted(set(tasks) - {'mae', 'dinov2'})
+    unknown = sorted(set(tasks) - {'mae', 'dinov2', 'tiles'})
     if unknown:
-        parser.error(f'--tasks: unknown {unknown}; expected mae and/or dinov2')
+        parser.error(f'--tasks: unknown {unknown}; expected mae, dinov2, tiles')
 
     if args.dry_run:
         device = 'cpu'
         args.img_size, args.local_crops = 56, 2
         args.batch_mae = args.batch_dinov2 = 2
         args.steps, args.warmup = 2, 1
+        args.tile_raster, args.tile_batch = 512, 4
     elif torch.cuda.is_available():
         device = 'cuda'
     else:
@@ -234,12 +346,13 @@ def main() -> None:
         f'+ {args.local_crops} local crops; median of {args.steps} steps after '
         f'{args.warmup} warm-up'
     )
-    rows = [measure(t, args, device) for t in tasks]
-    print(
-        '| task | batch | trainable | step (s) | img/s | peak memory (GiB) | '
-        'step TFLOP | TFLOP/s | MFU (bf16 peak) |'
-    )
-    print('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
+    rows = [measure(t, args, device) for t in tasks if t != 'tiles']
+    if rows:
+        print(
+            '| task | batch | trainable | step (s) | img/s | peak memory (GiB) | '
+            'step TFLOP | TFLOP/s | MFU (bf16 peak) |'
+        )
+        print('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
     for r in rows:
         mfu = f'{r["achieved_tflops"] * 1e12 / peak:.1%}' if peak else 'n/a'
         print(
@@ -248,6 +361,26 @@ def main() -> None:
             f'{r["peak_memory_gib"]:.1f} | {r["step_tflop"]:.2f} | '
             f'{r["achieved_tflops"]:.1f} | {mfu} |'
         )
+    if 'tiles' in tasks:
+        tile_rows = tile_pipeline(args, device)
+        print(
+            f'\nTiled prediction (fp32/TF32): {args.tile_raster} x {args.tile_raster} '
+            f'x {BANDS} uint16, 256 px tiles, overlap 32, batch {args.tile_batch}, '
+            'class maps\n'
+        )
+        print(
+            '| model | tiles/s | pipeline s | model only s | pipeline / model only '
+            '| I/O floor s | floor / pipeline |'
+        )
+        print('| --- | ---: | ---: | ---: | ---: | ---: | ---: |')
+        for t in tile_rows:
+            print(
+                f'| {t["model"]} | {t["tiles"] / t["pipeline_s"]:.1f} | '
+                f'{t["pipeline_s"]:.3f} | {t["model_only_s"]:.3f} | '
+                f'{t["model_only_s"] / t["pipeline_s"]:.2f} | {t["io_floor_s"]:.3f} | '
+                f'{t["io_floor_s"] / t["pipeline_s"]:.2f} |'
+            )
+        rows += tile_rows
     print(json.dumps(rows))
 
 
