@@ -43,7 +43,7 @@ from rasterio.windows import Window
 from torch import nn
 
 import explora_geo
-from explora_geo.inference.tiles import TileGrid, predict_raster
+from explora_geo.inference.tiles import TileGrid, default_batch_size, predict_raster
 from explora_geo.inference.writers import final_copy
 from explora_geo.precision import environment_report
 from explora_geo.tasks.segmentation import ViTUPerNet
@@ -237,7 +237,6 @@ def memory_child(path: str, out: str, tile: int, overlap: int, cache: int) -> No
         out,
         tile_size=tile,
         overlap=overlap,
-        batch_size=16,
         normalize=NORMALIZE,
         resume=False,
         gdal_cache_mb=cache,
@@ -348,7 +347,12 @@ def main() -> None:
     parser.add_argument('--size', type=int, default=2048)
     parser.add_argument('--tile', type=int, default=256)
     parser.add_argument('--overlap', type=int, default=32)
-    parser.add_argument('--batch', type=int, default=16)
+    parser.add_argument(
+        '--batch',
+        type=int,
+        default=default_batch_size('cpu'),
+        help='tiles per batch (default: the CPU default of predict_raster)',
+    )
     parser.add_argument('--threads', type=int, default=1)
     parser.add_argument(
         '--memory-sizes',

@@ -343,7 +343,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help='pixels shared by neighbouring tiles (default: a quarter of the tile '
         'for segmentation, 0 for classification)',
     )
-    parser.add_argument('--batch-size', type=int, default=16)
+    parser.add_argument(
+        '--batch-size',
+        type=int,
+        default=None,
+        help='tiles per forward pass (default: 4 on the CPU, 16 on a GPU)',
+    )
     parser.add_argument(
         '--blend', choices=('cosine', 'linear', 'uniform'), default='cosine'
     )

@@ -6,12 +6,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import torch
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 from torch import Tensor, nn
 
 from explora_geo.inference.sources import open_source
-from explora_geo.inference.tiles import TileGrid, _argmax, predict_raster
+from explora_geo.inference.tiles import (
+    TileGrid,
+    _argmax,
+    default_batch_size,
+    predict_raster,
+)
 
 from .test_tiles import Pointwise, Threshold, write_raster
 
@@ -65,9 +71,11 @@ class Recorder(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.pointers: list[int] = []
+        self.batch_sizes: list[int] = []
 
     def forward(self, x: Tensor) -> Tensor:
         self.pointers.append(x.data_ptr())
+        self.batch_sizes.append(len(x))
         return Pointwise()(x)
 
 
@@ -168,3 +176,14 @@ def test_errors_stop_every_thread(tmp_path: Path, model: type[nn.Module]) -> Non
     alive = [t.name for t in threading.enumerate() if t.name.startswith('tile-')]
     assert alive == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ['in.tif']
+
+
+def test_default_batch_size_follows_the_device(tmp_path: Path) -> None:
+    assert default_batch_size('cpu') == 4
+    assert default_batch_size(torch.device('cuda', 1)) == 16
+    write_raster(tmp_path / 'in.tif', height=120, width=100)
+    model = Recorder()
+    predict_raster(
+        model, tmp_path / 'in.tif', tmp_path / 'out.tif', tile_size=16, normalize=False
+    )
+    assert model.batch_sizes[0] == 4

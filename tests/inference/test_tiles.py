@@ -347,7 +347,11 @@ def test_failure_leaves_no_file(tmp_path: Path) -> None:
         ValueError, match=r'model output \(16, 4, 8, 8\) is neither \(B, C\)'
     ):
         predict_raster(
-            nn.AvgPool2d(2), tmp_path / 'in.tif', tmp_path / 'o.tif', tile_size=16
+            nn.AvgPool2d(2),
+            tmp_path / 'in.tif',
+            tmp_path / 'o.tif',
+            tile_size=16,
+            batch_size=16,
         )
     assert [p.name for p in tmp_path.iterdir()] == ['in.tif']
 
