@@ -29,7 +29,9 @@ from .tiles import predict_raster
 from .writers import VECTOR_DRIVERS, check_vector_path
 
 __all__ = (
+    'FLAT_ARGUMENTS',
     'add_arguments',
+    'group_flat_arguments',
     'load_task',
     'parse_bands',
     'predict_from_args',
@@ -126,6 +128,8 @@ def load_task(path: str | os.PathLike[str]) -> BaseTask:
     # LightningCLI's bookkeeping (_class_path, _instantiator) is not an argument.
     kwargs = {k: v for k, v in hparams.items() if not k.startswith('_')}
     parameters = inspect.signature(cls.__init__).parameters
+    if 'protocol' in parameters and 'lora' in parameters:
+        kwargs = group_flat_arguments(kwargs)
     unknown = sorted(set(kwargs) - set(parameters))
     if unknown and not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
         raise ValueError(
@@ -139,6 +143,47 @@ def load_task(path: str | os.PathLike[str]) -> BaseTask:
         spec = downstream_input_spec(task)
     task.input_spec = spec  # type: ignore[assignment]
     return task.eval()
+
+
+#: Flat hyperparameters of downstream-task checkpoints written before the
+#: ``protocol`` and ``lora`` argument groups, by group and field.
+FLAT_ARGUMENTS = {
+    'lora_rank': ('lora', 'rank'),
+    'lora_alpha': ('lora', 'alpha'),
+    'lora_targets': ('lora', 'targets'),
+    'optimizer': ('protocol', 'optimizer'),
+    'weight_decay': ('protocol', 'weight_decay'),
+    'scheduler': ('protocol', 'scheduler'),
+    'warmup_epochs': ('protocol', 'warmup_epochs'),
+    'min_lr': ('protocol', 'min_lr'),
+    'layer_decay': ('protocol', 'layer_decay'),
+    'drop_path_rate': ('protocol', 'drop_path_rate'),
+    'label_smoothing': ('protocol', 'label_smoothing'),
+}
+
+
+def group_flat_arguments(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """Move a downstream task's flat protocol and LoRA hyperparameters into groups.
+
+    Checkpoints of the classification, segmentation and detection tasks
+    written before ``protocol`` (:class:`~explora_geo.tasks.ProtocolConfig`)
+    and ``lora`` (:class:`~explora_geo.tasks.LoRAConfig`) held those fields
+    as separate arguments; this keeps them loadable.
+
+    Args:
+        hparams: The checkpoint's hyperparameters.
+
+    Returns:
+        The hyperparameters with any flat field inside its group.
+    """
+    grouped = {k: v for k, v in hparams.items() if k not in FLAT_ARGUMENTS}
+    for key, (group, field) in FLAT_ARGUMENTS.items():
+        if key in hparams:
+            existing = grouped.get(group)
+            values = dict(existing) if isinstance(existing, Mapping) else {}
+            values.setdefault(field, hparams[key])
+            grouped[group] = values
+    return grouped
 
 
 def parse_bands(text: str | None) -> list[str] | None:

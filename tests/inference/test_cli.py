@@ -13,7 +13,7 @@ from rasterio.transform import from_origin
 from torchgeo.tasks import BaseTask
 
 from explora_geo.cli import main
-from explora_geo.inference.cli import load_task, parse_bands
+from explora_geo.inference.cli import group_flat_arguments, load_task, parse_bands
 from explora_geo.sensors import INPUT_SPEC_KEY, SENTINEL2
 from explora_geo.tasks.classification import TASK_CLASS_KEY, ClassificationTask
 from explora_geo.tasks.detection import ObjectDetectionTask
@@ -291,3 +291,29 @@ def test_many_rasters_across_two_processes(tmp_path: Path) -> None:
         rasterio.open(tmp_path / 'out' / 'scene3.tif') as b,
     ):
         np.testing.assert_array_equal(a.read(), b.read())
+
+
+def test_load_task_reads_flat_protocol_and_lora_hyperparameters(tmp_path: Path) -> None:
+    # Checkpoints written before the `protocol` and `lora` groups held their
+    # fields as separate hyperparameters.
+    task = classifier()
+    checkpoint = torch.load(save(task, tmp_path / 'c.ckpt'), weights_only=True)
+    hparams = dict(checkpoint['hyper_parameters'])
+    protocol, lora = hparams.pop('protocol'), hparams.pop('lora')
+    hparams |= {f'lora_{k}': v for k, v in lora.items() if k != 'dropout'}
+    hparams |= {**protocol, 'weight_decay': 0.125, 'scheduler': 'cosine'}
+    checkpoint['hyper_parameters'] = hparams
+    torch.save(checkpoint, tmp_path / 'flat.ckpt')
+    loaded = load_task(tmp_path / 'flat.ckpt')
+    assert loaded.hparams['protocol'] == {
+        **protocol,
+        'weight_decay': 0.125,
+        'scheduler': 'cosine',
+    }
+    assert loaded.hparams['lora'] == {**lora, 'targets': list(lora['targets'])}
+    for name, value in task.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value)
+    assert group_flat_arguments({'lr': 1e-3, 'lora_rank': 4}) == {
+        'lr': 1e-3,
+        'lora': {'rank': 4},
+    }
