@@ -798,9 +798,11 @@ class _Sink:
     def take(self, tile_rows: int) -> '_Rows | None':
         """Output rows that the first *tile_rows* tile rows complete.
 
+        The rows are views of the buffer, valid (and encoded in place) until
+        :meth:`release`, which drops them.
+
         Returns:
-            The rows, removed from the buffer (encoded later by the writer),
-            or None if no row is complete.
+            The rows, or None if no row is complete.
         """
         grid = self.grid
         if self.layout.kind == 'classification':
@@ -811,24 +813,27 @@ class _Sink:
         if count <= 0:
             return None
         self._rows(count)
-        # The finished rows leave with their buffers (the writer encodes them
-        # in place); the rows still being accumulated move to fresh ones.
-        sums, norm, invalid = self.sums, self.norm, self.invalid
-        rows = _Rows(
-            self.layout, self.top, until, sums[:, :count], norm[:count], invalid[:count]
+        return _Rows(
+            self.layout,
+            self.top,
+            until,
+            self.sums[:, :count],
+            self.norm[:count],
+            self.invalid[:count],
         )
-        rest = norm.shape[0] - count
-        self.sums = np.empty_like(sums)
-        self.norm = np.empty_like(norm)
-        self.invalid = np.empty_like(invalid)
-        self.sums[:, :rest] = sums[:, count:]
-        self.norm[:rest] = norm[count:]
-        self.invalid[:rest] = invalid[count:]
+
+    def release(self, rows: '_Rows') -> None:
+        """Drop *rows* (from :meth:`take`): later rows move to the top of the buffer."""
+        count = rows.until - self.top
+        rest = self.norm.shape[0] - count
+        # Slice assignment copies overlapping memory correctly.
+        self.sums[:, :rest] = self.sums[:, count:]
+        self.norm[:rest] = self.norm[count:]
+        self.invalid[:rest] = self.invalid[count:]
         self.sums[:, rest:] = 0
         self.norm[rest:] = 0
         self.invalid[rest:] = False
-        self.top = until
-        return rows
+        self.top = rows.until
 
 
 @dataclass
@@ -867,8 +872,9 @@ def _writer(
         nonlocal last
         if rows is None:
             return
-        data = rows.encode()
+        data = rows.encode()  # may be a view of the buffer (float32 scores)
         partial.write(data, Window(0, rows.top, data.shape[-1], data.shape[1]))
+        sink.release(rows)
         if time.monotonic() - last >= commit_interval:
             partial.commit(rows.until)
             last = time.monotonic()
