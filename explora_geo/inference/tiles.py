@@ -1173,22 +1173,24 @@ def predict_raster(
             source,
             positions,
             grid,
-            out_path,
-            norm=norm,
-            device=device,
-            batch_size=batch_size,
-            output=output,
-            activation=activation,
-            blend=blend,
-            cog=cog,
-            compress=compress,
-            labels=labels,
-            score_dtype=score_dtype,
-            progress=progress,
-            vector_path=vector_path,
-            signature=signature,
-            resume=resume,
-            commit_interval=commit_interval,
+            _Options(
+                out_path,
+                norm,
+                device,
+                batch_size,
+                output,
+                activation,
+                blend,
+                cog,
+                compress,
+                labels,
+                score_dtype,
+                progress,
+                vector_path,
+                signature,
+                resume,
+                commit_interval,
+            ),
         )
 
 
@@ -1219,34 +1221,41 @@ def _forward(
     return y
 
 
+@dataclass(frozen=True)
+class _Options:
+    """What :func:`predict_raster` resolved, for the pipeline."""
+
+    out_path: Path
+    norm: Callable[[Tensor], Tensor]
+    device: torch.device
+    batch_size: int
+    output: str | None
+    activation: Activation | None
+    blend: Blend
+    cog: bool
+    compress: str
+    labels: Sequence[str] | None
+    score_dtype: str | None
+    progress: bool
+    vector_path: str | os.PathLike[str] | None
+    signature: Mapping[str, Any]
+    resume: bool
+    commit_interval: float
+
+
 def _predict(
     model: nn.Module,
     source: RasterSource,
     positions: Sequence[int],
     grid: TileGrid,
-    out_path: Path,
-    *,
-    norm: Callable[[Tensor], Tensor],
-    device: torch.device,
-    batch_size: int,
-    output: str | None,
-    activation: Activation | None,
-    blend: Blend,
-    cog: bool,
-    compress: str,
-    labels: Sequence[str] | None,
-    score_dtype: str | None,
-    progress: bool,
-    vector_path: str | os.PathLike[str] | None,
-    signature: Mapping[str, Any],
-    resume: bool,
-    commit_interval: float,
+    options: _Options,
 ) -> RasterPrediction:
+    device, batch_size = options.device, options.batch_size
     # Input buffers: one being read, two queued for the model, one in the
     # model (on an accelerator also two queued for blending, see
     # _Tiles.done_with_input).
     buffers = 4 if device.type == 'cpu' else 6
-    tiles = _Tiles(source, positions, grid, batch_size, norm, device, buffers)
+    tiles = _Tiles(source, positions, grid, batch_size, options.norm, device, buffers)
     # The first batch tells the model's kind and number of outputs.
     probe = tiles.read(0, threading.Event())
     assert probe is not None
@@ -1254,30 +1263,7 @@ def _predict(
     # the first one (a resumed run restarts the reader where it resumes).
     reading = _Reading(tiles, batch_size)
     try:
-        return _run(
-            model,
-            source,
-            grid,
-            out_path,
-            tiles,
-            probe,
-            reading,
-            norm=norm,
-            device=device,
-            batch_size=batch_size,
-            output=output,
-            activation=activation,
-            blend=blend,
-            cog=cog,
-            compress=compress,
-            labels=labels,
-            score_dtype=score_dtype,
-            progress=progress,
-            vector_path=vector_path,
-            signature=signature,
-            resume=resume,
-            commit_interval=commit_interval,
-        )
+        return _run(model, source, grid, tiles, probe, reading, options)
     finally:
         reading.close()
 
@@ -1286,30 +1272,18 @@ def _run(
     model: nn.Module,
     source: RasterSource,
     grid: TileGrid,
-    out_path: Path,
     tiles: _Tiles,
     probe: _Batch,
     reading: _Reading,
-    *,
-    norm: Callable[[Tensor], Tensor],
-    device: torch.device,
-    batch_size: int,
-    output: str | None,
-    activation: Activation | None,
-    blend: Blend,
-    cog: bool,
-    compress: str,
-    labels: Sequence[str] | None,
-    score_dtype: str | None,
-    progress: bool,
-    vector_path: str | os.PathLike[str] | None,
-    signature: Mapping[str, Any],
-    resume: bool,
-    commit_interval: float,
+    options: _Options,
 ) -> RasterPrediction:
+    out_path, norm, device = options.out_path, options.norm, options.device
+    output, score_dtype, labels = options.output, options.score_dtype, options.labels
+    vector_path, batch_size = options.vector_path, options.batch_size
+    cog, compress, blend = options.cog, options.compress, options.blend
     y = _forward(model, probe, norm, device)
     kind, channels = _kind(y, grid.tile_size)
-    act = _activation(model, activation, channels)
+    act = _activation(model, options.activation, channels)
     output = output or ('classes' if kind == 'segmentation' else 'scores')
     if score_dtype is None:
         score_dtype = 'float32' if act == 'none' else 'uint8'
@@ -1324,13 +1298,13 @@ def _run(
     profile = _profile(source, grid, layout)
     partial = PartialOutput(
         out_path,
-        {**signature, 'layout': [kind, output, act, channels, score_dtype]},
+        {**options.signature, 'layout': [kind, output, act, channels, score_dtype]},
         profile,
         names[:channels] if layout.count > 1 or output == 'scores' else ['class'],
         {'labels': json.dumps(names[:channels])},
         scale=1 / 254 if output == 'scores' and score_dtype == 'uint8' else None,
     )
-    if not resume:
+    if not options.resume:
         partial.discard()
     rows_done = partial.open()
     stop = threading.Event()
@@ -1362,12 +1336,12 @@ def _run(
             reading.start(read_from)
         writer = _Worker(
             'tile-writer',
-            _writer(partial, sink, tiles, act, jobs, stop, commit_interval),
+            _writer(partial, sink, tiles, act, jobs, stop, options.commit_interval),
         )
         total = len(grid) - start
         tiles_run = 0
         writer.start()
-        with tqdm(total=total, disable=not progress, unit='tile') as bar:
+        with tqdm(total=total, disable=not options.progress, unit='tile') as bar:
             while start < len(grid):
                 item = (
                     pending
