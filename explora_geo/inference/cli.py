@@ -407,8 +407,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         '--compress',
         choices=('deflate', 'zstd', 'lzw', 'none'),
         default='deflate',
-        help='compression of the output (deflate: readable everywhere; zstd: about '
-        'twice as fast to write, needs GDAL >= 2.3 to read)',
+        help='compression of the output (deflate: readable everywhere; zstd, level '
+        '1: about 2.5x faster to write scores, needs GDAL >= 2.3 to read)',
     )
     parser.add_argument(
         '--vectors',

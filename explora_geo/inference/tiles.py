@@ -738,6 +738,7 @@ class _Sink:
         width = grid.width if layout.kind == 'segmentation' else grid.cols
         rows = grid.tile_size + grid.stride if layout.kind == 'segmentation' else 2
         self.top = top  # first output row not yet handed on
+        self.filled = 0  # rows from top that may hold data; the rest are 0
         self.sums = np.zeros((layout.channels, rows, width), np.float32)
         self.norm = np.zeros((rows, width), np.float32)
         self.invalid = np.zeros((rows, width), bool)
@@ -770,6 +771,7 @@ class _Sink:
                 return
             self._rows(row + 1 - self.top)
             r = row - self.top
+            self.filled = max(self.filled, r + 1)
             if (valid is None or valid.any()) and finite.all():
                 self.sums[:, r, col] = scores
                 self.norm[r, col] = 1
@@ -781,6 +783,7 @@ class _Sink:
         if skip >= h:
             return
         self._rows(y + h - self.top)
+        self.filled = max(self.filled, y + h - self.top)
         weights = self.weights[skip:h, :w]
         tile = scores[:, skip:h, :w]
         if finite is not None:
@@ -825,14 +828,18 @@ class _Sink:
     def release(self, rows: '_Rows') -> None:
         """Drop *rows* (from :meth:`take`): later rows move to the top of the buffer."""
         count = rows.until - self.top
-        rest = self.norm.shape[0] - count
+        # Only rows that hold data move or need clearing: the overlap of the
+        # next tile row, not the whole buffer.
+        moved = max(0, self.filled - count)
         # Slice assignment copies overlapping memory correctly.
-        self.sums[:, :rest] = self.sums[:, count:]
-        self.norm[:rest] = self.norm[count:]
-        self.invalid[:rest] = self.invalid[count:]
-        self.sums[:, rest:] = 0
-        self.norm[rest:] = 0
-        self.invalid[rest:] = False
+        self.sums[:, :moved] = self.sums[:, count : count + moved]
+        self.norm[:moved] = self.norm[count : count + moved]
+        self.invalid[:moved] = self.invalid[count : count + moved]
+        clear = slice(moved, max(self.filled, count))
+        self.sums[:, clear] = 0
+        self.norm[clear] = 0
+        self.invalid[clear] = False
+        self.filled = moved
         self.top = rows.until
 
 

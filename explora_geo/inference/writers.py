@@ -173,6 +173,11 @@ class PartialOutput:
 #: Compressions of the final raster, by their GDAL names.
 COMPRESSIONS = {'deflate': 'DEFLATE', 'zstd': 'ZSTD', 'lzw': 'LZW', 'none': 'NONE'}
 
+#: GDAL ``LEVEL`` per compression where it differs from GDAL's default: zstd
+#: is the fast choice (level 1 writes class scores about 2.5x faster than
+#: DEFLATE's default level 6, in files from 5 % smaller to 30 % larger).
+_LEVELS = {'zstd': 1}
+
 
 def final_copy(
     src: str | os.PathLike[str],
@@ -198,8 +203,8 @@ def final_copy(
         resampling: Overview resampling (``'NEAREST'`` for class maps,
             ``'AVERAGE'`` for scores).
         compress: ``'deflate'`` (readable by every TIFF reader), ``'zstd'``
-            (about twice as fast to write; GDAL >= 2.3), ``'lzw'`` or
-            ``'none'``.
+            (level 1: about 2.5x faster to write class scores; GDAL >= 2.3),
+            ``'lzw'`` or ``'none'``.
 
     Raises:
         ValueError: If *compress* is unknown.
@@ -214,6 +219,8 @@ def final_copy(
     }
     with rasterio.open(src) as source:
         floating = np.dtype(source.dtypes[0]).kind == 'f'
+    if compress in _LEVELS:
+        options['level'] = _LEVELS[compress]
     if compress != 'none':
         options['predictor'] = 3 if floating else 2
     if cog:

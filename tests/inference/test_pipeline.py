@@ -15,6 +15,8 @@ from explora_geo.inference.sources import open_source
 from explora_geo.inference.tiles import (
     TileGrid,
     _argmax,
+    _Layout,
+    _Sink,
     default_batch_size,
     predict_raster,
 )
@@ -30,6 +32,34 @@ def test_argmax_matches_numpy_including_ties() -> None:
     np.testing.assert_array_equal(index, scores.argmax(axis=0))
     scores = rng.random((300, 4, 5)).astype(np.float32)
     np.testing.assert_array_equal(_argmax(scores, 'uint16'), scores.argmax(axis=0))
+
+
+def test_sink_moves_only_rows_with_data() -> None:
+    # Tiles of 16 px every 12 px: each released strip leaves 4 rows of overlap.
+    grid = TileGrid(40, 30, 16, 4)
+    layout = _Layout('segmentation', 'scores', 'none', 2, 'float32')
+    sink = _Sink(grid, layout, 'uniform', 0)
+    rng = np.random.default_rng(0)
+    total = np.zeros((2, 40, 30), np.float32)
+    count = np.zeros((40, 30), np.float32)
+    written = np.full((2, 40, 30), np.nan, np.float32)
+    for row in range(grid.rows):
+        for col in range(grid.cols):
+            scores = rng.random((2, 16, 16)).astype(np.float32)
+            y, x = row * grid.stride, col * grid.stride
+            h, w = min(16, 40 - y), min(16, 30 - x)
+            total[:, y : y + h, x : x + w] += scores[:, :h, :w]
+            count[y : y + h, x : x + w] += 1
+            sink.add(row, col, scores, None)
+        rows = sink.take(row + 1)
+        assert rows is not None
+        written[:, rows.top : rows.until] = rows.encode()
+        sink.release(rows)
+        # Beyond the overlap carried to the next strip, the buffer is all zero.
+        assert sink.filled <= grid.overlap
+        assert not sink.sums[:, sink.filled :].any()
+        assert not sink.norm[sink.filled :].any()
+    np.testing.assert_allclose(written, total / count, rtol=1e-6)
 
 
 def test_read_into_given_array(tmp_path: Path) -> None:
