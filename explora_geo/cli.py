@@ -5,8 +5,8 @@
 * ``explora-geo merge DELTA``: source weights + Δ_T file -> merged encoder checkpoint.
 * ``explora-geo inspect NAME_OR_FILE``: trainable-parameter counts of an
   adapter config, or what a checkpoint / Δ_T file holds.
-* ``explora-geo predict CKPT INPUT -o OUT``: tiled prediction over a raster or
-  a Sentinel-2 product.
+* ``explora-geo predict CKPT INPUT... -o OUT``: tiled prediction over rasters
+  and Sentinel-2 products (several inputs: ``OUT`` is a folder).
 
 Training itself runs through TorchGeo's CLI:
 ``torchgeo fit --config recipes/fmow_sentinel_explora.yaml``.
