@@ -1062,8 +1062,8 @@ def predict_raster(
         cog: Write a Cloud Optimized GeoTIFF (else a tiled GeoTIFF).
         compress: Compression of the output (see
             :func:`~explora_geo.inference.writers.final_copy`): ``'deflate'``
-            (readable everywhere) or ``'zstd'`` (about twice as fast to write),
-            ``'lzw'``, ``'none'``.
+            (readable everywhere), ``'zstd'`` (level 1: about 2.5x faster to
+            write class scores), ``'lzw'`` or ``'none'``.
         spec: What the model expects (default ``model.input_spec``).
         input_bands: Names of the input's bands in file order, replacing the
             file's band descriptions.
