@@ -436,6 +436,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help='continue an interrupted run of the same command',
     )
     parser.add_argument(
-        '--gdal-cache', type=int, default=256, help="GDAL's block cache in MB (default: 256)"
+        '--gdal-cache',
+        type=int,
+        default=256,
+        help="GDAL's block cache in MB (default: 256)",
     )
     parser.add_argument('--progress', action='store_true', help='show a progress bar')
