@@ -59,7 +59,7 @@ def measure(
         start = time.perf_counter()
         with autocast:
             loss = sum(model(images, targets).values())
-        loss.backward()  # type: ignore[union-attr]
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad()
         return time.perf_counter() - start

@@ -67,7 +67,7 @@ class DeepCopyTeacher(nn.Module):
     @torch.no_grad()
     def update(self, momentum: float) -> None:
         """EMA step over every parameter of the copy."""
-        teacher = list(self.network.parameters())
+        teacher: list[Tensor] = list(self.network.parameters())
         student = [p.detach() for p in self._student[0].parameters()]
         torch._foreach_mul_(teacher, momentum)
         torch._foreach_add_(teacher, student, alpha=1 - momentum)

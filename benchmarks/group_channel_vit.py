@@ -25,6 +25,7 @@ Usage: ``python benchmarks/group_channel_vit.py [--size b|l] [--batch 2] [--iter
 import argparse
 import statistics
 import time
+from typing import Any, cast
 
 import timm
 import torch
@@ -32,6 +33,8 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 import explora_geo.models.satmae_group  # noqa: F401  (registers the model)
+from explora_geo.models.satmae_group import GroupChannelViT
+from explora_geo.models.satmae_vit import SatMAEViT
 from explora_geo.precision import (
     PrecisionName,
     autocast,
@@ -41,7 +44,7 @@ from explora_geo.precision import (
 
 from harness import add_precision_option
 
-SIZES = {
+SIZES: dict[str, tuple[str, dict[str, Any]]] = {
     'l': (
         'explora_vitl_satmae_group',
         {'embed_dim': 1024, 'depth': 24, 'num_heads': 16},
@@ -53,7 +56,7 @@ SIZES = {
 }
 
 
-def fill(model: nn.Module) -> nn.Module:
+def fill[M: nn.Module](model: M) -> M:
     """Random weights without timm's (slow) truncated-normal initialisation."""
     with torch.no_grad():
         for param in model.parameters():
@@ -61,22 +64,24 @@ def fill(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-def timed_forward(model: nn.Module, x: torch.Tensor, precision: PrecisionName) -> float:
+def timed_forward(
+    model: VisionTransformer, x: torch.Tensor, precision: PrecisionName
+) -> float:
     start = time.perf_counter()
     with torch.no_grad(), autocast(precision, 'cpu'):
         model.forward_features(x)
     return time.perf_counter() - start
 
 
-def embed(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def embed(model: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
     """The tokens the blocks see: patch projection(s), encodings, class token."""
-    if hasattr(model, 'embed_tokens'):  # the SatMAE ViTs
+    if isinstance(model, SatMAEViT):
         return model.embed_tokens(x)
     return model._pos_embed(model.patch_embed(x))
 
 
 def timed_embedding(
-    model: nn.Module, x: torch.Tensor, repeats: int, precision: PrecisionName
+    model: VisionTransformer, x: torch.Tensor, repeats: int, precision: PrecisionName
 ) -> float:
     """Fastest of *repeats* runs of the embedding stage (before the blocks)."""
     best = float('inf')
@@ -101,7 +106,7 @@ def main() -> None:
 
     name, dims = SIZES[args.size]
     torch.manual_seed(0)
-    group = fill(timm.create_model(name, weight_init='skip'))
+    group = fill(cast(GroupChannelViT, timm.create_model(name, weight_init='skip')))
     plain = fill(
         VisionTransformer(
             img_size=(288, 96),

@@ -36,11 +36,12 @@ import resource
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import psutil
 import timm
 import torch
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 import explora_geo  # noqa: F401
@@ -82,7 +83,9 @@ class NaiveQVLoRA(nn.Module):
 
 
 def build(variant: str, model_name: str, rank: int, img: int) -> nn.Module:
-    model = timm.create_model(model_name, num_classes=0, img_size=img)
+    model = cast(
+        VisionTransformer, timm.create_model(model_name, num_classes=0, img_size=img)
+    )
     if variant == 'full':
         return model
     config = ExPLoRAConfig(unfrozen_blocks=(-1,), rank=rank)
@@ -91,24 +94,27 @@ def build(variant: str, model_name: str, rank: int, img: int) -> nn.Module:
     if variant == 'naive':
         apply_explora(model, ExPLoRAConfig(unfrozen_blocks=(-1,), rank=0))
         for block in model.blocks[:-1]:
-            block.attn.qkv = NaiveQVLoRA(block.attn.qkv, rank)
+            attn = block.get_submodule('attn')
+            qkv = attn.get_submodule('qkv')
+            assert isinstance(qkv, nn.Linear)
+            attn.qkv = NaiveQVLoRA(qkv, rank)
         return model
     if variant == 'peft':
         from peft import LoraConfig, inject_adapter_in_model
 
         depth = len(model.blocks)
         targets = [f'blocks.{i}.attn.qkv' for i in range(depth - 1)]
-        model = inject_adapter_in_model(
+        adapted = inject_adapter_in_model(
             LoraConfig(r=rank, lora_alpha=1, target_modules=targets), model
         )
-        for name, param in model.named_parameters():
+        for name, param in adapted.named_parameters():
             param.requires_grad = (
                 'lora_' in name
                 or name.startswith(f'blocks.{depth - 1}.')
                 or 'norm' in name
                 or name == 'cls_token'
             )
-        return model
+        return adapted
     raise ValueError(variant)
 
 
@@ -199,7 +205,10 @@ def layer_comparison(args: dict[str, Any], repeats: int = 12) -> dict[str, float
     from peft import LoraConfig, inject_adapter_in_model
 
     with torch.device('meta'):
-        vit = timm.create_model(args['model'], num_classes=0, img_size=args['img'])
+        vit = cast(
+            VisionTransformer,
+            timm.create_model(args['model'], num_classes=0, img_size=args['img']),
+        )
     dim = vit.embed_dim
     tokens = vit.patch_embed.num_patches + vit.num_prefix_tokens
     torch.manual_seed(0)
@@ -215,7 +224,7 @@ def layer_comparison(args: dict[str, Any], repeats: int = 12) -> dict[str, float
     peft_layer = inject_adapter_in_model(
         LoraConfig(r=args['rank'], lora_alpha=1, target_modules=['qkv']), Attention()
     )
-    peft_layer.qkv.base_layer.requires_grad_(False)
+    peft_layer.get_submodule('qkv.base_layer').requires_grad_(False)
     base = nn.Linear(dim, 3 * dim).requires_grad_(False)
     layers = {'explora': QKVLoRA(base, args['rank']), 'peft': peft_layer}
     x = torch.randn(args['batch'], tokens, dim, requires_grad=True)

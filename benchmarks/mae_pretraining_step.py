@@ -119,13 +119,16 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     if args.attn == 'math':
         for module in task.modules():
             if isinstance(module, Attention):
-                module.fused_attn = False
+                # timm declares fused_attn Final for TorchScript; it is a plain
+                # per-instance flag that forward() reads on every call.
+                module.fused_attn = False  # type: ignore[misc]
 
     # FLOPs of one forward + backward (at the training precision).
     batch = next(iter(loader))
     counter = FlopCounterMode(display=False)
     with counter, autocast(args.resolved_precision, 'cpu'):
         loss = task.training_step(batch, 0)
+        assert isinstance(loss, torch.Tensor)
         loss.backward()
     task.zero_grad(set_to_none=True)
     flops = counter.get_total_flops()

@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import rasterio
@@ -42,6 +43,7 @@ import timm
 import torch
 from rasterio.transform import from_origin
 from rasterio.windows import Window
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 import explora_geo
@@ -93,17 +95,20 @@ def write_raster(path: Path, size: int, seed: int = 0) -> None:
 
 def vit_upernet(classes: int = 4) -> nn.Module:
     torch.manual_seed(0)
-    vit = timm.create_model(
-        'explora_vitb_dino',
-        depth=2,
-        embed_dim=32,
-        num_heads=2,
-        in_chans=BANDS,
-        num_classes=0,
-        patch_size=16,
-        img_size=128,
-        dynamic_img_size=True,
-        dynamic_img_pad=True,
+    vit = cast(
+        VisionTransformer,
+        timm.create_model(
+            'explora_vitb_dino',
+            depth=2,
+            embed_dim=32,
+            num_heads=2,
+            in_chans=BANDS,
+            num_classes=0,
+            patch_size=16,
+            img_size=128,
+            dynamic_img_size=True,
+            dynamic_img_pad=True,
+        ),
     )
     return ViTUPerNet(vit, num_classes=classes, decoder_channels=32)
 
@@ -389,7 +394,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.memory_child:
-        memory_child(*args.memory_child, args.tile, args.overlap, args.gdal_cache)
+        path, out = args.memory_child
+        memory_child(path, out, args.tile, args.overlap, args.gdal_cache)
         return
     print(
         f'{args.threads} torch threads; torch {torch.__version__}, rasterio '
