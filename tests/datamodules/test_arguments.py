@@ -21,6 +21,7 @@ from explora_geo.datamodules import (
     IWildCamDataModule,
     NAIPLandCoverDataModule,
 )
+from explora_geo.datasets.camelyon17 import Camelyon17Unlabeled
 
 DATA = Path(__file__).parents[1] / 'data'
 
@@ -96,7 +97,9 @@ def test_forwarded_keywords_reach_the_base() -> None:
     # What no datamodule argument takes goes to the dataset classes.
     assert dm.kwargs == {'root': DATA / 'camelyon17'}
     dm.setup('fit')
+    assert isinstance(dm.val_dataset, Camelyon17Unlabeled)
     assert dm.val_dataset.split == 'val_unlabeled'
+    assert dm.train_dataset is not None
     assert dm.train_dataset[0]['image'].shape == (3, 32, 32)
 
 

@@ -46,6 +46,7 @@ def test_satmae_inputs(tmp_path: Path) -> None:
     dm = EuroSATSatMAEDataModule(batch_size=2, root=tmp_path, checksum=False)
     dm.setup('fit')
     dataset = dm.val_dataset
+    assert isinstance(dataset, EuroSAT)
     sample = dataset[0]
     assert sample['image'].shape == (10, 8, 8)
     raw = values[dataset.samples[0][0].split('/')[-1]]
@@ -62,6 +63,7 @@ def test_satmae_inputs(tmp_path: Path) -> None:
     assert out['image'].shape == (2, 10, 96, 96)
     # constant chips stay constant through the resize and centre crop
     torch.testing.assert_close(out['image'][:, :, 50, 50], batch['image'][:, :, 0, 0])
+    assert dm.train_aug is not None
     train = dm.train_aug(next(iter(dm.train_dataloader())))
     assert train['image'].shape == (2, 10, 96, 96)
     assert train['image'].min() >= 0 and train['image'].max() <= 1

@@ -1,11 +1,13 @@
 """GlobalWheat datamodule on real imagery: NEON tree crowns in the GlobalWheat layout."""
 
 from pathlib import Path
+from typing import Any
 
 import kornia.augmentation as K
 import pytest
 import torch
 from lightning.pytorch import Trainer
+from torch import nn
 from torchgeo.tasks import ObjectDetection
 
 from explora_geo.datamodules.globalwheat import GlobalWheatDataModule
@@ -35,6 +37,7 @@ def test_batches_keep_variable_box_lists() -> None:
 def test_resize_scales_boxes() -> None:
     dm = GlobalWheatDataModule(batch_size=1, image_size=50, root=REAL)
     dm.setup('validate')
+    assert dm.val_dataset is not None
     sample = dm.val_dataset[0]
     original = GlobalWheat(REAL, split='val')[0]['bbox_xyxy']
     assert sample['image'].shape == (3, 50, 50)
@@ -44,12 +47,13 @@ def test_resize_scales_boxes() -> None:
 
 def test_flips_keep_boxes_on_their_crowns() -> None:
     dm = GlobalWheatDataModule(batch_size=2, image_size=100, root=REAL)
+    assert isinstance(dm.train_aug, nn.Module)
     for module in dm.train_aug.children():
         if isinstance(module, (K.RandomHorizontalFlip, K.RandomVerticalFlip)):
             module.p = 1.0
     dataset = GlobalWheat(REAL, split='train')
     samples = [dataset[0], dataset[1]]
-    batch = {
+    batch: dict[str, Any] = {
         'image': torch.stack([s['image'] for s in samples]),
         'bbox_xyxy': [s['bbox_xyxy'] for s in samples],
         'label': [s['label'] for s in samples],

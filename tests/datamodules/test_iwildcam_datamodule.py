@@ -5,12 +5,14 @@ import pytest
 import torch
 from kornia.geometry.transform import resize
 from lightning.pytorch import Trainer
+from torch import nn
 from torchgeo.tasks import Classification
 
 from explora_geo.datamodules.image_splits import resize_short_side
 from explora_geo.datamodules.iwildcam import IWildCamDataModule
 from explora_geo.datasets.iwildcam import IWildCam
 from explora_geo.sensors import IMAGENET_RGB
+from tests.datamodules.lengths import length
 
 IMAGENET_MEAN, IMAGENET_STD = IMAGENET_RGB.stats()
 
@@ -32,17 +34,18 @@ def test_splits_and_batches() -> None:
         batch_size=2, image_size=32, root=ROOT, val_split='id_val', test_split='id_test'
     )
     dm.setup('fit')
-    assert len(dm.train_dataset) == len(IWildCam(ROOT, split='train'))
-    assert len(dm.val_dataset) == len(IWildCam(ROOT, split='id_val'))
+    assert length(dm.train_dataset) == len(IWildCam(ROOT, split='train'))
+    assert length(dm.val_dataset) == len(IWildCam(ROOT, split='id_val'))
     batch = next(iter(dm.train_dataloader()))
     assert batch['image'].shape == (2, 3, 32, 32)
     assert batch['label'].dtype == torch.long
     dm.setup('test')
-    assert len(dm.test_dataset) == len(IWildCam(ROOT, split='id_test'))
+    assert length(dm.test_dataset) == len(IWildCam(ROOT, split='id_test'))
 
 
 def test_augmentation() -> None:
     dm = IWildCamDataModule(batch_size=2, image_size=32, root=ROOT)
+    assert isinstance(dm.train_aug, nn.Module)
     types = [type(m) for m in dm.train_aug.children()]
     assert types == [K.Normalize, K.RandomResizedCrop, K.RandomHorizontalFlip]
     image = IMAGENET_MEAN.view(1, 3, 1, 1).expand(2, 3, 40, 40).clone()
@@ -80,6 +83,7 @@ def test_user_transform_runs_after_resize() -> None:
 
     dm = IWildCamDataModule(batch_size=1, image_size=16, root=ROOT, transforms=record)
     dm.setup('fit')
+    assert dm.train_dataset is not None
     dm.train_dataset[0]
     assert seen == [(3, 16, 16)]
 

@@ -6,6 +6,7 @@ import torch
 from explora_geo.datamodules.naip_landcover import NAIPLandCoverDataModule
 from explora_geo.datasets.naip_landcover import NAIPLandCover
 from explora_geo.sensors import IMAGENET_RGB
+from tests.datamodules.lengths import length
 
 ROOT = Path(__file__).parents[1] / 'data' / 'naip_landcover'
 
@@ -19,7 +20,7 @@ def test_rgb_defaults() -> None:
     assert batch['image'].shape == (2, 3, 32, 32)
     dm.setup('test')
     # the paper reports on the validation split
-    assert len(dm.test_dataset) == len(NAIPLandCover(ROOT, split='val'))
+    assert length(dm.test_dataset) == len(NAIPLandCover(ROOT, split='val'))
 
 
 def test_four_bands_need_statistics() -> None:

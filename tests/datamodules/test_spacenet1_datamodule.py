@@ -2,10 +2,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import Subset
 from torchgeo.datasets import SpaceNet1
 
 from explora_geo.datamodules.spacenet1 import SpaceNet1ImageNetDataModule
 from explora_geo.sensors import IMAGENET_RGB
+from tests.datamodules.lengths import length
 
 IMAGENET_MEAN, IMAGENET_STD = IMAGENET_RGB.stats()
 
@@ -24,7 +26,11 @@ def test_reads_torchgeo_spacenet1(tmp_path: Path) -> None:
     make_listing(tmp_path, 20)
     dm = SpaceNet1ImageNetDataModule(root=tmp_path)
     dm.setup('fit')
-    assert len(dm.train_dataset) + len(dm.val_dataset) + len(dm.test_dataset) == 20
+    assert (
+        length(dm.train_dataset) + length(dm.val_dataset) + length(dm.test_dataset)
+        == 20
+    )
+    assert isinstance(dm.dataset, SpaceNet1)
     assert dm.dataset.image == '3band'
 
 
@@ -33,7 +39,7 @@ def test_paper_split_sizes() -> None:
     # the 6,940 labeled chips of the release, without reading files
     dm.spacenet_ds_class = lambda split, **kwargs: list(range(6940))  # type: ignore[assignment]
     dm.setup('fit')
-    sizes = [len(dm.train_dataset), len(dm.val_dataset), len(dm.test_dataset)]
+    sizes = [length(dm.train_dataset), length(dm.val_dataset), length(dm.test_dataset)]
     assert sizes[2] == 1940
     assert sizes[0] + sizes[1] == 5000
     assert sizes == [4306, 694, 1940]
@@ -65,12 +71,13 @@ def test_unlabeled_training_images_in_unit_scale() -> None:
     assert dm.classes is None
     dm.setup('fit')
     # the 10 fixture chips: 7 train, 1 validation, 2 test (random_split rounding)
-    assert len(dm.train_dataset) == 7
+    assert length(dm.train_dataset) == 7
     assert dm.val_dataset is None and dm.test_dataset is None
     batch = next(iter(dm.train_dataloader()))
     assert set(batch) == {'image'}
     assert batch['image'].shape == (2, 3, 56, 56)
     # Divided by 255 only, in training as in evaluation: no augmentation.
+    assert dm.train_aug is not None
     torch.testing.assert_close(dm.train_aug(batch)['image'], batch['image'] / 255)
     torch.testing.assert_close(dm.aug(batch)['image'], batch['image'] / 255)
 
@@ -79,6 +86,7 @@ def test_unlabeled_default_size_crops_without_resampling() -> None:
     root = Path(__file__).parents[1] / 'data' / 'spacenet1'
     dm = SpaceNet1ImageNetDataModule(root=root, unlabeled=True)
     dm.setup('fit')
+    assert isinstance(dm.train_dataset, Subset)
     image = dm.train_dataset[0]['image']
     assert image.shape == (3, 406, 406)
     raw = SpaceNet1(root)[dm.train_dataset.indices[0]]['image']

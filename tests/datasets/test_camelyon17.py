@@ -117,6 +117,6 @@ def test_missing_patch(root: Path) -> None:
 def test_plot() -> None:
     ds = Camelyon17(DATA)
     fig = ds.plot(ds[1])
-    assert fig.axes[0].get_title() == f'Label: {ds.classes[ds[1]["label"]]}'
+    assert fig.axes[0].get_title() == f'Label: {ds.classes[int(ds[1]["label"])]}'
     Camelyon17Unlabeled(DATA).plot(Camelyon17Unlabeled(DATA)[0])
     plt.close('all')

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from matplotlib.patches import Rectangle
 from PIL import Image
 from torch.utils.data import DataLoader
 from torchgeo.datasets import DatasetNotFoundError
@@ -68,7 +69,7 @@ class TestFMoWRelease:
 
     def test_iteration_ends(self) -> None:
         ds = FMoW(ROOT, 'val')
-        samples = list(ds)  # stops at the IndexError of index len(ds)
+        samples = list(iter(ds))  # stops at the IndexError of index len(ds)
         assert [int(s['label']) for s in samples] == ds.labels.tolist()
         assert torch.equal(ds[-1]['image'], samples[-1]['image'])
         with pytest.raises(IndexError, match='index 2 is out of range for FMoW of 2'):
@@ -114,6 +115,7 @@ class TestFMoWRelease:
         fig = ds.plot(sample, suptitle='Test')
         assert 'Prediction: zoo' in fig.axes[0].get_title()
         (box,) = fig.axes[0].patches
+        assert isinstance(box, Rectangle)
         assert (box.get_x(), box.get_y(), box.get_width(), box.get_height()) == (
             10,
             6,

@@ -78,7 +78,7 @@ def test_unlabeled_from_labeled_split() -> None:
 
 def test_invalid_split() -> None:
     with pytest.raises(ValueError, match="split must be one of.*'bogus'"):
-        IWildCam(DATA, split='bogus')  # type: ignore[arg-type]
+        IWildCam(DATA, split='bogus')
 
 
 def test_not_found(tmp_path: Path) -> None:
@@ -219,7 +219,7 @@ def test_plot() -> None:
     ds = IWildCam(DATA)
     sample = ds[0]
     fig = ds.plot(sample, suptitle='test')
-    assert fig.axes[0].get_title() == f'Label: {ds.classes[sample["label"]]}'
+    assert fig.axes[0].get_title() == f'Label: {ds.classes[int(sample["label"])]}'
     sample['prediction'] = torch.tensor(1)
     fig = ds.plot(sample)
     assert f'Prediction: {ds.classes[1]}' in fig.axes[0].get_title()

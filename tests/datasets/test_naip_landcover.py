@@ -26,6 +26,7 @@ def root(tmp_path: Path) -> Path:
 def test_classes() -> None:
     ds = NAIPLandCover(DATA)
     table = pd.read_csv(DATA / 'classes.csv')
+    assert ds.classes is not None
     assert len(ds.classes) == 66
     assert ds.classes == list(table.sort_values('label')['name'])
 
@@ -35,6 +36,7 @@ def test_labels_travel_with_chips(split: str) -> None:
     ds = NAIPLandCover(DATA, split=split)
     table = pd.read_csv(DATA / f'{split}.csv', dtype={'label': str})
     assert len(ds) == len(table)
+    assert ds.classes is not None
     for i, value in enumerate(table['label']):
         sample = ds[i]
         assert sample['image'].shape == (3, 16, 16)
@@ -49,7 +51,8 @@ def test_label_by_name() -> None:
     table = pd.read_csv(DATA / 'train.csv', dtype={'label': str})
     row = int(np.flatnonzero(~table['label'].str.isdigit())[0])
     ds = NAIPLandCover(DATA)
-    assert ds.classes[ds[row]['label']] == table['label'][row]
+    assert ds.classes is not None
+    assert ds.classes[int(ds[row]['label'])] == table['label'][row]
 
 
 def test_band_selection() -> None:
@@ -171,6 +174,7 @@ def test_unlabeled(root: Path) -> None:
 def test_plot() -> None:
     ds = NAIPLandCover(DATA, bands=('NIR', 'B', 'G', 'R'))
     fig = ds.plot(ds[1])
+    assert ds.classes is not None
     assert fig.axes[0].get_title() == f'Label: {ds.classes[5]}'
     NAIPLandCoverUnlabeled(DATA).plot(NAIPLandCoverUnlabeled(DATA)[0])
     plt.close('all')

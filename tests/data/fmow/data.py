@@ -65,7 +65,9 @@ def main() -> None:
                 stem = f'{loc_name}_{image_id}_rgb'
                 # Smooth content (coarse random colours, upsampled) like real imagery.
                 coarse = rng.integers(0, 256, (4, 5, 3), dtype=np.uint8)
-                image = Image.fromarray(coarse).resize((width, height), Image.BICUBIC)
+                image = Image.fromarray(coarse).resize(
+                    (width, height), Image.Resampling.BICUBIC
+                )
                 image.save(os.path.join(loc_dir, stem + '.jpg'), quality=95)
                 box = [width // 4, height // 5, width // 2, height // 2]
                 meta = {

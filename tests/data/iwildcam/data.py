@@ -38,7 +38,7 @@ def main() -> None:
 
     labeled = os.path.join(ROOT, 'iwildcam_v2.0')
     shutil.rmtree(labeled, ignore_errors=True)
-    rows = []
+    rows: list[dict[str, object]] = []
     for split, count in SPLITS.items():
         for _ in range(count):
             i = len(rows)
