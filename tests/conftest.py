@@ -1,6 +1,7 @@
 """Shared fixtures: tiny ViTs so that the suite stays fast on CPU."""
 
 import os
+from typing import Any
 
 import pytest
 import timm
@@ -11,10 +12,10 @@ import explora_geo  # noqa: F401  (registers the timm model names)
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-TINY = {'depth': 3, 'embed_dim': 32, 'num_heads': 2, 'img_size': 28}
+TINY: dict[str, Any] = {'depth': 3, 'embed_dim': 32, 'num_heads': 2, 'img_size': 28}
 
 
-def tiny_vit(name: str = 'explora_vitb_dino', **kwargs: object) -> nn.Module:
+def tiny_vit(name: str = 'explora_vitb_dino', **kwargs: Any) -> nn.Module:
     """A 3-block, 32-wide ViT of the given family."""
     return timm.create_model(name, **{**TINY, **kwargs})
 

@@ -1,5 +1,7 @@
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 import timm
@@ -16,8 +18,10 @@ def test_inspect_paper_counts(capsys: pytest.CaptureFixture[str]) -> None:
     assert '43,388,928' in capsys.readouterr().out
 
 
-def test_merge_and_inspect_files(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
-    kwargs = {
+def test_merge_and_inspect_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kwargs: dict[str, Any] = {
         'depth': 2,
         'embed_dim': 32,
         'num_heads': 2,

@@ -260,14 +260,16 @@ def test_demo_is_repeatable_and_writes_its_products(
     assert protocol['weight_decay'] == TINY.finetune_weight_decay == 0.05
     assert hparams['lr'] == pytest.approx(TINY.finetune_base_lr * 32 / 256)
     # Nothing but the checkpoint, the raster and the output: the CLI runs.
-    out = tmp_path / 'cli.tif'
-    assert main(['predict', checkpoint, str(scene_path()), '-o', str(out)]) == 0
-    with rasterio.open(out) as src:
+    raster = tmp_path / 'cli.tif'
+    assert main(['predict', checkpoint, str(scene_path()), '-o', str(raster)]) == 0
+    with rasterio.open(raster) as src:
         assert src.crs == crs and src.count == len(CLASSES)
     # With the demo's overlap and a class map, the CLI writes the demo's map.
-    out = tmp_path / 'cli_classes.tif'
+    raster = tmp_path / 'cli_classes.tif'
     args = ['--overlap', '16', '--output', 'classes']
-    assert main(['predict', checkpoint, str(scene_path()), '-o', str(out), *args]) == 0
-    with rasterio.open(out) as src, rasterio.open(demo_map) as expected:
+    assert (
+        main(['predict', checkpoint, str(scene_path()), '-o', str(raster), *args]) == 0
+    )
+    with rasterio.open(raster) as src, rasterio.open(demo_map) as expected:
         assert np.array_equal(src.read(), expected.read())
         assert src.transform == expected.transform

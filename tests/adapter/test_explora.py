@@ -1,4 +1,6 @@
 import os
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import timm
@@ -68,7 +70,9 @@ def test_vitb_count_about_9m() -> None:
 def test_trainable_tensors(vit: nn.Module) -> None:
     apply_explora(vit, ExPLoRAConfig(unfrozen_blocks=(-1,), rank=4))
     names = set(trainable_parameters(vit))
-    last = {f'blocks.2.{n}' for n, _ in vit.blocks[2].named_parameters()}
+    last = {
+        f'blocks.2.{n}' for n, _ in vit.get_submodule('blocks.2').named_parameters()
+    }
     expected = {'cls_token', 'norm.weight', 'norm.bias'} | last
     for i in (0, 1):
         expected |= {
@@ -90,8 +94,8 @@ def test_trainable_tensors(vit: nn.Module) -> None:
     ):
         assert not params[frozen].requires_grad
     # The unfrozen block has no LoRA.
-    assert not isinstance(vit.blocks[2].attn.qkv, QKVLoRA)
-    assert isinstance(vit.blocks[0].attn.qkv, QKVLoRA)
+    assert not isinstance(vit.get_submodule('blocks.2.attn.qkv'), QKVLoRA)
+    assert isinstance(vit.get_submodule('blocks.0.attn.qkv'), QKVLoRA)
 
 
 def test_optional_trainables(vit: nn.Module) -> None:
@@ -115,7 +119,9 @@ def test_init_equals_source(vit: nn.Module) -> None:
     torch.testing.assert_close(vit(x), expected, rtol=0, atol=0)
 
 
-def test_merged_equals_unmerged(vit: nn.Module, make_vit) -> None:
+def test_merged_equals_unmerged(
+    vit: nn.Module, make_vit: Callable[..., nn.Module]
+) -> None:
     vit.eval()
     apply_explora(vit, ExPLoRAConfig(unfrozen_blocks=(0,), rank=4))
     randomize_lora(vit)
@@ -168,21 +174,28 @@ def test_config_validation(kwargs: dict, message: str) -> None:
 
 
 def test_config_round_trip() -> None:
-    config = ExPLoRAConfig(unfrozen_blocks=[0, -1], rank=32, trainable=['head.*'])
+    # Lists, as a YAML config gives them: stored as the declared tuples.
+    config = ExPLoRAConfig(
+        unfrozen_blocks=[0, -1],  # type: ignore[arg-type]
+        rank=32,
+        trainable=['head.*'],  # type: ignore[arg-type]
+    )
     assert config.unfrozen_blocks == (0, -1)
     assert ExPLoRAConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match='unknown ExPLoRAConfig fields'):
         ExPLoRAConfig.from_dict({'rank': 2, 'bogus': 1})
 
 
-def test_delta_round_trip(tmp_path, vit: nn.Module, make_vit) -> None:
+def test_delta_round_trip(
+    tmp_path: Path, vit: nn.Module, make_vit: Callable[..., nn.Module]
+) -> None:
     source_state = {k: v.clone() for k, v in vit.state_dict().items()}
     config = ExPLoRAConfig(unfrozen_blocks=(-1,), rank=4)
     apply_explora(vit, config)
     randomize_lora(vit)
     with torch.no_grad():
-        vit.blocks[2].mlp.fc1.weight.add_(0.1)
-        vit.norm.weight.mul_(1.5)
+        vit.get_parameter('blocks.2.mlp.fc1.weight').add_(0.1)
+        vit.get_parameter('norm.weight').mul_(1.5)
     vit.eval()
     x = torch.randn(2, 3, 28, 28)
     expected = vit(x)
@@ -210,7 +223,9 @@ def test_delta_round_trip(tmp_path, vit: nn.Module, make_vit) -> None:
     torch.testing.assert_close(kept(x), expected)
 
 
-def test_delta_mismatch(tmp_path, vit: nn.Module, make_vit) -> None:
+def test_delta_mismatch(
+    tmp_path: Path, vit: nn.Module, make_vit: Callable[..., nn.Module]
+) -> None:
     apply_explora(vit, ExPLoRAConfig(rank=4))
     path = save_delta(vit, tmp_path / 'd.safetensors')
     deeper = make_vit(depth=4)
@@ -221,7 +236,7 @@ def test_delta_mismatch(tmp_path, vit: nn.Module, make_vit) -> None:
         apply_delta(wider, path)
 
 
-def test_delta_rejects_merged_and_foreign(tmp_path, vit: nn.Module) -> None:
+def test_delta_rejects_merged_and_foreign(tmp_path: Path, vit: nn.Module) -> None:
     with pytest.raises(ValueError, match='no ExPLoRA adapter'):
         save_delta(vit, tmp_path / 'x.safetensors')
     apply_explora(vit, ExPLoRAConfig(rank=2))

@@ -1,5 +1,8 @@
 """LoRA on whole linear layers and the ``targets`` of the adapter config."""
 
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
 import timm
 import torch
@@ -52,25 +55,31 @@ def test_linear_lora_computes_formula() -> None:
 
 def test_all_targets_inject_both_layer_types(vit: nn.Module) -> None:
     apply_explora(vit, ExPLoRAConfig(unfrozen_blocks=(-1,), rank=4, targets=ALL))
-    for block in vit.blocks[:2]:
-        assert isinstance(block.attn.qkv, QKVLoRA)
-        assert block.attn.qkv.targets == ('q', 'k', 'v')
-        for layer in (block.attn.proj, block.mlp.fc1, block.mlp.fc2):
+    for i in range(2):
+        qkv = vit.get_submodule(f'blocks.{i}.attn.qkv')
+        assert isinstance(qkv, QKVLoRA)
+        assert qkv.targets == ('q', 'k', 'v')
+        for name in ('attn.proj', 'mlp.fc1', 'mlp.fc2'):
+            layer = vit.get_submodule(f'blocks.{i}.{name}')
             assert isinstance(layer, LinearLoRA)
             assert layer.lora_A.requires_grad and layer.lora_B.requires_grad
             assert not layer.weight.requires_grad
     # The unfrozen block gets no LoRA.
-    assert type(vit.blocks[2].mlp.fc1) is nn.Linear
+    assert type(vit.get_submodule('blocks.2.mlp.fc1')) is nn.Linear
     assert len(lora_layers(vit)) == 2 * 4
 
 
 def test_mlp_only_targets(vit: nn.Module) -> None:
     apply_explora(vit, ExPLoRAConfig(unfrozen_blocks=(), rank=2, targets=('fc2',)))
-    assert all(type(b.attn.qkv) is nn.Linear for b in vit.blocks)
-    assert all(isinstance(b.mlp.fc2, LinearLoRA) for b in vit.blocks)
+    blocks = vit.get_submodule('blocks')
+    assert isinstance(blocks, nn.Sequential)
+    assert all(type(b.get_submodule('attn.qkv')) is nn.Linear for b in blocks)
+    assert all(isinstance(b.get_submodule('mlp.fc2'), LinearLoRA) for b in blocks)
 
 
-def test_merged_equals_unmerged_all_targets(vit: nn.Module, make_vit) -> None:
+def test_merged_equals_unmerged_all_targets(
+    vit: nn.Module, make_vit: Callable[..., nn.Module]
+) -> None:
     vit.eval()
     apply_explora(vit, ExPLoRAConfig(unfrozen_blocks=(0,), rank=4, targets=ALL))
     randomize_lora(vit)
@@ -86,7 +95,9 @@ def test_merged_equals_unmerged_all_targets(vit: nn.Module, make_vit) -> None:
     assert set(plain.state_dict()) == set(make_vit().state_dict())
 
 
-def test_delta_round_trip_all_targets(tmp_path, vit: nn.Module, make_vit) -> None:
+def test_delta_round_trip_all_targets(
+    tmp_path: Path, vit: nn.Module, make_vit: Callable[..., nn.Module]
+) -> None:
     source = {k: v.clone() for k, v in vit.state_dict().items()}
     apply_explora(vit, ExPLoRAConfig(rank=3, targets=('v', 'proj', 'fc1')))
     randomize_lora(vit)

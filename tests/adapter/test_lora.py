@@ -238,7 +238,7 @@ def test_saves_no_more_activation_than_peft(dtype: torch.dtype) -> None:
     peft_model = inject_adapter_in_model(
         LoraConfig(r=8, lora_alpha=8, target_modules=['qkv']), Attention()
     )
-    peft_model.qkv.base_layer.requires_grad_(False)
+    peft_model.get_submodule('qkv.base_layer').requires_grad_(False)
     base = nn.Linear(64, 192)
     base.requires_grad_(False)
     ours = QKVLoRA(base, rank=8, alpha=8)

@@ -1,17 +1,24 @@
 import copy
+from typing import cast
 
 import pytest
 import timm
 import torch
+from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
-from explora_geo.adapter import ExPLoRAConfig, apply_explora, count_trainable_parameters
+from explora_geo.adapter import (
+    ExPLoRAConfig,
+    QKVLoRA,
+    apply_explora,
+    count_trainable_parameters,
+)
 from explora_geo.ssl.dinov2 import vit_tokens
 from explora_geo.ssl.dinov2_head import DINOv2Head
 from explora_geo.ssl.teacher import EMATeacher, swapped_tensors
 
 
-def student_pair() -> tuple[nn.Module, nn.Module]:
+def student_pair() -> tuple[VisionTransformer, nn.Module]:
     torch.manual_seed(0)
     vit = timm.create_model(
         'explora_vitb_dino',
@@ -23,9 +30,17 @@ def student_pair() -> tuple[nn.Module, nn.Module]:
         drop_path_rate=0.2,
         dynamic_img_size=True,
     )
+    # The adapter is injected in place: the encoder is the timm ViT.
     encoder = apply_explora(vit, ExPLoRAConfig(unfrozen_blocks=(-1,), rank=4))
     head = DINOv2Head(32, hidden_dim=24, bottleneck_dim=8, num_prototypes=16)
-    return encoder, head
+    return cast(VisionTransformer, encoder), head
+
+
+def first_qkv(model: nn.Module) -> QKVLoRA:
+    """The adapted qkv layer of the first block."""
+    layer = model.get_submodule('blocks.0.attn.qkv')
+    assert isinstance(layer, QKVLoRA)
+    return layer
 
 
 def perturb(module: nn.Module, scale: float = 0.05) -> None:
@@ -109,14 +124,14 @@ def test_frozen_tensors_are_the_students() -> None:
 
     def grab(module: nn.Module) -> None:
         seen.update(dict(module.named_parameters()))
-        seen['lora'] = module.blocks[0].attn.qkv.lora_A
+        seen['lora'] = first_qkv(module).lora_A
 
     teacher.run(grab)
-    frozen = encoder.blocks[0].attn.qkv.weight
+    frozen = first_qkv(encoder).weight
     assert seen['blocks.0.attn.qkv.weight'] is frozen
     assert seen['lora'] is teacher.get_buffer('blocks.0.attn.qkv.lora_A')
     # Restored afterwards.
-    assert isinstance(encoder.blocks[0].attn.qkv.lora_A, nn.Parameter)
+    assert isinstance(first_qkv(encoder).lora_A, nn.Parameter)
 
 
 def test_state_dict_round_trip_and_modes() -> None:
@@ -130,7 +145,7 @@ def test_state_dict_round_trip_and_modes() -> None:
     for name, value in fresh.ema_tensors().items():
         assert torch.equal(value, state[name])
     encoder.train()
-    encoder.blocks[0].eval()
+    encoder.get_submodule('blocks.0').eval()
 
     def fail(module: nn.Module) -> None:
         assert not any(m.training for m in module.modules())
@@ -140,10 +155,10 @@ def test_state_dict_round_trip_and_modes() -> None:
         teacher.run(fail)
     assert (
         encoder.training
-        and not encoder.blocks[0].training
-        and encoder.blocks[1].training
+        and not encoder.get_submodule('blocks.0').training
+        and encoder.get_submodule('blocks.1').training
     )
-    assert isinstance(encoder.blocks[0].attn.qkv.lora_A, nn.Parameter)
+    assert isinstance(first_qkv(encoder).lora_A, nn.Parameter)
 
 
 def test_forward_is_the_students_forward_without_grad() -> None:

@@ -6,8 +6,16 @@ from explora_geo.sensors import IMAGENET_RGB
 from explora_geo.ssl.multicrop import SOLARIZE_THRESHOLD, MultiCrop
 
 
+def step(seq: torch.nn.Module, index: int) -> K.AugmentationBase2D:
+    """Operation *index* of a kornia sequence."""
+    module = seq.get_submodule(str(index))
+    assert isinstance(module, K.AugmentationBase2D), type(module)
+    return module
+
+
 def kinds(seq: torch.nn.Module) -> dict[str, float]:
-    return {type(m).__name__: float(m.p) for m in seq.children()}
+    ops = [step(seq, i) for i, _ in enumerate(seq.children())]
+    return {type(m).__name__: float(m.p) for m in ops}
 
 
 def test_shapes_and_crop_major_order() -> None:
@@ -24,7 +32,8 @@ def test_shapes_and_crop_major_order() -> None:
     crop = MultiCrop(
         28, 14, 3, blur_p=(0.0, 0.0, 0.0), solarize_p=0.0, mean=(0, 0, 0), std=(1, 1, 1)
     )
-    crop.global1[2].p = crop.global2[2].p = crop.local[2].p = 0.0  # no colour jitter
+    # no colour jitter
+    step(crop.global1, 2).p = step(crop.global2, 2).p = step(crop.local, 2).p = 0.0
     global_crops, local_crops = crop(images)
     assert local_crops is not None
     src = [round(float(c.mean()), 3) for c in (*global_crops, *local_crops)]
@@ -33,9 +42,9 @@ def test_shapes_and_crop_major_order() -> None:
 
 def test_dinov2_operations() -> None:
     crop = MultiCrop()
-    assert crop.global1[0].flags['size'] == (224, 224)
-    assert crop.local[0].flags['size'] == (98, 98)
-    assert crop.global1[0].flags['resample'].name == 'BICUBIC'
+    assert step(crop.global1, 0).flags['size'] == (224, 224)
+    assert step(crop.local, 0).flags['size'] == (98, 98)
+    assert step(crop.global1, 0).flags['resample'].name == 'BICUBIC'
     # Applied probabilities of DinoV2's blur: (0.0, 0.9, 0.5); solarise on the
     # second global crop only.
     assert kinds(crop.global1) == {
@@ -79,7 +88,7 @@ def test_normalisation_and_no_local_crops() -> None:
     torch.manual_seed(0)
     crop = MultiCrop(28, 14, 0, blur_p=(0.0, 0.0, 0.0), solarize_p=0.0)
     for seq in (crop.global1, crop.global2):
-        seq[2].p = seq[3].p = 0.0  # no colour jitter, no grayscale
+        step(seq, 2).p = step(seq, 3).p = 0.0  # no colour jitter, no grayscale
     images = torch.full((2, 3, 32, 32), 0.5)
     global_crops, local_crops = crop(images)
     assert local_crops is None
