@@ -1,3 +1,6 @@
+from pathlib import Path
+from typing import Any
+
 import pytest
 import timm
 import torch
@@ -17,7 +20,7 @@ from explora_geo.models.checkpoints import (
 from tests.data.checkpoints import layouts
 
 
-def dino_model(**kwargs: object) -> nn.Module:
+def dino_model(**kwargs: Any) -> nn.Module:
     args = {
         'depth': 3,
         'embed_dim': 32,
@@ -28,7 +31,7 @@ def dino_model(**kwargs: object) -> nn.Module:
     return timm.create_model('explora_vitb_dino', **{**args, **kwargs})
 
 
-def test_dinov2_layout_resampled_to_model_grid(tmp_path) -> None:
+def test_dinov2_layout_resampled_to_model_grid(tmp_path: Path) -> None:
     torch.manual_seed(0)
     sd = layouts.dinov2(grid=37)
     path = tmp_path / 'dinov2_vitb14_pretrain.pth'
@@ -63,7 +66,7 @@ def test_dinov2_giant_swiglu_names() -> None:
     assert 'mask_token' not in out
 
 
-def test_mae_with_decoder(tmp_path) -> None:
+def test_mae_with_decoder(tmp_path: Path) -> None:
     torch.manual_seed(0)
     ckpt = layouts.mae(grid=2, patch=16)
     path = tmp_path / 'mae_visualize_vit_large.pth'
@@ -85,7 +88,7 @@ def test_mae_with_decoder(tmp_path) -> None:
     assert not any(k.startswith('decoder') for k in encoder)
 
 
-def test_explora_teacher_drops_stale_lora_and_heads(tmp_path) -> None:
+def test_explora_teacher_drops_stale_lora_and_heads(tmp_path: Path) -> None:
     torch.manual_seed(0)
     encoder = layouts.dinov2(grid=4)
     encoder.pop('mask_token')
@@ -117,7 +120,7 @@ def test_explora_inconsistent_split_raises() -> None:
         normalize_vit_keys(unwrap_state_dict({'teacher': full}))
 
 
-def test_encoder_only_release(tmp_path) -> None:
+def test_encoder_only_release(tmp_path: Path) -> None:
     encoder = layouts.dinov2(grid=4)
     encoder.pop('mask_token')
     path = tmp_path / 'explora_dinov2_vit_large_fmow_rgb_encoder_only.pth'
@@ -127,7 +130,7 @@ def test_encoder_only_release(tmp_path) -> None:
     torch.testing.assert_close(model.state_dict()['pos_embed'], encoder['pos_embed'])
 
 
-def test_safetensors(tmp_path) -> None:
+def test_safetensors(tmp_path: Path) -> None:
     import safetensors.torch
 
     encoder = layouts.dinov2(grid=4)
@@ -138,7 +141,7 @@ def test_safetensors(tmp_path) -> None:
     torch.testing.assert_close(model.state_dict()['norm.bias'], encoder['norm.bias'])
 
 
-def test_mismatched_keys_listed(tmp_path) -> None:
+def test_mismatched_keys_listed(tmp_path: Path) -> None:
     sd = layouts.dinov2(grid=4)
     del sd['blocks.1.mlp.fc2.bias']
     sd['blocks.1.mlp.extra.weight'] = torch.zeros(1)
@@ -152,7 +155,7 @@ def test_mismatched_keys_listed(tmp_path) -> None:
     assert "unexpected keys: ['blocks.1.mlp.extra.weight']" in message
 
 
-def test_wrong_depth_names_missing_blocks(tmp_path) -> None:
+def test_wrong_depth_names_missing_blocks(tmp_path: Path) -> None:
     path = tmp_path / 'shallow.pth'
     torch.save(layouts.dinov2(depth=2, grid=4), path)
     with pytest.raises(
@@ -161,7 +164,7 @@ def test_wrong_depth_names_missing_blocks(tmp_path) -> None:
         load_weights(dino_model(), path)
 
 
-def test_shape_mismatch(tmp_path) -> None:
+def test_shape_mismatch(tmp_path: Path) -> None:
     path = tmp_path / 'wide.pth'
     torch.save(layouts.dinov2(d=48, grid=4), path)
     with pytest.raises((ValueError, RuntimeError), match='shape'):
@@ -191,7 +194,7 @@ def test_new_head_is_allowed_but_other_gaps_are_not() -> None:
         )
 
 
-def test_weights_only_refuses_pickled_objects(tmp_path) -> None:
+def test_weights_only_refuses_pickled_objects(tmp_path: Path) -> None:
     path = tmp_path / 'evil.pth'
     torch.save({'model': layouts.dinov2(grid=4), 'args': object()}, path)
     with pytest.raises(ValueError, match='cannot read checkpoint'):
@@ -203,7 +206,7 @@ def test_missing_file() -> None:
         read_checkpoint('nowhere.pth')
 
 
-def test_lightning_checkpoint_layout(tmp_path) -> None:
+def test_lightning_checkpoint_layout(tmp_path: Path) -> None:
     model = dino_model()
     path = tmp_path / 'task.ckpt'
     torch.save(
@@ -219,7 +222,7 @@ def test_lightning_checkpoint_layout(tmp_path) -> None:
         torch.testing.assert_close(other.state_dict()[k], v)
 
 
-def test_unmerged_adapter_checkpoint_is_refused(tmp_path) -> None:
+def test_unmerged_adapter_checkpoint_is_refused(tmp_path: Path) -> None:
     from explora_geo.adapter import ExPLoRAConfig, apply_explora
 
     model = dino_model()

@@ -1,4 +1,6 @@
 import math
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -18,7 +20,7 @@ from explora_geo.models.pos_embed import sincos_pos_embed_2d
 from tests.data.checkpoints import layouts
 
 # A 2-block, 32-wide MAE ViT/8 on 32 px images with a 16-wide, 2-block decoder.
-TINY = {
+TINY: dict[str, Any] = {
     'img_size': 32,
     'patch_size': 8,
     'embed_dim': 32,
@@ -31,13 +33,13 @@ TINY = {
 GRID = 4
 
 
-def tiny_mae(**kwargs: object) -> MaskedAutoencoderViT:
+def tiny_mae(**kwargs: Any) -> MaskedAutoencoderViT:
     model = create_mae('explora_vitb_mae', **{**TINY, **kwargs})
     assert isinstance(model, MaskedAutoencoderViT)
     return model
 
 
-def official_checkpoint(**kwargs: object) -> dict[str, dict[str, torch.Tensor]]:
+def official_checkpoint(**kwargs: Any) -> dict[str, dict[str, torch.Tensor]]:
     """``mae_visualize_vit_*.pth`` layout at the tiny size."""
     args = {'d': 32, 'depth': 2, 'grid': GRID, 'patch': 8, 'dec_d': 16, 'dec_depth': 2}
     return layouts.mae(**{**args, **kwargs})
@@ -51,7 +53,13 @@ def mae_patchify(imgs: torch.Tensor, p: int) -> torch.Tensor:
     return x.reshape(n, (h // p) * (w // p), p * p * c)
 
 
-def mae_loss(imgs, pred, mask, p, norm_pix):
+def mae_loss(
+    imgs: torch.Tensor,
+    pred: torch.Tensor,
+    mask: torch.Tensor,
+    p: int,
+    norm_pix: bool,
+) -> torch.Tensor:
     """``models_mae.MaskedAutoencoderViT.forward_loss``, written out."""
     target = mae_patchify(imgs, p)
     if norm_pix:
@@ -62,7 +70,9 @@ def mae_loss(imgs, pred, mask, p, norm_pix):
     return (loss * mask).sum() / mask.sum()
 
 
-def mae_decoder(model: MaskedAutoencoderViT, x: torch.Tensor, ids_restore):
+def mae_decoder(
+    model: MaskedAutoencoderViT, x: torch.Tensor, ids_restore: torch.Tensor
+) -> torch.Tensor:
     """``models_mae.MaskedAutoencoderViT.forward_decoder``, written out."""
     x = model.decoder_embed(x)
     mask_tokens = model.mask_token.repeat(
@@ -87,7 +97,7 @@ def masking_from_noise(noise: torch.Tensor, keep: int) -> RandomMask:
 
 
 class TestLoading:
-    def test_official_layout_round_trip(self, tmp_path) -> None:
+    def test_official_layout_round_trip(self, tmp_path: Path) -> None:
         checkpoint = official_checkpoint()
         path = tmp_path / 'mae_visualize_vit_tiny.pth'
         torch.save(checkpoint, path)
@@ -102,7 +112,7 @@ class TestLoading:
             torch.testing.assert_close(state[name], value, rtol=0, atol=0, msg=key)
         assert len(state) == len(checkpoint['model'])
 
-    def test_missing_and_unexpected_keys_are_listed(self, tmp_path) -> None:
+    def test_missing_and_unexpected_keys_are_listed(self, tmp_path: Path) -> None:
         checkpoint = official_checkpoint()
         del checkpoint['model']['decoder_norm.weight']
         del checkpoint['model']['blocks.1.attn.qkv.bias']
@@ -300,7 +310,7 @@ class TestRegistry:
             create_mae('nope')
 
     def test_duplicate_name(self) -> None:
-        def other(**kwargs: object) -> MaskedAutoencoder:
+        def other(**kwargs: Any) -> MaskedAutoencoder:
             raise AssertionError
 
         with pytest.raises(

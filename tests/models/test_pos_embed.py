@@ -1,11 +1,14 @@
 """Position tables are resampled by each source's own rule, at load and at run time."""
 
 import math
+from pathlib import Path
+from typing import Any
 
 import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
 from explora_geo.models import (
@@ -17,7 +20,12 @@ from explora_geo.models import (
 from explora_geo.models.pos_embed import resample_pos_embed
 from tests.data.checkpoints import layouts
 
-TINY_DINO = {'depth': 3, 'embed_dim': 32, 'num_heads': 2, 'num_classes': 0}
+TINY_DINO: dict[str, Any] = {
+    'depth': 3,
+    'embed_dim': 32,
+    'num_heads': 2,
+    'num_classes': 0,
+}
 
 
 def cubic(t: float, a: float = -0.75) -> float:
@@ -156,8 +164,15 @@ def test_same_grid_and_errors() -> None:
 # -------------------------------------------------------- DinoV2 at load and run
 
 
+def vit(name: str, **kwargs: Any) -> VisionTransformer:
+    """:func:`create_model`, checked to build a timm ViT."""
+    model = create_model(name, **kwargs)
+    assert isinstance(model, VisionTransformer)
+    return model
+
+
 @pytest.fixture
-def dinov2_checkpoint(tmp_path) -> tuple[dict[str, Tensor], str]:
+def dinov2_checkpoint(tmp_path: Path) -> tuple[dict[str, Tensor], str]:
     torch.manual_seed(0)
     sd = layouts.dinov2(d=32, depth=3, grid=37)
     path = tmp_path / 'dinov2_vitb14_pretrain.pth'
@@ -166,37 +181,39 @@ def dinov2_checkpoint(tmp_path) -> tuple[dict[str, Tensor], str]:
 
 
 @pytest.mark.parametrize('img_size', [224, 98])
-def test_dinov2_weights_equal_dinov2_interpolation(dinov2_checkpoint, img_size) -> None:
+def test_dinov2_weights_equal_dinov2_interpolation(
+    dinov2_checkpoint: tuple[dict[str, Tensor], str], img_size: int
+) -> None:
     sd, path = dinov2_checkpoint
-    model = create_model(
-        'explora_vitb_dino', weights=path, img_size=img_size, **TINY_DINO
-    )
+    model = vit('explora_vitb_dino', weights=path, img_size=img_size, **TINY_DINO)
     expected = dinov2_interpolate_pos_encoding(sd['pos_embed'], img_size, img_size, 14)
-    assert (model.pos_embed.detach() - expected).abs().max() <= 1e-5
+    assert (model.get_parameter('pos_embed').detach() - expected).abs().max() <= 1e-5
 
 
-def test_dinov2_dynamic_size_equals_loading_at_that_size(dinov2_checkpoint) -> None:
+def test_dinov2_dynamic_size_equals_loading_at_that_size(
+    dinov2_checkpoint: tuple[dict[str, Tensor], str],
+) -> None:
     _, path = dinov2_checkpoint
     # The hub model: 518 px table, interpolated at every forward pass.
-    hub_like = create_model(
+    hub_like = vit(
         'explora_vitb_dino',
         weights=path,
         img_size=518,
         dynamic_img_size=True,
         **TINY_DINO,
     ).eval()
-    at_224 = create_model(
-        'explora_vitb_dino', weights=path, img_size=224, **TINY_DINO
-    ).eval()
+    at_224 = vit('explora_vitb_dino', weights=path, img_size=224, **TINY_DINO).eval()
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         diff = (hub_like.forward_features(x) - at_224.forward_features(x)).abs().max()
     assert diff <= 1e-5
 
 
-def test_dinov2_local_crops_resample_at_run_time(dinov2_checkpoint) -> None:
+def test_dinov2_local_crops_resample_at_run_time(
+    dinov2_checkpoint: tuple[dict[str, Tensor], str],
+) -> None:
     _, path = dinov2_checkpoint
-    model = create_model(
+    model = vit(
         'explora_vitb_dino',
         weights=path,
         img_size=224,
@@ -205,18 +222,24 @@ def test_dinov2_local_crops_resample_at_run_time(dinov2_checkpoint) -> None:
     )
     patches = model.patch_embed(torch.randn(2, 3, 98, 98))
     assert patches.shape == (2, 7, 7, 32)
-    table = dinov2_interpolate_pos_encoding(model.pos_embed.detach(), 98, 98, 14)
-    expected = torch.cat([model.cls_token.expand(2, -1, -1), patches.flatten(1, 2)], 1)
+    table = dinov2_interpolate_pos_encoding(
+        model.get_parameter('pos_embed').detach(), 98, 98, 14
+    )
+    expected = torch.cat(
+        [model.get_parameter('cls_token').expand(2, -1, -1), patches.flatten(1, 2)], 1
+    )
     torch.testing.assert_close(model._pos_embed(patches), expected + table)
 
 
-def test_dinov2_set_input_size_and_timm_option(dinov2_checkpoint) -> None:
+def test_dinov2_set_input_size_and_timm_option(
+    dinov2_checkpoint: tuple[dict[str, Tensor], str],
+) -> None:
     sd, path = dinov2_checkpoint
-    model = create_model('explora_vitb_dino', weights=path, img_size=518, **TINY_DINO)
+    model = vit('explora_vitb_dino', weights=path, img_size=518, **TINY_DINO)
     model.set_input_size(img_size=(224, 224))
     expected = dinov2_interpolate_pos_encoding(sd['pos_embed'], 224, 224, 14)
-    assert (model.pos_embed.detach() - expected).abs().max() <= 1e-5
-    timm_model = create_model(
+    assert (model.get_parameter('pos_embed').detach() - expected).abs().max() <= 1e-5
+    timm_model = vit(
         'explora_vitb_dino',
         weights=path,
         img_size=224,
@@ -224,26 +247,26 @@ def test_dinov2_set_input_size_and_timm_option(dinov2_checkpoint) -> None:
         **TINY_DINO,
     )
     torch.testing.assert_close(
-        timm_model.pos_embed.detach(),
+        timm_model.get_parameter('pos_embed').detach(),
         timm.layers.resample_abs_pos_embed(sd['pos_embed'], [16, 16]),
     )
     with pytest.raises(ValueError, match="unknown position-table resampling 'x'"):
         create_model('explora_vitb_dino', pos_embed_resample='x', **TINY_DINO)
 
 
-def test_mae_encoder_uses_mae_rule(tmp_path) -> None:
+def test_mae_encoder_uses_mae_rule(tmp_path: Path) -> None:
     torch.manual_seed(0)
     ckpt = layouts.mae(d=32, depth=3, grid=14, patch=16, decoder=False)
     path = tmp_path / 'mae_pretrain_vit_base.pth'
     torch.save(ckpt, path)
     for img_size in (128, 256):
-        model = create_model(
-            'explora_vitb_mae', weights=path, img_size=img_size, **TINY_DINO
-        )
+        model = vit('explora_vitb_mae', weights=path, img_size=img_size, **TINY_DINO)
         expected = satmae_interpolate_pos_embed(
             ckpt['model']['pos_embed'], img_size // 16
         )
-        assert (model.pos_embed.detach() - expected).abs().max() <= 1e-5
+        assert (
+            model.get_parameter('pos_embed').detach() - expected
+        ).abs().max() <= 1e-5
 
 
 # ------------------------------------------------ SatMAE group-channel, temporal
@@ -252,7 +275,12 @@ def test_mae_encoder_uses_mae_rule(tmp_path) -> None:
 @pytest.mark.parametrize('img_size', [64, 128])
 def test_satmae_group_grids_equal_satmae_interpolation(img_size: int) -> None:
     torch.manual_seed(0)
-    args = {'patch_size': 8, 'embed_dim': 64, 'depth': 2, 'num_heads': 2}
+    args: dict[str, Any] = {
+        'patch_size': 8,
+        'embed_dim': 64,
+        'depth': 2,
+        'num_heads': 2,
+    }
     args['channel_embed_dim'] = 16
     source = timm.create_model('explora_vitb_satmae_group', img_size=96, **args)
     checkpoint = dict(source.state_dict())  # SatMAE's keys, 12 x 12 grid
@@ -267,7 +295,12 @@ def test_satmae_group_grids_equal_satmae_interpolation(img_size: int) -> None:
 @pytest.mark.parametrize('img_size', [64, 128])
 def test_satmae_temporal_grids_equal_satmae_interpolation(img_size: int) -> None:
     torch.manual_seed(0)
-    args = {'patch_size': 8, 'embed_dim': 64, 'depth': 2, 'num_heads': 2}
+    args: dict[str, Any] = {
+        'patch_size': 8,
+        'embed_dim': 64,
+        'depth': 2,
+        'num_heads': 2,
+    }
     args['time_embed_dim'] = 8
     source = timm.create_model('explora_vitl_satmae_temporal', img_size=96, **args)
     checkpoint = dict(source.state_dict())
@@ -281,7 +314,12 @@ def test_satmae_temporal_grids_equal_satmae_interpolation(img_size: int) -> None
 
 def test_satmae_timm_option() -> None:
     torch.manual_seed(0)
-    args = {'patch_size': 8, 'embed_dim': 64, 'depth': 1, 'num_heads': 2}
+    args: dict[str, Any] = {
+        'patch_size': 8,
+        'embed_dim': 64,
+        'depth': 1,
+        'num_heads': 2,
+    }
     args['channel_embed_dim'] = 16
     checkpoint = dict(
         timm.create_model('explora_vitb_satmae_group', img_size=96, **args).state_dict()
@@ -290,6 +328,7 @@ def test_satmae_timm_option() -> None:
     model = timm.create_model(
         'explora_vitb_satmae_group', img_size=64, pos_embed_resample='timm', **args
     )
+    assert isinstance(model, GroupChannelViT)
     load_checkpoint(model, checkpoint)
     torch.testing.assert_close(
         model.pos_embed.detach(),

@@ -2,6 +2,7 @@
 merging, and the published checkpoint layouts."""
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import timm
@@ -30,14 +31,14 @@ from tests.data.checkpoints.layouts import _block
 # Tiny group-channel ViT/8: 32 px, 3 groups x 16 patches, 64 wide (48 position
 # + 16 group dims); decoder 32 wide (24 + 8), as SatMAE's shapes scaled down.
 D, DEPTH, CH, DEC_D, DEC_DEPTH, DEC_CH, GRID, P = 64, 2, 16, 32, 2, 8, 4, 8
-ENCODER = {
+ENCODER: dict[str, Any] = {
     'patch_size': P,
     'embed_dim': D,
     'depth': DEPTH,
     'num_heads': 2,
     'channel_embed_dim': CH,
 }
-DECODER = {
+DECODER: dict[str, Any] = {
     'decoder_embed_dim': DEC_D,
     'decoder_depth': DEC_DEPTH,
     'decoder_num_heads': 2,
@@ -49,7 +50,7 @@ M_1L_R32 = ExPLoRAConfig(
 )
 
 
-def tiny_mae(**kwargs: object) -> GroupChannelMAE:
+def tiny_mae(**kwargs: Any) -> GroupChannelMAE:
     torch.manual_seed(0)
     model = create_mae(
         'explora_vitb_satmae_group', img_size=32, **{**ENCODER, **DECODER, **kwargs}
@@ -58,7 +59,7 @@ def tiny_mae(**kwargs: object) -> GroupChannelMAE:
     return model
 
 
-def tiny_vit(**kwargs: object) -> GroupChannelViT:
+def tiny_vit(**kwargs: Any) -> GroupChannelViT:
     torch.manual_seed(0)
     model = timm.create_model(
         'explora_vitb_satmae_group', img_size=32, **{**ENCODER, **kwargs}
@@ -312,8 +313,10 @@ def test_satmae_group_classifier_checkpoints() -> None:
         load_checkpoint(tiny_vit(num_classes=62), token)
     avg = satmae_group_classifier(fc_norm=True)
     model = load_checkpoint(tiny_vit(num_classes=62), avg)
-    assert torch.equal(model.fc_norm.weight, avg['model']['fc_norm.weight'])
-    assert torch.equal(model.head.bias, avg['model']['head.bias'])
+    assert torch.equal(
+        model.get_parameter('fc_norm.weight'), avg['model']['fc_norm.weight']
+    )
+    assert torch.equal(model.get_parameter('head.bias'), avg['model']['head.bias'])
     with pytest.raises(ValueError, match="global_pool='avg'"):
         load_checkpoint(tiny_vit(num_classes=62, global_pool='token'), avg)
 
@@ -336,9 +339,11 @@ def test_explora_encoder_only_release_through_timm(tmp_path: Path) -> None:
         assert torch.equal(model.state_dict()[key], value), key
     # Average pooling (the default): the MAE's final norm gives way to a fresh fc_norm.
     avg = load_checkpoint(tiny_vit(num_classes=3), read_checkpoint(path))
-    assert torch.equal(avg.fc_norm.weight, torch.ones(D))
-    assert torch.equal(avg.channel_cls_embed, torch.zeros(1, 1, CH))
-    assert torch.equal(avg.blocks[1].mlp.fc2.bias, encoder['blocks.1.mlp.fc2.bias'])
+    assert torch.equal(avg.get_parameter('fc_norm.weight'), torch.ones(D))
+    assert torch.equal(avg.get_parameter('channel_cls_embed'), torch.zeros(1, 1, CH))
+    assert torch.equal(
+        avg.get_parameter('blocks.1.mlp.fc2.bias'), encoder['blocks.1.mlp.fc2.bias']
+    )
 
 
 def test_explora_full_release_drops_split_projections_and_lora(tmp_path: Path) -> None:
@@ -360,7 +365,8 @@ def test_explora_full_release_drops_split_projections_and_lora(tmp_path: Path) -
     )
     encoder = load_checkpoint(tiny_vit(global_pool='token'), checkpoint)
     assert torch.equal(
-        encoder.blocks[0].attn.qkv.weight, clean['blocks.0.attn.qkv.weight']
+        encoder.get_parameter('blocks.0.attn.qkv.weight'),
+        clean['blocks.0.attn.qkv.weight'],
     )
 
 
@@ -403,6 +409,8 @@ def test_exported_encoder_round_trips_into_the_classifier(tmp_path: Path) -> Non
     classifier = load_checkpoint(
         tiny_vit(global_pool='token'), read_checkpoint(path), source=str(path)
     )
+    assert isinstance(classifier, GroupChannelViT)
+    assert isinstance(encoder, GroupChannelViT)
     x = torch.randn(2, 10, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(
@@ -442,6 +450,6 @@ def test_explora_mae_task_trains_the_group_mae() -> None:
     loss.backward()
     model = task.model
     assert model.encoder.patch_embed[2].proj.weight.grad is not None
-    assert model.decoder_pred[1].weight.grad is not None
-    assert model.decoder_blocks[0].attn.qkv.lora_B.grad is not None
+    assert model.get_parameter('decoder_pred.1.weight').grad is not None
+    assert model.get_parameter('decoder_blocks.0.attn.qkv.lora_B').grad is not None
     assert model.decoder_embed.weight.grad is None

@@ -1,8 +1,12 @@
 import math
+from typing import Any, cast
 
 import pytest
 import timm
 import torch
+from timm.layers import PatchEmbed
+from timm.models import FeatureInfo
+from torch import nn
 from torchgeo.tasks import Classification
 from torchgeo.tasks.utils import load_state_dict as torchgeo_load_state_dict
 
@@ -21,7 +25,7 @@ from explora_geo.models.satmae_group_mae import patchify_bands
 from explora_geo.models.weights import get_weight
 
 # A 2-block, 64-wide group ViT/8 on 32 px images: 3 groups x 16 patches.
-TINY = {
+TINY: dict[str, Any] = {
     'img_size': 32,
     'patch_size': 8,
     'embed_dim': 64,
@@ -29,7 +33,7 @@ TINY = {
     'num_heads': 2,
     'channel_embed_dim': 16,
 }
-TINY_DECODER = {
+TINY_DECODER: dict[str, Any] = {
     'decoder_embed_dim': 32,
     'decoder_depth': 2,
     'decoder_num_heads': 2,
@@ -38,14 +42,23 @@ TINY_DECODER = {
 KEPT = [SENTINEL2_BANDS.index(b) for b in SATMAE_BANDS]
 
 
-def tiny_vit(**kwargs: object) -> GroupChannelViT:
+def tiny_vit(**kwargs: Any) -> GroupChannelViT:
     torch.manual_seed(0)
     model = timm.create_model('explora_vitb_satmae_group', **{**TINY, **kwargs})
     assert isinstance(model, GroupChannelViT)
     return model.eval()
 
 
-def tiny_mae(**kwargs: object) -> GroupChannelMAE:
+def embeds(model: GroupChannelViT) -> list[PatchEmbed]:
+    """The patch embedding of each group."""
+    found = []
+    for embed in model.patch_embed.children():
+        assert isinstance(embed, PatchEmbed)
+        found.append(embed)
+    return found
+
+
+def tiny_mae(**kwargs: Any) -> GroupChannelMAE:
     torch.manual_seed(0)
     model = create_mae(
         'explora_vitb_satmae_group', **{**TINY, **TINY_DECODER, **kwargs}
@@ -67,6 +80,7 @@ def test_registered_sizes_on_meta() -> None:
     with torch.device('meta'):
         large = timm.create_model('explora_vitl_satmae_group', num_classes=62)
         base = timm.create_model('explora_vitb_satmae_group')
+        assert isinstance(large, GroupChannelViT)
         tokens = large.forward_features(torch.empty(1, 13, 96, 96))
     # SatMAE's fine-tuned ViT-L classifier (62 fMoW classes) holds 303.15M values.
     assert sum(p.numel() for p in large.parameters()) == 303_146_814
@@ -75,11 +89,10 @@ def test_registered_sizes_on_meta() -> None:
     assert tokens.shape == (1, 1 + 3 * 144, 1024)
     assert large.pos_embed.shape == (1, 145, 768)
     assert large.channel_embed.shape == (1, 3, 256)
-    assert large.pretrained_cfg['input_size'] == (13, 96, 96)
-    assert large.pretrained_cfg['url'].endswith(
-        'explora_mae_fmow_sentinel_encoder_only.pth'
-    )
-    assert [tuple(e.proj.weight.shape) for e in large.patch_embed] == [
+    cfg = cast(dict[str, Any], large.pretrained_cfg)
+    assert cfg['input_size'] == (13, 96, 96)
+    assert cfg['url'].endswith('explora_mae_fmow_sentinel_encoder_only.pth')
+    assert [tuple(e.proj.weight.shape) for e in embeds(large)] == [
         (1024, 4, 8, 8),
         (1024, 4, 8, 8),
         (1024, 2, 8, 8),
@@ -110,6 +123,7 @@ def test_sincos_tables_match_closed_form() -> None:
             atol=1e-6,
             rtol=0,
         )
+    assert model.channel_cls_embed is not None
     assert torch.equal(model.channel_cls_embed, torch.zeros(1, 1, 16))
     # init_weights re-randomises timm's parts but the tables stay sin-cos.
     model.init_weights()
@@ -161,7 +175,7 @@ def test_bands_and_groups_configurable_by_name() -> None:
         bands=('B4', 'B3', 'B2'),
         groups=(('B2', 'B3'), ('B4',)),
     )
-    assert [e.proj.in_channels for e in model.patch_embed] == [2, 1]
+    assert [e.proj.in_channels for e in embeds(model)] == [2, 1]
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert model.forward_features(x).shape == (1, 1 + 2 * 16, 64)
@@ -173,6 +187,7 @@ def test_bands_and_groups_configurable_by_name() -> None:
 
 def satmae_forward_features(model: GroupChannelViT, x: torch.Tensor) -> torch.Tensor:
     """``GroupChannelsVisionTransformer.forward_features`` of SatMAE, written out."""
+    assert model.channel_cls_embed is not None and model.cls_token is not None
     x = x[:, KEPT]
     embeds = [
         model.patch_embed[i](x[:, [SATMAE_BANDS.index(b) for b in group]])
@@ -193,6 +208,7 @@ def satmae_forward_features(model: GroupChannelViT, x: torch.Tensor) -> torch.Te
 @pytest.mark.parametrize('pool', ['avg', 'token'])
 def test_matches_satmae_classifier(pool: str) -> None:
     model = tiny_vit(num_classes=5, global_pool=pool)
+    assert model.channel_cls_embed is not None
     with torch.no_grad():
         model.channel_cls_embed.normal_()  # a trained, non-zero value
         x = torch.randn(2, 13, 32, 32)
@@ -238,6 +254,7 @@ def test_forward_intermediates_and_features_only() -> None:
     features = timm.create_model(
         'explora_vitb_satmae_group', features_only=True, out_indices=(1,), **TINY
     )
+    assert isinstance(features.feature_info, FeatureInfo)
     assert features.feature_info.channels() == [3 * 64]
     assert [f.shape for f in features(x)] == [(2, 192, 4, 4)]
 
@@ -274,7 +291,8 @@ def test_torchgeo_loads_an_mae_encoder_state_dict() -> None:
     ]
     assert sorted(unexpected) == ['norm.bias', 'norm.weight']
     assert torch.equal(
-        classifier.patch_embed[2].proj.weight, encoder_sd['patch_embed.2.proj.weight']
+        classifier.get_parameter('patch_embed.2.proj.weight'),
+        encoder_sd['patch_embed.2.proj.weight'],
     )
 
 
@@ -322,11 +340,13 @@ def test_mae_shapes_masking_and_loss() -> None:
 def test_mae_group_heads_predict_their_bands() -> None:
     model = tiny_mae(norm_pix_loss=False)
     with torch.no_grad():
-        for head in model.decoder_pred:
+        for head in model.decoder_pred.children():
+            assert isinstance(head, nn.Linear)
             head.weight.zero_()
         # Head 1 (B5, B6, B7, B8A) outputs the constant 7 for its 3rd band, B7.
-        model.decoder_pred[1].bias.zero_()
-        model.decoder_pred[1].bias[2 * 64 : 3 * 64] = 7.0
+        bias = model.get_parameter('decoder_pred.1.bias')
+        bias.zero_()
+        bias[2 * 64 : 3 * 64] = 7.0
         out = model(torch.randn(1, 10, 32, 32))
     assert torch.all(out.pred[:, SATMAE_BANDS.index('B7')] == 7.0)
     assert out.pred.abs().sum() == 7.0 * 16 * 64

@@ -1,4 +1,5 @@
 import math
+from typing import Any
 
 import pytest
 import timm
@@ -19,7 +20,7 @@ from tests.data.checkpoints import layouts
 # A 2-block, 64-wide ViT/8 on 32 px images: 40 position + 3 x 8 time dims
 # (SatMAE's ViT-L: 640 + 3 x 128); decoder 32 wide (20 + 3 x 4).
 D, TIME, DEC_D, DEC_TIME = 64, 8, 32, 4
-TINY = {
+TINY: dict[str, Any] = {
     'img_size': 32,
     'patch_size': 8,
     'embed_dim': D,
@@ -27,7 +28,7 @@ TINY = {
     'num_heads': 2,
     'time_embed_dim': TIME,
 }
-TINY_DECODER = {
+TINY_DECODER: dict[str, Any] = {
     'decoder_embed_dim': DEC_D,
     'decoder_depth': 1,
     'decoder_num_heads': 2,
@@ -36,14 +37,14 @@ TINY_DECODER = {
 STAMPS = torch.tensor([[[2016, 7, 14], [2017, 1, 0], [2015, 12, 23]]])
 
 
-def tiny_vit(**kwargs: object) -> TemporalViT:
+def tiny_vit(**kwargs: Any) -> TemporalViT:
     torch.manual_seed(0)
     model = timm.create_model('explora_vitl_satmae_temporal', **{**TINY, **kwargs})
     assert isinstance(model, TemporalViT)
     return model.eval()
 
 
-def tiny_mae(**kwargs: object) -> TemporalMAE:
+def tiny_mae(**kwargs: Any) -> TemporalMAE:
     torch.manual_seed(0)
     model = create_mae(
         'explora_vitl_satmae_temporal', **{**TINY, **TINY_DECODER, **kwargs}
@@ -62,6 +63,7 @@ def test_registered_sizes_on_meta() -> None:
     with torch.device('meta'):
         classifier = timm.create_model('explora_vitl_satmae_temporal', num_classes=62)
         mae = create_mae('explora_vitl_satmae_temporal')
+        assert isinstance(classifier, TemporalViT)
         tokens = classifier.forward_features(
             torch.empty(2, 3, 3, 224, 224),
             timestamps=STAMPS.expand(2, 3, 3).to('meta'),
@@ -103,6 +105,7 @@ def satmae_forward_features(model: TemporalViT, x: Tensor, ts: Tensor) -> Tensor
     ts_embed = torch.cat(rows, dim=1).float().reshape(-1, 3, 3 * TIME).unsqueeze(2)
     ts_embed = ts_embed.expand(-1, -1, x.shape[1] // 3, -1).reshape(b, -1, 3 * TIME)
     ts_embed = torch.cat([torch.zeros(b, 1, 3 * TIME), ts_embed], dim=1)
+    assert model.cls_token is not None
     x = torch.cat([model.cls_token.expand(b, -1, -1), x], dim=1)
     pos = torch.cat(
         [model.pos_embed[:, :1], model.pos_embed[:, 1:].repeat(1, 3, 1)], dim=1
@@ -237,8 +240,12 @@ def test_loads_satmae_temporal_checkpoints() -> None:
     classifier = load_checkpoint(
         tiny_vit(num_classes=62, global_pool='token'), {'model': classifier_sd}
     )
-    assert torch.equal(classifier.head.weight, classifier_sd['head.weight'])
-    assert torch.equal(classifier.pos_embed, classifier_sd['pos_embed'])
+    assert torch.equal(
+        classifier.get_parameter('head.weight'), classifier_sd['head.weight']
+    )
+    assert torch.equal(
+        classifier.get_parameter('pos_embed'), classifier_sd['pos_embed']
+    )
 
 
 def test_mae_from_rgb_mae_source() -> None:
@@ -251,7 +258,9 @@ def test_mae_from_rgb_mae_source() -> None:
     assert torch.equal(
         model.encoder.patch_embed.proj.weight, rgb['patch_embed.proj.weight']
     )
-    assert torch.equal(model.decoder_pred.weight, rgb['decoder_pred.weight'])
+    assert torch.equal(
+        model.get_parameter('decoder_pred.weight'), rgb['decoder_pred.weight']
+    )
     assert torch.equal(model.encoder.pos_embed, own_pos)
     with pytest.raises(KeyError, match=r'missing keys: \[.*blocks\.1\.'):
         del rgb['blocks.1.mlp.fc2.bias']

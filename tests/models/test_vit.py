@@ -1,6 +1,12 @@
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, cast
+
 import pytest
 import timm
 import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch import Tensor, nn
 from torchgeo.tasks import Classification
 
 from explora_geo.models import (
@@ -39,23 +45,23 @@ def test_registered_architectures(
     assert name in timm.list_models('explora_*')
     with torch.device('meta'):
         model = timm.create_model(name)
+    assert isinstance(model, VisionTransformer)
     assert round(sum(p.numel() for p in model.parameters()) / 1e6, 1) == millions
     assert model.patch_embed.patch_size == (patch, patch)
     assert model.embed_dim == width and len(model.blocks) == depth
-    assert model.pretrained_cfg['input_size'] == (3, 224, 224)
-    assert model.pretrained_cfg['url'].startswith('https://')
+    cfg = cast(dict[str, Any], model.pretrained_cfg)
+    assert cfg['input_size'] == (3, 224, 224)
+    assert cfg['url'].startswith('https://')
     assert model.num_classes == 0
     # DinoV2 models carry LayerScale, MAE ones do not.
-    assert hasattr(model.blocks[0].ls1, 'gamma') == name.endswith('dino')
+    assert hasattr(model.get_submodule('blocks.0.ls1'), 'gamma') == name.endswith(
+        'dino'
+    )
 
 
 def test_default_pretrained_tags() -> None:
-    assert (
-        timm.create_model(
-            'explora_vitl_dino', pretrained=False, depth=1
-        ).pretrained_cfg['tag']
-        == 'fmow_rgb'
-    )
+    model = timm.create_model('explora_vitl_dino', pretrained=False, depth=1)
+    assert cast(dict[str, Any], model.pretrained_cfg)['tag'] == 'fmow_rgb'
     assert 'explora_vitl_dino.lvd142m' in timm.list_pretrained('explora_vitl_dino*')
 
 
@@ -63,20 +69,26 @@ def test_meta_vitg_dinov2_layout_loads() -> None:
     # ViT-g's SwiGLU hidden width (4096) matches DinoV2's w12/w3 tensors.
     with torch.device('meta'):
         model = timm.create_model('explora_vitg_dino')
-    assert model.blocks[0].mlp.fc1.weight.shape == (2 * 4096, 1536)
-    assert model.blocks[0].mlp.fc2.weight.shape == (1536, 4096)
+    assert model.get_parameter('blocks.0.mlp.fc1.weight').shape == (2 * 4096, 1536)
+    assert model.get_parameter('blocks.0.mlp.fc2.weight').shape == (1536, 4096)
 
 
-def test_kwargs(make_vit) -> None:
+def test_kwargs(make_vit: Callable[..., nn.Module]) -> None:
     model = make_vit(in_chans=13, num_classes=7, img_size=42)
     out = model(torch.randn(2, 13, 42, 42))
     assert out.shape == (2, 7)
+    assert isinstance(model, VisionTransformer)
     assert model.patch_embed.grid_size == (3, 3)
 
 
-def test_forward_intermediates_and_features_only(make_vit) -> None:
+def test_forward_intermediates_and_features_only(
+    make_vit: Callable[..., nn.Module],
+) -> None:
     model = make_vit()
-    _, inter = model.forward_intermediates(torch.randn(1, 3, 28, 28), indices=[0, 2])
+    assert isinstance(model, VisionTransformer)
+    result = model.forward_intermediates(torch.randn(1, 3, 28, 28), indices=[0, 2])
+    assert isinstance(result, tuple)
+    _, inter = result
     assert [t.shape for t in inter] == [(1, 32, 2, 2)] * 2
     features = make_vit(features_only=True, out_indices=(1, 2))(
         torch.randn(1, 3, 28, 28)
@@ -84,12 +96,15 @@ def test_forward_intermediates_and_features_only(make_vit) -> None:
     assert [f.shape for f in features] == [(1, 32, 2, 2)] * 2
 
 
-def test_gradient_checkpointing_same_gradients(make_vit) -> None:
+def test_gradient_checkpointing_same_gradients(
+    make_vit: Callable[..., nn.Module],
+) -> None:
     torch.manual_seed(0)
     model = make_vit()
+    assert isinstance(model, VisionTransformer)
     x = torch.randn(2, 3, 28, 28)
     model(x).sum().backward()
-    ref = [p.grad.clone() for p in model.parameters()]
+    ref = [cast(Tensor, p.grad).clone() for p in model.parameters()]
     model.zero_grad()
     model.set_grad_checkpointing(True)
     model(x).sum().backward()
@@ -97,7 +112,7 @@ def test_gradient_checkpointing_same_gradients(make_vit) -> None:
         torch.testing.assert_close(g, r)
 
 
-def test_timm_pretrained_file_uses_converter(tmp_path) -> None:
+def test_timm_pretrained_file_uses_converter(tmp_path: Path) -> None:
     torch.manual_seed(0)
     sd = layouts.dinov2(grid=37)
     path = tmp_path / 'dinov2_vitb14_pretrain.pth'
@@ -112,7 +127,8 @@ def test_timm_pretrained_file_uses_converter(tmp_path) -> None:
         num_classes=4,
     )
     torch.testing.assert_close(
-        model.blocks[0].attn.qkv.weight.detach(), sd['blocks.0.attn.qkv.weight']
+        model.get_parameter('blocks.0.attn.qkv.weight').detach(),
+        sd['blocks.0.attn.qkv.weight'],
     )
     assert model.pos_embed.shape == (1, 257, 32)
 
@@ -137,7 +153,9 @@ def test_weights_enums() -> None:
         get_weight('NoSuchWeights.X')
 
 
-def test_weights_get_state_dict_converts(tmp_path, monkeypatch) -> None:
+def test_weights_get_state_dict_converts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     torch.manual_seed(0)
     encoder = layouts.dinov2(grid=4)
     encoder.pop('mask_token')
@@ -158,7 +176,9 @@ def test_weights_get_state_dict_converts(tmp_path, monkeypatch) -> None:
     )
 
 
-def test_create_model_with_enum(monkeypatch, make_vit) -> None:
+def test_create_model_with_enum(
+    monkeypatch: pytest.MonkeyPatch, make_vit: Callable[..., nn.Module]
+) -> None:
     encoder = layouts.dinov2(grid=2)
     monkeypatch.setattr(
         ExPLoRAWeightsEnum, 'get_state_dict', lambda self, *a, **k: encoder
@@ -171,10 +191,12 @@ def test_create_model_with_enum(monkeypatch, make_vit) -> None:
         num_heads=2,
         img_size=28,
     )
-    torch.testing.assert_close(model.norm.weight.detach(), encoder['norm.weight'])
+    torch.testing.assert_close(
+        model.get_parameter('norm.weight').detach(), encoder['norm.weight']
+    )
 
 
-def test_torchgeo_classification_loads_exported_path(tmp_path) -> None:
+def test_torchgeo_classification_loads_exported_path(tmp_path: Path) -> None:
     torch.manual_seed(0)
     source = timm.create_model('explora_vitb_dino', num_classes=0)
     path = tmp_path / 'encoder.ckpt'

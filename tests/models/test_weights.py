@@ -1,5 +1,7 @@
 """One resolver of ``weights=`` arguments and one strict loader."""
 
+from pathlib import Path
+
 import pytest
 import timm
 import torch
@@ -15,7 +17,9 @@ from explora_geo.models.weights import WEIGHT_ENUMS
 from tests.data.checkpoints import layouts
 
 
-def test_resolve_none_path_name_and_enum(tmp_path, monkeypatch) -> None:
+def test_resolve_none_path_name_and_enum(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert resolve_weights(None) is None
     assert resolve_weights(False) is None
     sd = layouts.dinov2(grid=2)
@@ -51,22 +55,24 @@ def test_resolve_errors() -> None:
     with pytest.raises(ValueError, match='neither a file nor known weights'):
         resolve_weights('nowhere.pth')
     with pytest.raises(TypeError, match='weights must be an enum member'):
-        resolve_weights(3)  # type: ignore[arg-type]
+        resolve_weights(3)
 
 
 def test_one_registry_and_urls_from_it() -> None:
     # Every published URL of a registered model comes from the enums.
     urls = {m.url for e in WEIGHT_ENUMS for m in e}
     for name in timm.list_pretrained('explora_*'):
-        url = timm.models.get_pretrained_cfg(name).url
+        cfg = timm.models.get_pretrained_cfg(name)
+        assert cfg is not None
+        url = cfg.url
         assert not url or url in urls, name
 
 
 def test_strict_loader_on_a_subset() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))
-    expected = {'0.weight': model[0].weight}
+    expected = {'0.weight': model.get_parameter('0.weight')}
     load_into(model, {'0.weight': torch.ones(3, 2)}, expected=expected)
-    assert torch.equal(model[0].weight, torch.ones(3, 2))
+    assert torch.equal(model.get_parameter('0.weight'), torch.ones(3, 2))
     with pytest.raises(
         KeyError,
         match=r"src does not match the part: missing keys: \['0.weight'\]; unexpected keys: \['x'\]",

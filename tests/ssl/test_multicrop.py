@@ -6,14 +6,14 @@ from explora_geo.sensors import IMAGENET_RGB
 from explora_geo.ssl.multicrop import SOLARIZE_THRESHOLD, MultiCrop
 
 
-def step(seq: torch.nn.Module, index: int) -> K.AugmentationBase2D:
+def step(seq: torch.nn.Sequential, index: int) -> K.AugmentationBase2D:
     """Operation *index* of a kornia sequence."""
-    module = seq.get_submodule(str(index))
+    module = seq[index]
     assert isinstance(module, K.AugmentationBase2D), type(module)
     return module
 
 
-def kinds(seq: torch.nn.Module) -> dict[str, float]:
+def kinds(seq: torch.nn.Sequential) -> dict[str, float]:
     ops = [step(seq, i) for i, _ in enumerate(seq.children())]
     return {type(m).__name__: float(m.p) for m in ops}
 

@@ -1,4 +1,5 @@
 from pathlib import Path
+from typing import Any
 
 import pytest
 import timm
@@ -14,7 +15,7 @@ from explora_geo.tasks.segmentation import SemanticSegmentationTask, ViTDPT, ViT
 TINY = {'depth': 4, 'embed_dim': 32, 'num_heads': 2, 'img_size': 64}
 
 
-def tiny_vit(**kwargs: object) -> torch.nn.Module:
+def tiny_vit(**kwargs: Any) -> torch.nn.Module:
     args = {**TINY, 'num_classes': 0, 'dynamic_img_size': True, 'dynamic_img_pad': True}
     return timm.create_model('explora_vitb_dino', **{**args, **kwargs})
 
