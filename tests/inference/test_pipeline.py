@@ -147,7 +147,7 @@ def test_compression_choices_keep_pixels(tmp_path: Path, cog: bool) -> None:
             overlap=4,
             normalize=False,
             cog=cog,
-            compress=compress,  # type: ignore[arg-type]
+            compress=compress,
         )
         with rasterio.open(out) as dst:
             structure = dst.tags(ns='IMAGE_STRUCTURE')

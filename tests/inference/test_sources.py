@@ -36,7 +36,7 @@ def test_band_names() -> None:
 
 def test_band_files_on_one_grid() -> None:
     with open_source(DATA) as source:
-        assert sorted(source.names, key=SENTINEL2.bands.index) == list(SENTINEL2.bands)  # type: ignore[arg-type]
+        assert sorted(source.names, key=SENTINEL2.bands.index) == list(SENTINEL2.bands)
         assert (source.height, source.width) == (192, 160)
         with rasterio.open(DATA / 'T18SVH_20170101T000000_B02.jp2') as b02:
             assert source.transform == b02.transform and source.crs == b02.crs
@@ -173,9 +173,9 @@ def test_predict_on_band_files_with_13_band_model(tmp_path: Path) -> None:
     with rasterio.open(tmp_path / 'pred.tif') as dst, open_source(DATA) as source:
         assert dst.transform == source.transform and dst.crs == source.crs
         assert dst.shape == (192, 160)
-        x = source.read(
+        raw = source.read(
             [source.names.index(b) for b in SENTINEL2.bands], Window(0, 0, 160, 192)
         )
-        x = SENTINEL2.normalization('satmae')(torch.from_numpy(x.astype(np.float32)))
+        x = SENTINEL2.normalization('satmae')(torch.from_numpy(raw.astype(np.float32)))
         expected = (x.mean(0) > 0.4).numpy().astype(np.uint8)
         np.testing.assert_array_equal(dst.read(1), expected)

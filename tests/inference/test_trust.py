@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -81,7 +82,7 @@ def test_nan_block_never_spreads_and_is_never_class_0(
                 Conv3(),
                 tmp_path / f'{name}.tif',
                 tmp_path / f'{name}_{output}.tif',
-                output=output,  # type: ignore[arg-type]
+                output=output,
                 score_dtype='float32',
                 **common,  # type: ignore[arg-type]
             )
@@ -144,7 +145,7 @@ def test_normalisation_from_checkpoint_and_warning_without(tmp_path: Path) -> No
     # The file names its bands B08, B04, B03, B02: matched by name, reordered.
     write(tmp_path / 'in.tif', data[::-1].copy(), names=['B08', 'B04', 'B03', 'B02'])
     task = load_task(save(segmenter(bands, True), tmp_path / 'norm.ckpt'))
-    spec = task.input_spec  # type: ignore[attr-defined]
+    spec = task.input_spec
     assert isinstance(spec, InputSpec) and spec.bands == bands
     assert spec.img_size == 32 and spec.patch_size == 14
     assert spec.classes == ('water', 'field', 'forest')
@@ -276,7 +277,7 @@ print('tiles_run', r.tiles_run, 'resumed_rows', r.resumed_rows)
 """
 
 
-def run_child(args: list[str], **kwargs: object) -> subprocess.Popen[str]:
+def run_child(args: list[str], **kwargs: Any) -> subprocess.Popen[str]:
     env = {**os.environ, 'PYTHONPATH': str(ROOT), 'OMP_NUM_THREADS': '1'}
     return subprocess.Popen(
         [sys.executable, '-c', KILLABLE, *args],
@@ -284,7 +285,7 @@ def run_child(args: list[str], **kwargs: object) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        **kwargs,  # type: ignore[arg-type]
+        **kwargs,
     )
 
 
@@ -339,7 +340,8 @@ def test_killed_runs_resume_byte_identical(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        exec(KILLABLE.split('try:')[0], namespace := {})
+        namespace: dict[str, Any] = {}
+        exec(KILLABLE.split('try:')[0], namespace)
         result = predict_raster(
             namespace['Slow'](),
             tmp_path / 'in.tif',

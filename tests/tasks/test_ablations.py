@@ -34,10 +34,13 @@ def test_all_matrices_frozen_norms_count_vitl() -> None:
 
 def test_all_matrices_pretraining_fits() -> None:
     task = ExPLoRADINOv2(**task_kwargs(targets=ALL, train_norms=False))
-    block = task.encoder.blocks[0]
-    assert isinstance(block.attn.qkv, QKVLoRA) and isinstance(block.mlp.fc2, LinearLoRA)
-    assert not block.norm1.weight.requires_grad
-    before = block.mlp.fc1.lora_B.detach().clone()
+    qkv = task.encoder.get_submodule('blocks.0.attn.qkv')
+    fc1 = task.encoder.get_submodule('blocks.0.mlp.fc1')
+    fc2 = task.encoder.get_submodule('blocks.0.mlp.fc2')
+    assert isinstance(qkv, QKVLoRA) and isinstance(fc2, LinearLoRA)
+    assert not task.encoder.get_parameter('blocks.0.norm1.weight').requires_grad
+    assert isinstance(fc1, LinearLoRA)
+    before = fc1.lora_B.detach().clone()
     trainer = Trainer(
         max_steps=2,
         accelerator='cpu',
@@ -48,5 +51,5 @@ def test_all_matrices_pretraining_fits() -> None:
     )
     data: Any = Images()
     trainer.fit(task, DataLoader(data, batch_size=2))
-    assert not torch.equal(block.mlp.fc1.lora_B.detach(), before)
+    assert not torch.equal(fc1.lora_B.detach(), before)
     assert torch.isfinite(trainer.callback_metrics['train_loss'])

@@ -1,11 +1,13 @@
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import safetensors.torch
 import timm
 import torch
 from lightning.pytorch import Trainer
+from timm.models.vision_transformer import VisionTransformer
 from torch.utils.data import DataLoader, Dataset
 
 from explora_geo.adapter import QKVLoRA, count_trainable_parameters
@@ -14,8 +16,9 @@ from explora_geo.tasks.classification import (
     configure_finetune,
     probe_features,
 )
+from tests.tasks.optim_config import optimizer_config
 
-TINY = {'depth': 2, 'embed_dim': 32, 'num_heads': 2, 'img_size': 28}
+TINY: dict[str, Any] = {'depth': 2, 'embed_dim': 32, 'num_heads': 2, 'img_size': 28}
 
 
 def vitl14_count(num_classes: int) -> int:
@@ -101,7 +104,7 @@ def test_invalid_arguments() -> None:
         configure_finetune(torch.nn.Linear(2, 2), 'half')
 
 
-def manual_tokens(vit: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+def manual_tokens(vit: VisionTransformer, x: torch.Tensor) -> list[torch.Tensor]:
     """Each block's output passed through the final norm, computed step by step."""
     h = vit.norm_pre(vit._pos_embed(vit.patch_embed(x)))
     outputs = []
@@ -114,6 +117,7 @@ def manual_tokens(vit: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
 def test_probe_features_match_dinov2_definition() -> None:
     torch.manual_seed(0)
     vit = timm.create_model('explora_vitb_dino', num_classes=0, **{**TINY, 'depth': 3})
+    assert isinstance(vit, VisionTransformer)
     vit.eval()
     x = torch.randn(2, 3, 28, 28)
     tokens = manual_tokens(vit, x)
@@ -183,6 +187,7 @@ def export_layout(vit: torch.nn.Module, path: Path, name: str) -> Path:
 def test_weights_from_export(tmp_path: Path, finetune: str) -> None:
     torch.manual_seed(1)
     source = timm.create_model('explora_vitb_dino', num_classes=0, **TINY)
+    assert isinstance(source, VisionTransformer)
     path = export_layout(source, tmp_path / 'last_encoder.ckpt', 'explora_vitb_dino')
     task = ClassificationTask(
         model='explora_vitb_dino',
@@ -204,6 +209,7 @@ def test_weights_from_export(tmp_path: Path, finetune: str) -> None:
 def test_weights_adapt_input_channels(tmp_path: Path) -> None:
     torch.manual_seed(2)
     source = timm.create_model('explora_vitb_dino', num_classes=0, **TINY)
+    assert isinstance(source, VisionTransformer)
     path = export_layout(source, tmp_path / 'enc.ckpt', 'explora_vitb_dino')
     task = ClassificationTask(
         model='explora_vitb_dino',
@@ -221,6 +227,7 @@ def test_weights_adapt_input_channels(tmp_path: Path) -> None:
 def test_weights_from_safetensors(tmp_path: Path) -> None:
     torch.manual_seed(3)
     source = timm.create_model('explora_vitb_dino', num_classes=0, **TINY)
+    assert isinstance(source, VisionTransformer)
     path = tmp_path / 'encoder.safetensors'
     safetensors.torch.save_file(
         {k: v.contiguous() for k, v in source.state_dict().items()}, str(path)
@@ -233,7 +240,8 @@ def test_weights_from_safetensors(tmp_path: Path) -> None:
         model_kwargs=TINY,
     )
     torch.testing.assert_close(
-        task.model.blocks[1].mlp.fc2.weight, source.blocks[1].mlp.fc2.weight
+        task.model.get_parameter('blocks.1.mlp.fc2.weight'),
+        source.get_parameter('blocks.1.mlp.fc2.weight'),
     )
 
 
@@ -241,6 +249,7 @@ def test_weights_mismatch_names_file_and_keys(tmp_path: Path) -> None:
     deeper = timm.create_model(
         'explora_vitb_dino', num_classes=0, **{**TINY, 'depth': 3}
     )
+    assert isinstance(deeper, VisionTransformer)
     path = export_layout(deeper, tmp_path / 'deep.ckpt', 'explora_vitb_dino')
     with pytest.raises(KeyError, match=r'deep\.ckpt.*unexpected keys: \[.blocks\.2\.'):
         ClassificationTask(
@@ -280,7 +289,7 @@ def test_fit_updates_only_trainable(
         lr=0.1,
         model_kwargs=TINY,
     )
-    optimizer = task.configure_optimizers()['optimizer']  # type: ignore[index]
+    optimizer = optimizer_config(task)['optimizer']
     params = [p for g in optimizer.param_groups for p in g['params']]
     assert sum(p.numel() for p in params) == count_trainable_parameters(task)
     before = {n: p.detach().clone() for n, p in task.named_parameters()}
@@ -321,6 +330,7 @@ def test_probe_features_normalise_after_pooling_for_fc_norm_models() -> None:
     vit = timm.create_model(
         'explora_vitb_mae', num_classes=0, global_pool='avg', **{**TINY, 'img_size': 32}
     ).eval()
+    assert isinstance(vit, VisionTransformer)
     assert isinstance(vit.norm, torch.nn.Identity)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():

@@ -1,16 +1,18 @@
 from pathlib import Path
+from typing import Any
 
 import pytest
 import timm
 import torch
 from lightning.pytorch import Trainer
+from timm.models.vision_transformer import VisionTransformer
 from torch.utils.data import DataLoader, Dataset
 
 from explora_geo.adapter import count_trainable_parameters
 from explora_geo.tasks.detection import ObjectDetectionTask, ViTDetBackbone
 
-TINY = {'depth': 2, 'embed_dim': 32, 'num_heads': 2, 'img_size': 64}
-SMALL = {'fpn_channels': 16, 'anchor_sizes': (8, 16, 32, 64, 128)}
+TINY: dict[str, Any] = {'depth': 2, 'embed_dim': 32, 'num_heads': 2, 'img_size': 64}
+SMALL: dict[str, Any] = {'fpn_channels': 16, 'anchor_sizes': (8, 16, 32, 64, 128)}
 
 
 def test_backbone_levels_and_strides() -> None:
@@ -21,6 +23,7 @@ def test_backbone_levels_and_strides() -> None:
         dynamic_img_pad=True,
         **TINY,
     )
+    assert isinstance(vit, VisionTransformer)
     backbone = ViTDetBackbone(vit, out_channels=16)
     assert backbone.out_channels == 16
     assert backbone.body.indices == [1]  # ViTDet: the last block
@@ -42,7 +45,7 @@ def test_trainable_counts(finetune: str, backbone: int | None) -> None:
         num_classes=3,
         finetune=finetune,  # type: ignore[arg-type]
         model_kwargs=TINY,
-        **SMALL,  # type: ignore[arg-type]
+        **SMALL,
     )
     vit = task.model.backbone.body.vit
     rest = sum(p.numel() for n, p in task.model.named_parameters() if '.vit.' not in n)
@@ -96,7 +99,7 @@ def test_fit(tmp_path: Path) -> None:
         num_classes=3,
         lr=0.01,
         model_kwargs=TINY,
-        **SMALL,  # type: ignore[arg-type]
+        **SMALL,
     )
     before = {n: p.detach().clone() for n, p in task.named_parameters()}
     loader = DataLoader(RandomBoxes(), batch_size=2, collate_fn=collate)
@@ -120,7 +123,7 @@ def test_fit(tmp_path: Path) -> None:
     assert 'val_map' in trainer.callback_metrics
     predictions = trainer.predict(task, loader)
     assert predictions is not None
-    assert set(predictions[0][0]) == {'boxes', 'labels', 'scores'}  # type: ignore[index]
+    assert set(predictions[0][0]) == {'boxes', 'labels', 'scores'}
 
 
 def test_load_from_checkpoint(tmp_path: Path) -> None:
@@ -129,7 +132,7 @@ def test_load_from_checkpoint(tmp_path: Path) -> None:
         backbone='explora_vitb_dino',
         num_classes=3,
         model_kwargs=TINY,
-        **SMALL,  # type: ignore[arg-type]
+        **SMALL,
     )
     trainer = Trainer(logger=False, enable_checkpointing=False, accelerator='cpu')
     trainer.strategy.connect(task)

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
@@ -100,6 +101,7 @@ class _Step(nn.Module):
 
     def __init__(self, encoder: nn.Module) -> None:
         super().__init__()
+        assert isinstance(encoder, VisionTransformer)
         self.encoder = encoder
         self.teacher = EMATeacher(encoder)
 
@@ -132,6 +134,7 @@ def _fsdp_checks(source: str) -> None:
     # ... and equal a plain copy holding the EMA values.
     with FSDP.summon_full_params(wrapped, writeback=False):
         plain = step.teacher.materialize().eval()
+    assert isinstance(plain, VisionTransformer)
     with torch.no_grad():
         torch.testing.assert_close(
             teacher_out, vit_tokens(plain, x), rtol=1e-5, atol=1e-6
@@ -139,9 +142,9 @@ def _fsdp_checks(source: str) -> None:
 
     # Nested FSDP units inside the encoder are rejected.
     nested = ExPLoRADINOv2(**task_kwargs())
-    nested.encoder.blocks[0] = FSDP(
-        nested.encoder.blocks[0], use_orig_params=True, device_id=torch.device('cpu')
-    )
+    blocks = nested.encoder.get_submodule('blocks')
+    assert isinstance(blocks, nn.Sequential)
+    blocks[0] = FSDP(blocks[0], use_orig_params=True, device_id=torch.device('cpu'))
     with pytest.raises(RuntimeError, match=r'nested FSDP units at \[.blocks.0.\]'):
         nested.on_fit_start()
 

@@ -3,10 +3,12 @@ import math
 from pathlib import Path
 from typing import Any
 
+import kornia.augmentation as K
 import lightning
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -21,7 +23,7 @@ from explora_geo.tasks.pretraining import NonFiniteLossError
 from tests.data.checkpoints import layouts
 from tests.tasks.grouping import grouped
 
-TINY_VIT = {'depth': 2, 'embed_dim': 64, 'num_heads': 2}
+TINY_VIT: dict[str, Any] = {'depth': 2, 'embed_dim': 64, 'num_heads': 2}
 FMOW = Path(__file__).parents[1] / 'data' / 'fmow'
 
 
@@ -161,8 +163,12 @@ def test_defaults_are_the_papers() -> None:
     assert (
         sum(b.numel() for b in task.objective.teacher_encoder.buffers()) == 18_724_864
     )
-    assert task.objective.multicrop.global1[0].flags['size'] == (224, 224)
-    assert task.objective.multicrop.local[0].flags['size'] == (98, 98)
+    global_crop = task.objective.multicrop.global1[0]
+    local_crop = task.objective.multicrop.local[0]
+    assert isinstance(global_crop, K.AugmentationBase2D)
+    assert isinstance(local_crop, K.AugmentationBase2D)
+    assert global_crop.flags['size'] == (224, 224)
+    assert local_crop.flags['size'] == (98, 98)
     assert task.objective.multicrop.num_local_crops == 8
     assert task.objective.grid == (16, 16)
     assert task.objective.masking is not None and task.objective.masking.mask_ratio == (
@@ -180,6 +186,7 @@ def test_vit_tokens(source: Path) -> None:
         dynamic_img_size=True,
         **TINY_VIT,
     ).eval()
+    assert isinstance(encoder, VisionTransformer)
     x = torch.rand(2, 3, 56, 56)
     with torch.no_grad():
         torch.testing.assert_close(vit_tokens(encoder, x), encoder.forward_features(x))
@@ -379,6 +386,7 @@ def test_export_is_the_teacher(tmp_path: Path, source: Path) -> None:
         **TINY_VIT,
     )
     rebuilt = apply_delta(rebuilt, paths['delta']).eval()
+    assert isinstance(rebuilt, VisionTransformer)
     normalize = task.objective.multicrop.normalize
     with torch.no_grad():
         torch.testing.assert_close(
@@ -392,6 +400,7 @@ def test_export_is_the_teacher(tmp_path: Path, source: Path) -> None:
         img_size=56,
         **TINY_VIT,
     ).eval()
+    assert isinstance(merged, VisionTransformer)
     with torch.no_grad():
         torch.testing.assert_close(
             merged.forward_features(normalize(x))[:, 0], expected, rtol=1e-4, atol=1e-5

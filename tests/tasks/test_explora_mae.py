@@ -199,8 +199,8 @@ class TestFit:
         torch.manual_seed(7)
         mask = random_masking(4, 16, 0.75).mask
         target = normalize_mean_var(patchify(images, 8))
-        pred_layer = task.model.decoder_pred
-        weight, bias = pred_layer.weight.detach(), pred_layer.bias.detach()
+        weight = task.model.get_parameter('decoder_pred.weight').detach()
+        bias = task.model.get_parameter('decoder_pred.bias').detach()
         best = torch.linalg.lstsq(
             weight.expand(4, -1, -1), (target - bias).transpose(1, 2)
         ).solution
@@ -215,7 +215,8 @@ class TestFit:
         start = fixed_loss()
         t = trainer(tmp_path, max_steps=20, callbacks=[Reseed(offset=7, fixed=True)])
         fixed = [{'image': image} for image in raw] * 20
-        t.fit(task, DataLoader(fixed, batch_size=4, shuffle=False))
+        # A list is a map-style dataset; torch's stubs only accept Dataset.
+        t.fit(task, DataLoader(fixed, batch_size=4, shuffle=False))  # type: ignore[arg-type]
         end = fixed_loss()
         assert floor < end < start - 0.5 * (start - floor)
 
@@ -233,7 +234,7 @@ class TestFit:
         t = trainer(tmp_path, max_steps=1, limit_val_batches=0, callbacks=[capture])
         t.fit(task, datamodule=dm)
         seen = task.model.last_timestamps
-        assert seen is not None and seen.shape == (2, 3, 3)
+        assert isinstance(seen, torch.Tensor) and seen.shape == (2, 3, 3)
         assert torch.equal(seen, capture.batch['timestamps'])
 
     def test_augment_keeps_time_steps_aligned(self) -> None:

@@ -21,8 +21,9 @@ from explora_geo.tasks.protocols import (
     build_optimizer,
 )
 from explora_geo.tasks.segmentation import SemanticSegmentationTask
+from tests.tasks.optim_config import optimizer_config
 
-TINY = {'depth': 2, 'embed_dim': 32, 'num_heads': 2, 'img_size': 28}
+TINY: dict[str, Any] = {'depth': 2, 'embed_dim': 32, 'num_heads': 2, 'img_size': 28}
 TINY4 = {**TINY, 'depth': 4}
 
 
@@ -117,8 +118,8 @@ def test_plateau_is_the_default() -> None:
     task = ClassificationTask(
         model='explora_vitb_dino', num_classes=3, patience=3, model_kwargs=TINY
     )
-    config = task.configure_optimizers()
-    scheduler = config['lr_scheduler']  # type: ignore[index]
+    config = optimizer_config(task)
+    scheduler = config['lr_scheduler']
     assert type(scheduler['scheduler']).__name__ == 'ReduceLROnPlateau'
     assert scheduler['monitor'] == 'val_loss'
     assert scheduler['scheduler'].patience == 3
@@ -144,7 +145,7 @@ def test_layer_decay_and_weight_decay_groups() -> None:
         protocol={'weight_decay': 0.05, 'layer_decay': 0.5},
         model_kwargs=TINY,
     )
-    optimizer = task.configure_optimizers()['optimizer']  # type: ignore[index]
+    optimizer = optimizer_config(task)['optimizer']
     by_param = {
         id(p): (g['lr'], g['weight_decay'])
         for g in optimizer.param_groups
@@ -328,7 +329,7 @@ def test_segmentation_protocol_options() -> None:
     )
     vit = task.model.encoder.vit
     assert vit.blocks[-1].drop_path1.drop_prob == pytest.approx(0.1)
-    optimizer = task.configure_optimizers()['optimizer']  # type: ignore[index]
+    optimizer = optimizer_config(task)['optimizer']
     lr_of = {id(p): g['lr'] for g in optimizer.param_groups for p in g['params']}
     # A ViT without a head: its last block is timm's top layer, at lr.
     assert lr_of[id(vit.blocks[0].attn.qkv.weight)] == pytest.approx(0.5)
@@ -412,7 +413,7 @@ def test_sweep_picks_the_best_head(tmp_path: Path) -> None:
     assert float(metrics['val_probe_best_accuracy']) == trained
     assert float(metrics['val_probe_best']) == 1.0
     # The lr-0 head kept its initial weights: its rate really was 0 x 16/256.
-    assert float(task.probes.heads[0].bias.detach().abs().max()) == 0.0
+    assert float(task.probes.get_parameter('heads.0.bias').detach().abs().max()) == 0.0
     task.eval()
     with torch.no_grad():
         logits = task(data.images)
@@ -452,7 +453,7 @@ def test_sweep_validation(kwargs: dict[str, Any], message: str) -> None:
         sweep_task(**kwargs)
 
 
-TEMPORAL = {
+TEMPORAL: dict[str, Any] = {
     'img_size': 32,
     'patch_size': 8,
     'embed_dim': 64,
@@ -482,7 +483,7 @@ def test_batch_timestamps_reach_the_temporal_model(tmp_path: Path) -> None:
         seen.append(kwargs['timestamps'])
         return forward_features(x, **kwargs)
 
-    task.model.forward_features = spy  # type: ignore[method-assign]
+    task.model.forward_features = spy
     batches: list[dict[str, torch.Tensor]] = []
 
     class Keep(Callback):
@@ -586,13 +587,13 @@ def test_detection_protocol_options() -> None:
     )
     vit = task.model.backbone.body.vit
     assert vit.blocks[-1].drop_path1.drop_prob == pytest.approx(0.1)
-    config = task.configure_optimizers()
-    optimizer = config['optimizer']  # type: ignore[index]
+    config = optimizer_config(task)
+    optimizer = config['optimizer']
     lr_of = {id(p): g['lr'] for g in optimizer.param_groups for p in g['params']}
     assert lr_of[id(vit.blocks[0].attn.qkv.weight)] == pytest.approx(0.5)
     head = next(p for p in task.model.roi_heads.parameters() if p.requires_grad)
     assert lr_of[id(head)] == 1.0
     # TorchGeo's plateau schedule on the detection metric by default.
-    scheduler = config['lr_scheduler']  # type: ignore[index]
+    scheduler = config['lr_scheduler']
     assert scheduler['monitor'] == task.monitor
     assert scheduler['scheduler'].mode == task.mode

@@ -6,18 +6,21 @@ import timm
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import Trainer
+from timm.models.vision_transformer import VisionTransformer
 from torch.utils.data import DataLoader, Dataset
 
 from explora_geo.adapter import count_trainable_parameters
 from explora_geo.models.feature_pyramid import SimpleFeaturePyramid, ViTFeatureMaps
 from explora_geo.tasks.segmentation import SemanticSegmentationTask, ViTDPT, ViTUPerNet
 
-TINY = {'depth': 4, 'embed_dim': 32, 'num_heads': 2, 'img_size': 64}
+TINY: dict[str, Any] = {'depth': 4, 'embed_dim': 32, 'num_heads': 2, 'img_size': 64}
 
 
-def tiny_vit(**kwargs: Any) -> torch.nn.Module:
+def tiny_vit(**kwargs: Any) -> VisionTransformer:
     args = {**TINY, 'num_classes': 0, 'dynamic_img_size': True, 'dynamic_img_pad': True}
-    return timm.create_model('explora_vitb_dino', **{**args, **kwargs})
+    model = timm.create_model('explora_vitb_dino', **{**args, **kwargs})
+    assert isinstance(model, VisionTransformer)
+    return model
 
 
 def test_feature_maps_at_patch_stride_are_the_tokens() -> None:
@@ -49,7 +52,9 @@ def test_feature_maps_resample_patch14_to_stride16() -> None:
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         (feature,), _ = maps(x)
-        (grid,) = vit.forward_intermediates(x, indices=1, intermediates_only=True)
+        grids = vit.forward_intermediates(x, indices=1, intermediates_only=True)
+    assert isinstance(grids, list)
+    (grid,) = grids
     assert grid.shape[-2:] == (16, 16)  # 224 / 14
     expected = F.interpolate(grid, size=(14, 14), mode='bilinear', align_corners=False)
     torch.testing.assert_close(feature, expected)
@@ -129,6 +134,7 @@ def test_invalid_model() -> None:
 def test_weights_from_export(tmp_path: Path) -> None:
     torch.manual_seed(4)
     source = timm.create_model('explora_vitb_dino', num_classes=0, **TINY)
+    assert isinstance(source, VisionTransformer)
     path = tmp_path / 'last_encoder.ckpt'
     torch.save(
         {
@@ -194,7 +200,9 @@ def test_fit(tmp_path: Path, model: str) -> None:
     assert not changed & frozen
     predictions = trainer.predict(task, DataLoader(RandomMasks(2), batch_size=2))
     assert predictions is not None
-    probabilities = predictions[0]['probabilities']  # type: ignore[index]
+    first = predictions[0]
+    assert isinstance(first, dict)
+    probabilities = first['probabilities']
     assert probabilities.shape == (2, 3, 64, 64)
     torch.testing.assert_close(probabilities.sum(1), torch.ones(2, 64, 64))
 
