@@ -32,8 +32,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-import explora_geo.models.satmae_group  # noqa: F401  (registers the model)
-from explora_geo.models.satmae_group import GroupChannelViT
+from explora_geo.models.satmae_group import GroupChannelViT  # registers the model
 from explora_geo.models.satmae_vit import SatMAEViT
 from explora_geo.precision import (
     PrecisionName,
