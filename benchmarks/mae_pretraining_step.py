@@ -168,6 +168,12 @@ def main() -> None:
     add_precision_option(parser)
     parser.add_argument('--variant', choices=['explora', 'torchgeo'])
     args = parser.parse_args()
+    if args.img != 224 and args.variant != 'explora':
+        # torchgeo's MAE builds its timm ViT at the model's own 224 px.
+        parser.error(
+            f'--img {args.img}: the torchgeo variant (torchgeo.tasks.MAE) runs '
+            'at 224 px only; use --img 224, or --variant explora alone'
+        )
     args.resolved_precision = resolve_precision(args.precision, 'cpu')
 
     if args.variant:
