@@ -2,6 +2,7 @@
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from rasterio.transform import from_origin
 from rasterio.windows import Window
 from torch import Tensor, nn
 
+import explora_geo.inference.tiles as tiles_module
 from explora_geo.inference.sources import open_source
 from explora_geo.inference.tiles import (
     TileGrid,
@@ -217,3 +219,46 @@ def test_default_batch_size_follows_the_device(tmp_path: Path) -> None:
         model, tmp_path / 'in.tif', tmp_path / 'out.tif', tile_size=16, normalize=False
     )
     assert model.batch_sizes[0] == 4
+
+
+class Smooth(nn.Module):
+    """3 x 3 means: each output pixel sees its neighbours (and masked pixels)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return nn.functional.avg_pool2d(x[:, :2], 3, stride=1, padding=1)
+
+
+def test_accelerator_path_matches_host_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On an accelerator the batch leaves the reader raw and is normalised and
+    # masked after the copy to the device, in the model's thread. Forced here
+    # on the CPU, that path must give the host path's raster exactly.
+    write_raster(tmp_path / 'in.tif', height=90, width=75, nodata=0)
+    options: dict[str, Any] = {
+        'tile_size': 16,
+        'overlap': 4,
+        'batch_size': 3,
+        'output': 'scores',
+        'activation': 'none',
+        'normalize': ([100.0, 200.0, 300.0, 400.0], [10.0, 20.0, 30.0, 40.0]),
+    }
+    predict_raster(Smooth(), tmp_path / 'in.tif', tmp_path / 'host.tif', **options)
+    init = tiles_module._Tiles.__init__
+    seen: list[bool] = []
+
+    def raw_batches(self: tiles_module._Tiles, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        self.on_host = False
+        seen.append(self.masked)
+
+    monkeypatch.setattr(tiles_module._Tiles, '__init__', raw_batches)
+    predict_raster(Smooth(), tmp_path / 'in.tif', tmp_path / 'device.tif', **options)
+    assert seen == [True]  # the nodata mask travels with the raw batch
+    with (
+        rasterio.open(tmp_path / 'host.tif') as host,
+        rasterio.open(tmp_path / 'device.tif') as device,
+    ):
+        expected, actual = host.read(), device.read()
+    assert np.isnan(expected[:, :10, :7]).all()
+    np.testing.assert_array_equal(actual, expected)
