@@ -28,6 +28,7 @@ import signal
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -917,21 +918,44 @@ def _writer(
     return run
 
 
+#: Content hashes by model object, with the identity of the tensors hashed.
+_MODEL_HASHES: 'weakref.WeakKeyDictionary[nn.Module, tuple[Any, str]]' = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def _model_hash(model: nn.Module) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    for name, value in sorted(model.state_dict().items()):
+    """SHA-256 of the model's state: names, types, shapes and bytes.
+
+    Cached per model object while every tensor of its state is the same tensor
+    (data pointer) unmodified (version counter, which in-place updates such as
+    ``load_state_dict`` and optimiser steps advance), so that predicting many
+    rasters with one model reads its weights once: 0.7 s for a ViT-L on the
+    CPU (SHA-256 runs at about 1.7 GB/s with the SHA CPU extensions).
+    Writes through ``tensor.data`` bypass the version counter; a model
+    changed that way between two predictions must be a new object (or
+    loaded with ``load_state_dict``) for a partial output to be refused.
+    """
+    state = model.state_dict()
+    identity = tuple(
+        (name, v.data_ptr(), v._version, v.dtype, tuple(v.shape), str(v.device))
+        if isinstance(v, Tensor)
+        else (name, None)
+        for name, v in state.items()
+    )
+    cached = _MODEL_HASHES.get(model)
+    if cached is not None and cached[0] == identity:
+        return cached[1]
+    digest = hashlib.sha256()
+    for name, value in sorted(state.items()):
         digest.update(name.encode())
         if isinstance(value, Tensor):
-            digest.update(
-                value.detach()
-                .cpu()
-                .contiguous()
-                .view(-1)
-                .view(torch.uint8)
-                .numpy()
-                .tobytes()
-            )
-    return digest.hexdigest()
+            digest.update(f'{value.dtype}{tuple(value.shape)}'.encode())
+            data = value.detach().cpu().contiguous().view(-1).view(torch.uint8)
+            digest.update(data.numpy())  # hashed in place, not copied to bytes
+    result = digest.hexdigest()
+    _MODEL_HASHES[model] = (identity, result)
+    return result
 
 
 def _file_stamp(path: Path) -> list[Any]:

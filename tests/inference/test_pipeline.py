@@ -262,3 +262,40 @@ def test_accelerator_path_matches_host_path(
         expected, actual = host.read(), device.read()
     assert np.isnan(expected[:, :10, :7]).all()
     np.testing.assert_array_equal(actual, expected)
+
+
+def test_model_hash_follows_the_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    def make() -> tuple[nn.Sequential, nn.Conv2d, nn.BatchNorm2d]:
+        conv, norm = nn.Conv2d(4, 3, 1), nn.BatchNorm2d(3)
+        return nn.Sequential(conv, norm), conv, norm
+
+    torch.manual_seed(0)
+    model, conv, norm = make()
+    first = tiles_module._model_hash(model)
+    twin = make()[0]
+    twin.load_state_dict(model.state_dict())
+    assert tiles_module._model_hash(twin) == first  # content, not identity
+    # A second prediction with the same model reads no weights again.
+    calls: list[int] = []
+    sha256 = tiles_module.hashlib.sha256
+
+    def counted() -> Any:
+        calls.append(1)
+        return sha256()
+
+    monkeypatch.setattr(tiles_module.hashlib, 'sha256', counted)
+    assert tiles_module._model_hash(model) == first and not calls
+    # New weights through load_state_dict, an optimiser-style in-place update,
+    # a replaced tensor and a changed buffer each give a new hash.
+    model.load_state_dict(make()[0].state_dict())
+    second = tiles_module._model_hash(model)
+    assert second != first and len(calls) == 1
+    assert conv.bias is not None and norm.running_mean is not None
+    with torch.no_grad():
+        conv.bias.add_(1.0)
+    third = tiles_module._model_hash(model)
+    conv.weight = nn.Parameter(conv.weight.detach().clone() * 2)
+    fourth = tiles_module._model_hash(model)
+    norm.running_mean.fill_(3.0)
+    fifth = tiles_module._model_hash(model)
+    assert len({first, second, third, fourth, fifth}) == 5 and len(calls) == 4
