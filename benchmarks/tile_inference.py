@@ -235,7 +235,11 @@ def throughput(args: argparse.Namespace, tmp: Path) -> None:
         "off-CPU model, vit-upernet's time": (Waits(vit_alone / tiles), 'model'),
     }
     for name, (model, against) in models.items():
-        alone = model_only(model, tiles, args.batch, args.tile)
+        alone = (
+            vit_alone
+            if model is vit
+            else model_only(model, tiles, args.batch, args.tile)
+        )
         for output in ('classes', 'scores'):
             out = tmp / f'p_{output}.tif'
             predict_raster(model, src, out, output=output, **options)  # warm-up

@@ -26,7 +26,7 @@ from ..tasks.classification import TASK_CLASS_KEY, downstream_input_spec
 from .distributed import RasterJob, job_output, predict_many
 from .sources import band_name_from_path, is_product
 from .tiles import predict_raster
-from .writers import VECTOR_DRIVERS, check_vector_path
+from .writers import COMPRESSIONS, VECTOR_DRIVERS, check_vector_path
 
 __all__ = (
     'FLAT_ARGUMENTS',
@@ -405,7 +405,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         '--compress',
-        choices=('deflate', 'zstd', 'lzw', 'none'),
+        choices=tuple(COMPRESSIONS),
         default='deflate',
         help='compression of the output (deflate: readable everywhere; zstd, level '
         '1: about 2.5x faster to write scores, needs GDAL >= 2.3 to read)',

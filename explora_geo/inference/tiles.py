@@ -930,7 +930,7 @@ def _model_hash(model: nn.Module) -> str:
     Cached per model object while every tensor of its state is the same tensor
     (data pointer) unmodified (version counter, which in-place updates such as
     ``load_state_dict`` and optimiser steps advance), so that predicting many
-    rasters with one model reads its weights once: 0.7 s for a ViT-L on the
+    rasters with one model reads its weights once: 0.8 s for a ViT-L on the
     CPU (SHA-256 runs at about 1.7 GB/s with the SHA CPU extensions).
     Writes through ``tensor.data`` bypass the version counter; a model
     changed that way between two predictions must be a new object (or
