@@ -12,17 +12,23 @@ surface spectra plus noise), side by side in one run:
   passes alone (model-only) on batches of the same shape; and a model that
   only waits as long as that ViT takes (a model on an accelerator, leaving
   the CPU to the pipeline) against its waiting alone.
+* ``allocator``: the ViT + UPerNet row again, in a fresh process per
+  allocator setting: glibc's adaptive defaults against
+  :func:`explora_geo.inference.tune_allocator` (what ``explora-geo predict``
+  sets), with the page faults of a run.
 * ``memory``: peak RSS of a whole prediction (pointwise model, 4 classes) at
   several raster sizes, each in a fresh process.
 * ``overlap``: how far tiled prediction of a ViT + UPerNet (briefly trained
   on the synthetic task) agrees with one whole-image prediction, by overlap.
 
-Prints Markdown tables.
+The process tunes glibc's allocator as ``explora-geo predict`` does, unless
+``--allocator default``. Prints Markdown tables.
 
 Usage::
 
-    python benchmarks/tile_inference.py [--parts throughput,memory,overlap]
-        [--size 2048] [--memory-sizes 2048,4096] [--threads 1]
+    python benchmarks/tile_inference.py
+        [--parts throughput,allocator,memory,overlap] [--size 2048]
+        [--memory-sizes 2048,4096] [--threads 1] [--allocator tuned|default]
 """
 
 import argparse
@@ -47,6 +53,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 import explora_geo
+from explora_geo.inference import tune_allocator
 from explora_geo.inference.tiles import TileGrid, default_batch_size, predict_raster
 from explora_geo.inference.writers import final_copy
 from explora_geo.precision import environment_report
@@ -261,6 +268,87 @@ def throughput(args: argparse.Namespace, tmp: Path) -> None:
             )
 
 
+def allocator_child(src: str, args: argparse.Namespace) -> None:
+    """Time the ViT + UPerNet row in this (fresh) process; print JSON."""
+    vit = vit_upernet()
+    alone = min(
+        model_only(vit, args.tiles, args.batch, args.tile) for _ in range(args.repeats)
+    )
+    result: dict[str, float] = {'model_only': alone}
+    out = Path(src).with_name(f'alloc_{args.allocator}.tif')
+    options = {
+        'tile_size': args.tile,
+        'overlap': args.overlap,
+        'batch_size': args.batch,
+        'normalize': NORMALIZE,
+        'resume': False,
+    }
+    for output in ('classes', 'scores'):
+        predict_raster(vit, src, out, output=output, **options)  # warm-up
+        runs = []
+        for _ in range(args.repeats):
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            seconds = timed(predict_raster, vit, src, out, output=output, **options)
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+            runs.append((seconds, faults))
+        result[output], result[f'{output}_faults'] = min(runs)
+    print(json.dumps(result))
+
+
+def allocator(args: argparse.Namespace, tmp: Path) -> None:
+    src = tmp / 'alloc_s2.tif'
+    write_raster(src, args.size)
+    tiles = len(TileGrid(args.size, args.size, args.tile, args.overlap))
+    print(
+        f'\n### Allocator: vit-upernet, {args.size} x {args.size}, a fresh process '
+        f'per setting (warm-up run, best of {args.repeats})\n'
+    )
+    print(
+        '| allocator | output | pipeline s | model only s | ratio | '
+        'page faults per run |'
+    )
+    print('| --- | --- | ---: | ---: | ---: | ---: |')
+    names = {
+        'default': "glibc's adaptive defaults",
+        'tuned': 'tune_allocator() (explora-geo predict)',
+    }
+    for setting, name in names.items():
+        done = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                '--allocator-child',
+                str(src),
+                str(tiles),
+                '--allocator',
+                setting,
+                '--threads',
+                str(args.threads),
+                '--tile',
+                str(args.tile),
+                '--overlap',
+                str(args.overlap),
+                '--batch',
+                str(args.batch),
+                '--repeats',
+                str(args.repeats),
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, 'OMP_NUM_THREADS': str(args.threads)},
+            check=True,
+        )
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        for output in ('classes', 'scores'):
+            print(
+                f'| {name} | {output} | {result[output]:.3f} | '
+                f'{result["model_only"]:.3f} | '
+                f'{result["model_only"] / result[output]:.2f} | '
+                f'{result[f"{output}_faults"]:,} |'
+            )
+    src.unlink()
+
+
 def memory_child(path: str, out: str, tile: int, overlap: int, cache: int) -> None:
     start = time.perf_counter()
     predict_raster(
@@ -302,6 +390,8 @@ def memory(args: argparse.Namespace, tmp: Path) -> None:
                 str(args.overlap),
                 '--gdal-cache',
                 str(args.gdal_cache),
+                '--allocator',
+                args.allocator,
             ],
             capture_output=True,
             text=True,
@@ -375,7 +465,7 @@ def overlap_sweep(args: argparse.Namespace, tmp: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--parts', default='throughput,memory,overlap')
+    parser.add_argument('--parts', default='throughput,allocator,memory,overlap')
     parser.add_argument('--size', type=int, default=2048)
     parser.add_argument('--tile', type=int, default=256)
     parser.add_argument('--overlap', type=int, default=32)
@@ -394,9 +484,25 @@ def main() -> None:
     parser.add_argument('--gdal-cache', type=int, default=256)
     parser.add_argument('--train-steps', type=int, default=150)
     parser.add_argument('--repeats', type=int, default=3, help='best of N runs')
+    parser.add_argument(
+        '--allocator',
+        choices=('tuned', 'default'),
+        default='tuned',
+        help="tuned: explora_geo.inference.tune_allocator() first, as 'explora-geo "
+        "predict' does (default); default: glibc's adaptive thresholds",
+    )
     parser.add_argument('--memory-child', nargs=2, default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        '--allocator-child', nargs=2, default=None, help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    tuned = args.allocator == 'tuned' and tune_allocator()
+    if args.allocator_child:
+        src, tiles = args.allocator_child
+        args.tiles = int(tiles)
+        allocator_child(src, args)
+        return
     if args.memory_child:
         path, out = args.memory_child
         memory_child(path, out, args.tile, args.overlap, args.gdal_cache)
@@ -405,13 +511,16 @@ def main() -> None:
         f'{args.threads} torch threads; torch {torch.__version__}, rasterio '
         f'{rasterio.__version__} (GDAL {rasterio.__gdal_version__}), explora_geo '
         f'{explora_geo.__version__}, {platform.machine()}, {os.cpu_count()} CPUs, '
-        f'load average {os.getloadavg()[0]:.1f}; inference in fp32'
+        f'load average {os.getloadavg()[0]:.1f}; inference in fp32; allocator: '
+        + ('tune_allocator()' if tuned else "glibc's adaptive defaults")
     )
     print(environment_report(args.threads))
     parts = args.parts.split(',')
     with tempfile.TemporaryDirectory() as tmp:
         if 'throughput' in parts:
             throughput(args, Path(tmp))
+        if 'allocator' in parts:
+            allocator(args, Path(tmp))
         if 'memory' in parts:
             memory(args, Path(tmp))
         if 'overlap' in parts:

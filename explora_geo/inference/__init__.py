@@ -1,5 +1,6 @@
 """Tiled prediction over large rasters and Sentinel-2 products, and its writers."""
 
+from .allocator import tune_allocator
 from .sources import RasterSource, open_source
 from .tiles import (
     RasterPrediction,
@@ -23,5 +24,6 @@ __all__ = (
     'polygonize',
     'predict_raster',
     'resolve_bands',
+    'tune_allocator',
     'write_vectors',
 )

@@ -23,6 +23,7 @@ from torchgeo.tasks import (
 
 from ..sensors import read_input_spec
 from ..tasks.classification import TASK_CLASS_KEY, downstream_input_spec
+from .allocator import tune_allocator
 from .distributed import RasterJob, job_output, predict_many
 from .sources import band_name_from_path, is_product
 from .tiles import predict_raster
@@ -280,6 +281,8 @@ def predict_from_args(args: argparse.Namespace) -> int:
     for job in jobs:
         if job.vectors is not None:
             check_vector_path(job.vectors)  # before the model is loaded
+    # This process only predicts: freed batches stay with it for reuse.
+    tune_allocator()
     task = load_task(args.checkpoint)
     normalize: Any = None
     if args.mean is not None:
@@ -297,6 +300,7 @@ def predict_from_args(args: argparse.Namespace) -> int:
         'score_dtype': args.scores,
         'resume': args.resume,
         'gdal_cache_mb': args.gdal_cache,
+        'readers': args.readers,
     }
     try:
         if len(jobs) == 1 and args.devices == 1:
@@ -393,6 +397,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help='tiles per forward pass (default: 4 on the CPU, 16 on a GPU)',
+    )
+    parser.add_argument(
+        '--readers',
+        type=int,
+        default=None,
+        help='threads reading and normalising tiles, each with its own handle of '
+        'the input (default: 1 on the CPU, 2-4 on a GPU: one per 4 CPU cores)',
     )
     parser.add_argument(
         '--blend', choices=('cosine', 'linear', 'uniform'), default='cosine'

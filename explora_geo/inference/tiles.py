@@ -2,10 +2,10 @@
 
 :func:`predict_raster` runs a classifier or a segmentation model over a whole
 raster or Sentinel-2 product (see :mod:`explora_geo.inference.sources`) in
-overlapping tiles and writes a georeferenced COG (plus polygons). Three
-threads form a pipeline: a reader cuts tiles (each read on its own window,
-so memory never depends on the raster's size), the caller's thread runs the
-model and blends, and a writer encodes and writes finished rows. Finished
+overlapping tiles and writes a georeferenced COG (plus polygons). Threads
+form a pipeline: readers cut tiles (each read on its own window, so memory
+never depends on the raster's size), the caller's thread runs the model,
+and a writer blends, encodes and writes finished rows. Finished
 rows are committed next to the output, so an interrupted run continues where
 it stopped and ends byte-identical to an uninterrupted one.
 
@@ -110,6 +110,26 @@ def default_batch_size(device: str | torch.device) -> int:
         4 on the CPU, else 16.
     """
     return 4 if torch.device(device).type == 'cpu' else 16
+
+
+def default_readers(device: str | torch.device) -> int:
+    """Reader threads when none is given.
+
+    On the CPU the model needs the cores, and one reader keeps up with any
+    model that costs more than the reading (benchmarks.md, "Tiled raster
+    prediction"). A model on an accelerator can take tiles faster than one
+    thread reads, decodes and normalises them: there, one reader per four
+    CPU cores, from 2 to 4.
+
+    Args:
+        device: Where the model runs.
+
+    Returns:
+        1 on the CPU, else between 2 and 4.
+    """
+    if torch.device(device).type == 'cpu':
+        return 1
+    return min(4, max(2, (os.cpu_count() or 1) // 4))
 
 
 @dataclass(frozen=True)
@@ -460,19 +480,37 @@ class _Tiles:
         batch_size: int,
         norm: Callable[[Tensor], Tensor],
         device: torch.device,
-        buffers: int,
+        buffers: int | queue.Queue[Tensor],
     ) -> None:
         self.source, self.positions, self.grid = source, positions, grid
-        self.batch_size, self.norm = batch_size, norm
+        self.batch_size, self.norm, self.device = batch_size, norm, device
         self.masked = source.has_mask(positions) or np.dtype(source.dtype).kind == 'f'
         dtype = source.dtype if source.dtype in _TORCH_DTYPES else 'float32'
         shape = (batch_size, len(positions), grid.tile_size, grid.tile_size)
         self.raw = np.empty(shape, dtype)
         self.on_host = device.type == 'cpu'
-        pin = device.type == 'cuda'
-        self.pool: queue.Queue[Tensor] = queue.Queue()
-        for _ in range(buffers):
-            self.pool.put(torch.empty(shape, dtype=torch.float32, pin_memory=pin))
+        if isinstance(buffers, queue.Queue):
+            self.pool: queue.Queue[Tensor] = buffers
+        else:
+            pin = device.type == 'cuda'
+            self.pool = queue.Queue()
+            for _ in range(buffers):
+                self.pool.put(torch.empty(shape, dtype=torch.float32, pin_memory=pin))
+
+    def sibling(self, source: RasterSource) -> '_Tiles':
+        """A reader of the same tiles from another handle of the same input.
+
+        It has its own raw array and shares the float32 buffers.
+        """
+        return _Tiles(
+            source,
+            self.positions,
+            self.grid,
+            self.batch_size,
+            self.norm,
+            self.device,
+            self.pool,
+        )
 
     def read(self, start: int, stop: threading.Event) -> _Batch | None:
         """The batch of tiles from tile *start* on (None if *stop* is set)."""
@@ -539,10 +577,14 @@ def _prepare(
 
 
 def _reader(
-    tiles: _Tiles, first: int, out: 'queue.Queue[Any]', stop: threading.Event
+    tiles: _Tiles,
+    first: int,
+    step: int,
+    out: 'queue.Queue[Any]',
+    stop: threading.Event,
 ) -> Callable[[], None]:
     def run() -> None:
-        for start in range(first, len(tiles.grid), tiles.batch_size):
+        for start in range(first, len(tiles.grid), step):
             batch = tiles.read(start, stop)
             if batch is None or not _put(out, batch, stop):
                 return
@@ -551,36 +593,85 @@ def _reader(
     return run
 
 
-class _Reading:
-    """A reader thread from tile *first* on, and the queue it fills."""
+def _queue_depth(readers: int) -> int:
+    """Batches each reader may have waiting: 2 for one reader, 1 for several."""
+    return 2 if readers == 1 else 1
 
-    def __init__(self, tiles: _Tiles, first: int) -> None:
-        self.tiles = tiles
+
+def _buffer_count(readers: int, device: torch.device) -> int:
+    """Float32 input buffers the pipeline needs so that no reader waits for one.
+
+    Each reader holds at most its queue plus the batch it is converting; one
+    batch is in the model; on an accelerator two more wait for their outputs
+    to reach the host (see :meth:`_Tiles.done_with_input`).
+    """
+    return (
+        readers * (_queue_depth(readers) + 1) + 1 + (0 if device.type == 'cpu' else 2)
+    )
+
+
+class _Reading:
+    """Reader threads from tile *first* on, and the queues they fill.
+
+    With several readers, reader *k* reads batches *k*, *k + n*, ... from its
+    own handle of the input, and :meth:`get` takes the batches in turn, so
+    they arrive in tile order.
+    """
+
+    def __init__(self, readers: Sequence[_Tiles], first: int) -> None:
+        self.readers = list(readers)
+        self.tiles = self.readers[0]
         self.start(first)
 
     def start(self, first: int) -> None:
         """Read from tile *first* on."""
         self.first = first
+        self.turn = 0
         self.stop = threading.Event()
-        self.queue: queue.Queue[Any] = queue.Queue(maxsize=2)
-        self.worker = _Worker(
-            'tile-reader', _reader(self.tiles, first, self.queue, self.stop)
-        )
-        if first < len(self.tiles.grid):
-            self.worker.start()
+        count, batch_size = len(self.readers), self.tiles.batch_size
+        depth = _queue_depth(count)
+        self.queues: list[queue.Queue[Any]] = [
+            queue.Queue(maxsize=depth) for _ in self.readers
+        ]
+        self.workers = [
+            _Worker(
+                f'tile-reader-{k}',
+                _reader(
+                    tiles,
+                    first + k * batch_size,
+                    count * batch_size,
+                    self.queues[k],
+                    self.stop,
+                ),
+            )
+            for k, tiles in enumerate(self.readers)
+        ]
+        for k, worker in enumerate(self.workers):
+            if first + k * batch_size < len(self.tiles.grid):
+                worker.start()
+            else:
+                self.queues[k].put(_DONE)
+
+    def get(self) -> Any:
+        """The next batch in tile order, or ``_DONE``."""
+        k = self.turn
+        self.turn = (k + 1) % len(self.readers)
+        return _get(self.queues[k], self.workers[k])
 
     def close(self) -> None:
-        """Stop the thread; batches it read and nobody took give their buffers back."""
+        """Stop the threads; batches read and not taken give their buffers back."""
         self.stop.set()
-        if self.worker.is_alive():
-            self.worker.join(timeout=30)
-        while True:
-            try:
-                item = self.queue.get_nowait()
-            except queue.Empty:
-                return
-            if isinstance(item, _Batch):
-                self.tiles.give(item)
+        for worker in self.workers:
+            if worker.is_alive():
+                worker.join(timeout=30)
+        for q in self.queues:
+            while True:
+                try:
+                    item = q.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(item, _Batch):
+                    self.tiles.give(item)
 
 
 def _activation(model: nn.Module, activation: Activation | None, channels: int) -> str:
@@ -1021,6 +1112,7 @@ def predict_raster(
     resume: bool = True,
     commit_interval: float = 10.0,
     gdal_cache_mb: int = 256,
+    readers: int | None = None,
 ) -> RasterPrediction:
     """Predict over a whole raster in overlapping tiles and write a GeoTIFF.
 
@@ -1099,6 +1191,10 @@ def predict_raster(
         commit_interval: Seconds between records of finished rows.
         gdal_cache_mb: GDAL's block cache, in MB, while predicting (bounds
             the reader's and writer's memory).
+        readers: Threads that read, decode and normalise tiles, each with
+            its own handle of the input (default :func:`default_readers`: 1
+            on the CPU, 2 to 4 for accelerators). The output does not
+            depend on it.
 
     Returns:
         What was written.
@@ -1116,6 +1212,10 @@ def predict_raster(
         batch_size = default_batch_size(device)
     if batch_size < 1:
         raise ValueError(f'batch_size must be >= 1, got {batch_size}')
+    if readers is None:
+        readers = default_readers(device)
+    if isinstance(readers, bool) or not isinstance(readers, int) or readers < 1:
+        raise ValueError(f'readers must be an integer >= 1, got {readers!r}')
     if output not in (None, 'classes', 'scores'):
         raise ValueError(f"output must be 'classes' or 'scores', got {output!r}")
     if score_dtype not in (None, 'uint8', 'float32'):
@@ -1199,9 +1299,15 @@ def predict_raster(
                 list(labels or []),
             ],
         }
+        # Every further reader has its own handles: GDAL datasets are not
+        # shared between threads.
+        more_sources = [
+            stack.enter_context(open_source(src_path)) for _ in range(readers - 1)
+        ]
         return _predict(
             model,
             source,
+            more_sources,
             positions,
             grid,
             _Options(
@@ -1277,22 +1383,21 @@ class _Options:
 def _predict(
     model: nn.Module,
     source: RasterSource,
+    more_sources: Sequence[RasterSource],
     positions: Sequence[int],
     grid: TileGrid,
     options: _Options,
 ) -> RasterPrediction:
     device, batch_size = options.device, options.batch_size
-    # Input buffers: one being read, two queued for the model, one in the
-    # model (on an accelerator also two queued for blending, see
-    # _Tiles.done_with_input).
-    buffers = 4 if device.type == 'cpu' else 6
+    buffers = _buffer_count(1 + len(more_sources), device)
     tiles = _Tiles(source, positions, grid, batch_size, options.norm, device, buffers)
+    readers = [tiles, *(tiles.sibling(other) for other in more_sources)]
     # The first batch tells the model's kind and number of outputs.
     probe = tiles.read(0, threading.Event())
     assert probe is not None
     # A fresh run goes on with the next batch: read it while the model runs
-    # the first one (a resumed run restarts the reader where it resumes).
-    reading = _Reading(tiles, batch_size)
+    # the first one (a resumed run restarts the readers where it resumes).
+    reading = _Reading(readers, batch_size)
     try:
         return _run(model, source, grid, tiles, probe, reading, options)
     finally:
@@ -1374,11 +1479,7 @@ def _run(
         writer.start()
         with tqdm(total=total, disable=not options.progress, unit='tile') as bar:
             while start < len(grid):
-                item = (
-                    pending
-                    if pending is not None
-                    else _get(reading.queue, reading.worker)
-                )
+                item = pending if pending is not None else reading.get()
                 pending = None
                 if item is _DONE:
                     break

@@ -20,6 +20,7 @@ from explora_geo.inference.tiles import (
     _Layout,
     _Sink,
     default_batch_size,
+    default_readers,
     predict_raster,
 )
 
@@ -299,3 +300,138 @@ def test_model_hash_follows_the_weights(monkeypatch: pytest.MonkeyPatch) -> None
     norm.running_mean.fill_(3.0)
     fifth = tiles_module._model_hash(model)
     assert len({first, second, third, fourth, fifth}) == 5 and len(calls) == 4
+
+
+class InterruptAt(nn.Module):
+    """Pointwise logits; Ctrl-C at forward call *at* (never if None)."""
+
+    def __init__(self, at: int | None = None) -> None:
+        super().__init__()
+        self.at, self.calls = at, 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.calls += 1
+        if self.calls == self.at:
+            raise KeyboardInterrupt
+        return Pointwise()(x)
+
+
+READERS_OPTIONS: dict[str, Any] = {
+    'tile_size': 16,
+    'overlap': 4,
+    'batch_size': 3,
+    'normalize': ([100.0, 200.0, 300.0, 400.0], [10.0, 20.0, 30.0, 40.0]),
+    'commit_interval': 0,
+}
+
+
+@pytest.mark.parametrize('readers', [2, 3, 40])
+def test_several_readers_give_the_same_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, readers: int
+) -> None:
+    # 8 x 9 tiles in batches of 3; 40 readers are more than the 24 batches.
+    write_raster(tmp_path / 'in.tif', height=100, width=110, nodata=0)
+    opened: list[Any] = []
+    used: dict[str, set[int]] = {}
+    open_source_ = tiles_module.open_source
+    read_tile = tiles_module._read_tile
+
+    def recording_open(*args: Any) -> Any:
+        opened.append(open_source_(*args))
+        return opened[-1]
+
+    def recording_read(source: Any, *args: Any) -> Any:
+        used.setdefault(threading.current_thread().name, set()).add(id(source))
+        return read_tile(source, *args)
+
+    for model, output in ((Smooth(), 'scores'), (Threshold(), 'classes')):
+        options = {**READERS_OPTIONS, 'output': output}
+        if output == 'scores':
+            options['activation'] = 'none'
+        one = tmp_path / f'one_{output}.tif'
+        predict_raster(model, tmp_path / 'in.tif', one, readers=1, **options)
+        monkeypatch.setattr(tiles_module, 'open_source', recording_open)
+        monkeypatch.setattr(tiles_module, '_read_tile', recording_read)
+        many = tmp_path / f'many_{output}.tif'
+        used.clear()
+        predict_raster(model, tmp_path / 'in.tif', many, readers=readers, **options)
+        monkeypatch.undo()
+        assert many.read_bytes() == one.read_bytes()
+        # One handle of the input per reader, each used by one thread only;
+        # the first batch is read by the caller before the readers start.
+        threads = {name: ids for name, ids in used.items() if name != 'MainThread'}
+        assert all(len(ids) == 1 for ids in threads.values())
+        assert len(set.union(*threads.values())) == len(threads) == min(readers, 23)
+    assert len(opened) == 2 * readers
+    assert all(h.closed for source in opened for h in source._handles)
+    assert not [t for t in threading.enumerate() if t.name.startswith('tile-')]
+
+
+def test_a_run_resumes_with_another_number_of_readers(tmp_path: Path) -> None:
+    write_raster(tmp_path / 'in.tif', height=100, width=110)
+    options = {**READERS_OPTIONS, 'output': 'scores', 'activation': 'none'}
+    out = tmp_path / 'out.tif'
+    with pytest.raises(KeyboardInterrupt):
+        predict_raster(InterruptAt(14), tmp_path / 'in.tif', out, readers=2, **options)
+    assert (tmp_path / '.out.tif.progress.json').exists() and not out.exists()
+    result = predict_raster(
+        InterruptAt(), tmp_path / 'in.tif', out, readers=3, **options
+    )
+    assert result.resumed_rows > 0 and result.tiles_run < result.num_tiles
+    predict_raster(
+        InterruptAt(), tmp_path / 'in.tif', tmp_path / 'fresh.tif', readers=1, **options
+    )
+    assert out.read_bytes() == (tmp_path / 'fresh.tif').read_bytes()
+
+
+def test_an_error_in_any_reader_stops_every_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_raster(tmp_path / 'in.tif', height=100, width=110)
+    read_tile = tiles_module._read_tile
+
+    def fails_in_second_reader(
+        source: Any, positions: Any, grid: Any, row: int, col: int, *args: Any
+    ) -> Any:
+        if threading.current_thread().name == 'tile-reader-1' and row >= 4:
+            raise OSError(f'{source.name}: read failed at tile row {row}')
+        return read_tile(source, positions, grid, row, col, *args)
+
+    monkeypatch.setattr(tiles_module, '_read_tile', fails_in_second_reader)
+    with pytest.raises(OSError, match='read failed at tile row 4'):
+        predict_raster(
+            Threshold(),
+            tmp_path / 'in.tif',
+            tmp_path / 'out.tif',
+            readers=3,
+            **READERS_OPTIONS,
+        )
+    assert not [t for t in threading.enumerate() if t.name.startswith('tile-')]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['in.tif']
+
+
+@pytest.mark.parametrize('readers', [0, -1, 1.5, True])
+def test_bad_reader_counts(tmp_path: Path, readers: Any) -> None:
+    write_raster(tmp_path / 'in.tif')
+    with pytest.raises(
+        ValueError, match=f'readers must be an integer >= 1, got {readers!r}'
+    ):
+        predict_raster(
+            Threshold(),
+            tmp_path / 'in.tif',
+            tmp_path / 'out.tif',
+            normalize=False,
+            readers=readers,
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['in.tif']
+
+
+@pytest.mark.parametrize(
+    ('cores', 'expected'), [(None, 2), (2, 2), (12, 3), (16, 4), (96, 4)]
+)
+def test_default_readers_follow_the_device(
+    monkeypatch: pytest.MonkeyPatch, cores: int | None, expected: int
+) -> None:
+    monkeypatch.setattr(tiles_module.os, 'cpu_count', lambda: cores)
+    assert default_readers('cpu') == 1
+    assert default_readers(torch.device('cuda', 0)) == expected
