@@ -16,6 +16,9 @@ surface spectra plus noise), side by side in one run:
   allocator setting: glibc's adaptive defaults against
   :func:`explora_geo.inference.tune_allocator` (what ``explora-geo predict``
   sets), with the page faults of a run.
+* ``readers``: the zero-cost model (the pipeline's own speed) with one and
+  more reader threads, on the raster as written (uncompressed) and on a
+  DEFLATE-compressed COG copy (decoding costs more).
 * ``memory``: peak RSS of a whole prediction (pointwise model, 4 classes) at
   several raster sizes, each in a fresh process.
 * ``overlap``: how far tiled prediction of a ViT + UPerNet (briefly trained
@@ -27,7 +30,7 @@ The process tunes glibc's allocator as ``explora-geo predict`` does, unless
 Usage::
 
     python benchmarks/tile_inference.py
-        [--parts throughput,allocator,memory,overlap] [--size 2048]
+        [--parts throughput,allocator,readers,memory,overlap] [--size 2048]
         [--memory-sizes 2048,4096] [--threads 1] [--allocator tuned|default]
 """
 
@@ -349,6 +352,42 @@ def allocator(args: argparse.Namespace, tmp: Path) -> None:
     src.unlink()
 
 
+def readers_part(args: argparse.Namespace, tmp: Path) -> None:
+    src = tmp / 'readers_s2.tif'
+    write_raster(src, args.size)
+    packed = tmp / 'readers_s2_deflate.tif'
+    final_copy(src, packed, True, 'NEAREST')
+    tiles = len(TileGrid(args.size, args.size, args.tile, args.overlap))
+    counts = sorted({1, 2, max(2, (os.cpu_count() or 1) // 2)})
+    print(
+        f'\n### Reader threads: zero-cost model, {args.size} x {args.size}, '
+        f'{tiles} tiles, class maps, {os.cpu_count()} CPUs\n'
+    )
+    print('| input | ' + ' | '.join(f'{n} reader(s) s' for n in counts) + ' |')
+    print('| --- |' + ' ---: |' * len(counts))
+    options = {
+        'tile_size': args.tile,
+        'overlap': args.overlap,
+        'batch_size': args.batch,
+        'normalize': NORMALIZE,
+        'resume': False,
+        'output': 'classes',
+    }
+    model, out = FirstBands(), tmp / 'readers_out.tif'
+    for name, path in (('uncompressed', src), ('DEFLATE COG', packed)):
+        cells = []
+        for count in counts:
+            predict_raster(model, path, out, readers=count, **options)  # warm-up
+            seconds = min(
+                timed(predict_raster, model, path, out, readers=count, **options)
+                for _ in range(args.repeats)
+            )
+            cells.append(f'{seconds:.3f}')
+        print(f'| {name} | ' + ' | '.join(cells) + ' |')
+    for path in (src, packed, out):
+        path.unlink()
+
+
 def memory_child(path: str, out: str, tile: int, overlap: int, cache: int) -> None:
     start = time.perf_counter()
     predict_raster(
@@ -465,7 +504,9 @@ def overlap_sweep(args: argparse.Namespace, tmp: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--parts', default='throughput,allocator,memory,overlap')
+    parser.add_argument(
+        '--parts', default='throughput,allocator,readers,memory,overlap'
+    )
     parser.add_argument('--size', type=int, default=2048)
     parser.add_argument('--tile', type=int, default=256)
     parser.add_argument('--overlap', type=int, default=32)
@@ -521,6 +562,8 @@ def main() -> None:
             throughput(args, Path(tmp))
         if 'allocator' in parts:
             allocator(args, Path(tmp))
+        if 'readers' in parts:
+            readers_part(args, Path(tmp))
         if 'memory' in parts:
             memory(args, Path(tmp))
         if 'overlap' in parts:
