@@ -586,7 +586,12 @@ def _reader(
     def run() -> None:
         for start in range(first, len(tiles.grid), step):
             batch = tiles.read(start, stop)
-            if batch is None or not _put(out, batch, stop):
+            if batch is None:
+                return
+            if not _put(out, batch, stop):
+                # Stopped while the queue was full: the buffer goes back, or
+                # a restarted reading (a resumed run) would be short of it.
+                tiles.give(batch)
                 return
         _put(out, _DONE, stop)
 

@@ -1,6 +1,8 @@
 """The tile pipeline's buffers, encoders and output compression."""
 
+import contextlib
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -435,3 +437,35 @@ def test_default_readers_follow_the_device(
     monkeypatch.setattr(tiles_module.os, 'cpu_count', lambda: cores)
     assert default_readers('cpu') == 1
     assert default_readers(torch.device('cuda', 0)) == expected
+
+
+@pytest.mark.parametrize('readers', [1, 3])
+def test_stopped_readers_give_every_buffer_back(tmp_path: Path, readers: int) -> None:
+    # A resumed run stops the readers and starts them again: batches they
+    # had read, queued or still in hand, must all return their buffers, or
+    # the restarted readers wait for a buffer forever.
+    write_raster(tmp_path / 'in.tif', height=100, width=110)
+    grid = TileGrid(100, 110, 16, 4)
+    device = torch.device('cpu')
+    count = tiles_module._buffer_count(readers, device)
+    with contextlib.ExitStack() as stack:
+        sources = [
+            stack.enter_context(open_source(tmp_path / 'in.tif'))
+            for _ in range(readers)
+        ]
+        tiles = tiles_module._Tiles(
+            sources[0], [0, 1, 2, 3], grid, 3, lambda x: x, device, count
+        )
+        siblings = [tiles, *(tiles.sibling(s) for s in sources[1:])]
+        for _ in range(2):
+            reading = tiles_module._Reading(siblings, 3)
+            # Every reader fills its queue and holds one more batch: one
+            # buffer is left (the model's).
+            deadline = time.monotonic() + 30
+            while tiles.pool.qsize() > 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.05)
+            assert tiles.pool.qsize() == 1
+            assert all(q.full() for q in reading.queues)
+            reading.close()
+            assert tiles.pool.qsize() == count
