@@ -8,7 +8,7 @@ import importlib
 import inspect
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -343,6 +343,23 @@ def predict_from_args(args: argparse.Namespace) -> int:
     return 0
 
 
+def _at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f'expected an integer, got {text!r}'
+            ) from None
+        if value < low:
+            raise argparse.ArgumentTypeError(
+                f'expected an integer >= {low}, got {value}'
+            )
+        return value
+
+    return parse
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``predict`` verb's arguments.
 
@@ -383,24 +400,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help='score encoding: uint8 (probability x 254, nodata 255) or float32',
     )
     parser.add_argument(
-        '--tile-size', type=int, default=None, help="default: the model's input size"
+        '--tile-size',
+        type=_at_least(1),
+        default=None,
+        help="default: the model's input size",
     )
     parser.add_argument(
         '--overlap',
-        type=int,
+        type=_at_least(0),
         default=None,
         help='pixels shared by neighbouring tiles (default: a quarter of the tile '
         'for segmentation, 0 for classification)',
     )
     parser.add_argument(
         '--batch-size',
-        type=int,
+        type=_at_least(1),
         default=None,
         help='tiles per forward pass (default: 4 on the CPU, 16 on a GPU)',
     )
     parser.add_argument(
         '--readers',
-        type=int,
+        type=_at_least(1),
         default=None,
         help='threads reading and normalising tiles, each with its own handle of '
         'the input (default: 1 on the CPU, 2-4 on a GPU: one per 4 CPU cores)',
@@ -436,7 +456,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--device', default='cpu', help="e.g. 'cuda'")
     parser.add_argument(
         '--devices',
-        type=int,
+        type=_at_least(1),
         default=1,
         help='processes (CPU) or GPUs sharing several inputs (Lightning DDP)',
     )
@@ -448,7 +468,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         '--gdal-cache',
-        type=int,
+        type=_at_least(1),
         default=256,
         help="GDAL's block cache in MB (default: 256)",
     )

@@ -12,6 +12,7 @@ from lightning.pytorch import Trainer
 from rasterio.transform import from_origin
 from torchgeo.tasks import BaseTask
 
+import explora_geo.inference.cli as inference_cli
 from explora_geo.cli import main
 from explora_geo.inference.cli import group_flat_arguments, load_task, parse_bands
 from explora_geo.sensors import INPUT_SPEC_KEY, SENTINEL2
@@ -317,3 +318,32 @@ def test_load_task_reads_flat_protocol_and_lora_hyperparameters(tmp_path: Path) 
         'lr': 1e-3,
         'lora': {'rank': 4},
     }
+
+
+@pytest.mark.parametrize(
+    ('flag', 'value', 'message'),
+    [
+        ('--readers', '0', 'argument --readers: expected an integer >= 1, got 0'),
+        (
+            '--batch-size',
+            '-2',
+            'argument --batch-size: expected an integer >= 1, got -2',
+        ),
+        ('--overlap', '-1', 'argument --overlap: expected an integer >= 0, got -1'),
+        ('--tile-size', 'x', "argument --tile-size: expected an integer, got 'x'"),
+        ('--gdal-cache', '0', 'argument --gdal-cache: expected an integer >= 1, got 0'),
+        ('--devices', '0', 'argument --devices: expected an integer >= 1, got 0'),
+    ],
+)
+def test_predict_refuses_bad_counts_before_anything_runs(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    flag: str,
+    value: str,
+    message: str,
+) -> None:
+    monkeypatch.setattr(inference_cli, 'load_task', lambda path: pytest.fail('ran'))
+    with pytest.raises(SystemExit) as exit_info:
+        main(['predict', 'm.ckpt', 'in.tif', '-o', 'out.tif', flag, value])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
