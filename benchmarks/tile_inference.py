@@ -44,7 +44,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import rasterio
@@ -206,6 +206,17 @@ class Waits(nn.Module):
         return x[:, :4]
 
 
+def pipeline_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The :func:`predict_raster` options every measurement shares."""
+    return {
+        'tile_size': args.tile,
+        'overlap': args.overlap,
+        'batch_size': args.batch,
+        'normalize': NORMALIZE,
+        'resume': False,
+    }
+
+
 def timed(fn: object, *args: object, **kwargs: object) -> float:
     start = time.perf_counter()
     fn(*args, **kwargs)  # type: ignore[operator]
@@ -229,13 +240,7 @@ def throughput(args: argparse.Namespace, tmp: Path) -> None:
         'baseline | baseline s | ratio |'
     )
     print('| --- | --- | ---: | ---: | ---: | --- | ---: | ---: |')
-    options = {
-        'tile_size': args.tile,
-        'overlap': args.overlap,
-        'batch_size': args.batch,
-        'normalize': NORMALIZE,
-        'resume': False,
-    }
+    options = pipeline_options(args)
     vit = vit_upernet()
     vit_alone = model_only(vit, tiles, args.batch, args.tile)
     models = {
@@ -279,13 +284,7 @@ def allocator_child(src: str, args: argparse.Namespace) -> None:
     )
     result: dict[str, float] = {'model_only': alone}
     out = Path(src).with_name(f'alloc_{args.allocator}.tif')
-    options = {
-        'tile_size': args.tile,
-        'overlap': args.overlap,
-        'batch_size': args.batch,
-        'normalize': NORMALIZE,
-        'resume': False,
-    }
+    options = pipeline_options(args)
     for output in ('classes', 'scores'):
         predict_raster(vit, src, out, output=output, **options)  # warm-up
         runs = []
@@ -365,14 +364,7 @@ def readers_part(args: argparse.Namespace, tmp: Path) -> None:
     )
     print('| input | ' + ' | '.join(f'{n} reader(s) s' for n in counts) + ' |')
     print('| --- |' + ' ---: |' * len(counts))
-    options = {
-        'tile_size': args.tile,
-        'overlap': args.overlap,
-        'batch_size': args.batch,
-        'normalize': NORMALIZE,
-        'resume': False,
-        'output': 'classes',
-    }
+    options = {**pipeline_options(args), 'output': 'classes'}
     model, out = FirstBands(), tmp / 'readers_out.tif'
     for name, path in (('uncompressed', src), ('DEFLATE COG', packed)):
         cells = []
