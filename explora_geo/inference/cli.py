@@ -421,9 +421,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         '--readers',
         type=_at_least(1),
-        default=None,
+        default=1,
         help='threads reading and normalising tiles, each with its own handle of '
-        'the input (default: 1 on the CPU, 2-4 on a GPU: one per 4 CPU cores)',
+        'the input (default: 1; more help only inputs slower to decode than the '
+        'model and writer)',
     )
     parser.add_argument(
         '--blend', choices=('cosine', 'linear', 'uniform'), default='cosine'

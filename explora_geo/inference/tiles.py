@@ -112,26 +112,6 @@ def default_batch_size(device: str | torch.device) -> int:
     return 4 if torch.device(device).type == 'cpu' else 16
 
 
-def default_readers(device: str | torch.device) -> int:
-    """Reader threads when none is given.
-
-    On the CPU the model needs the cores, and one reader keeps up with any
-    model that costs more than the reading (benchmarks.md, "Tiled raster
-    prediction"). A model on an accelerator can take tiles faster than one
-    thread reads, decodes and normalises them: there, one reader per four
-    CPU cores, from 2 to 4.
-
-    Args:
-        device: Where the model runs.
-
-    Returns:
-        1 on the CPU, else between 2 and 4.
-    """
-    if torch.device(device).type == 'cpu':
-        return 1
-    return min(4, max(2, (os.cpu_count() or 1) // 4))
-
-
 @dataclass(frozen=True)
 class TileGrid:
     """Square tiles over a ``height x width`` raster, *overlap* pixels apart.
@@ -1117,7 +1097,7 @@ def predict_raster(
     resume: bool = True,
     commit_interval: float = 10.0,
     gdal_cache_mb: int = 256,
-    readers: int | None = None,
+    readers: int = 1,
 ) -> RasterPrediction:
     """Predict over a whole raster in overlapping tiles and write a GeoTIFF.
 
@@ -1197,9 +1177,10 @@ def predict_raster(
         gdal_cache_mb: GDAL's block cache, in MB, while predicting (bounds
             the reader's and writer's memory).
         readers: Threads that read, decode and normalise tiles, each with
-            its own handle of the input (default :func:`default_readers`: 1
-            on the CPU, 2 to 4 for accelerators). The output does not
-            depend on it.
+            its own handle of the input. The output does not depend on it.
+            More than one helps only where decoding the input costs more
+            than the model and the writer: on 2 CPU cores, and on an H200
+            host with 16, 2-4 readers were no faster (benchmarks.md).
 
     Returns:
         What was written.
@@ -1217,8 +1198,6 @@ def predict_raster(
         batch_size = default_batch_size(device)
     if batch_size < 1:
         raise ValueError(f'batch_size must be >= 1, got {batch_size}')
-    if readers is None:
-        readers = default_readers(device)
     if isinstance(readers, bool) or not isinstance(readers, int) or readers < 1:
         raise ValueError(f'readers must be an integer >= 1, got {readers!r}')
     if output not in (None, 'classes', 'scores'):

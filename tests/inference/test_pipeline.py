@@ -22,7 +22,6 @@ from explora_geo.inference.tiles import (
     _Layout,
     _Sink,
     default_batch_size,
-    default_readers,
     predict_raster,
 )
 
@@ -426,17 +425,6 @@ def test_bad_reader_counts(tmp_path: Path, readers: Any) -> None:
             readers=readers,
         )
     assert sorted(p.name for p in tmp_path.iterdir()) == ['in.tif']
-
-
-@pytest.mark.parametrize(
-    ('cores', 'expected'), [(None, 2), (2, 2), (12, 3), (16, 4), (96, 4)]
-)
-def test_default_readers_follow_the_device(
-    monkeypatch: pytest.MonkeyPatch, cores: int | None, expected: int
-) -> None:
-    monkeypatch.setattr(tiles_module.os, 'cpu_count', lambda: cores)
-    assert default_readers('cpu') == 1
-    assert default_readers(torch.device('cuda', 0)) == expected
 
 
 @pytest.mark.parametrize('readers', [1, 3])
