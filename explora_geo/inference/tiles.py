@@ -19,6 +19,7 @@ is the point.
 """
 
 import contextlib
+import copy
 import hashlib
 import json
 import math
@@ -460,37 +461,28 @@ class _Tiles:
         batch_size: int,
         norm: Callable[[Tensor], Tensor],
         device: torch.device,
-        buffers: int | queue.Queue[Tensor],
+        buffers: int,
     ) -> None:
         self.source, self.positions, self.grid = source, positions, grid
-        self.batch_size, self.norm, self.device = batch_size, norm, device
+        self.batch_size, self.norm = batch_size, norm
         self.masked = source.has_mask(positions) or np.dtype(source.dtype).kind == 'f'
         dtype = source.dtype if source.dtype in _TORCH_DTYPES else 'float32'
         shape = (batch_size, len(positions), grid.tile_size, grid.tile_size)
         self.raw = np.empty(shape, dtype)
         self.on_host = device.type == 'cpu'
-        if isinstance(buffers, queue.Queue):
-            self.pool: queue.Queue[Tensor] = buffers
-        else:
-            pin = device.type == 'cuda'
-            self.pool = queue.Queue()
-            for _ in range(buffers):
-                self.pool.put(torch.empty(shape, dtype=torch.float32, pin_memory=pin))
+        pin = device.type == 'cuda'
+        self.pool: queue.Queue[Tensor] = queue.Queue()
+        for _ in range(buffers):
+            self.pool.put(torch.empty(shape, dtype=torch.float32, pin_memory=pin))
 
     def sibling(self, source: RasterSource) -> '_Tiles':
         """A reader of the same tiles from another handle of the same input.
 
         It has its own raw array and shares the float32 buffers.
         """
-        return _Tiles(
-            source,
-            self.positions,
-            self.grid,
-            self.batch_size,
-            self.norm,
-            self.device,
-            self.pool,
-        )
+        other = copy.copy(self)
+        other.source, other.raw = source, np.empty_like(self.raw)
+        return other
 
     def read(self, start: int, stop: threading.Event) -> _Batch | None:
         """The batch of tiles from tile *start* on (None if *stop* is set)."""
