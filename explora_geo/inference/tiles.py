@@ -747,10 +747,8 @@ class _Layout:
             return float('nan')
         return 255 if self.dtype == 'uint8' else 65535
 
-    def encode(
-        self, sums: np.ndarray, norm: np.ndarray, valid: np.ndarray
-    ) -> np.ndarray:
-        """Weighted score sums ``(C, rows, cols)`` -> output rows.
+    def encode(self, sums: Tensor, norm: Tensor, valid: Tensor) -> Tensor:
+        """Weighted score sums ``(C, rows, cols)`` -> output rows, on their device.
 
         Args:
             sums: Weighted sums of the scores (overwritten).
@@ -758,93 +756,176 @@ class _Layout:
             valid: Pixels with a value; the others are nodata.
 
         Returns:
-            The output rows.
+            The output rows: uint8, float32, or int32 for uint16 class maps
+            (torch computes little in uint16); :func:`_host_rows` casts them.
         """
         if self.output == 'classes' and not (self.multilabel or self.channels == 1):
             # The weighted mean's largest score is the weighted sum's.
             data = _argmax(sums, self.dtype)[None]
         else:
-            scores = np.divide(sums, np.where(norm > 0, norm, 1), out=sums)
+            scores = sums.div_(torch.where(norm > 0, norm, 1))
             if self.output == 'classes':
-                data = (scores >= 0.5).astype(self.dtype)
+                data = (scores >= 0.5).to(torch.uint8)
             elif self.dtype == 'uint8':
-                np.clip(scores, 0, 1, out=scores)
-                np.multiply(scores, 254, out=scores)
-                data = np.rint(scores, out=scores).astype(np.uint8)
+                data = scores.clamp_(0, 1).mul_(254).round_().to(torch.uint8)
             else:
                 data = scores
-        data[:, ~valid] = self.nodata
+        data.masked_fill_(~valid, self.nodata)
         return data
 
 
-def _argmax(scores: np.ndarray, dtype: str) -> np.ndarray:
-    """Index of the largest score on axis 0 (the first on ties), as *dtype*.
+def _argmax(scores: Tensor, dtype: str) -> Tensor:
+    """Index of the largest score on axis 0 (the first on ties).
 
-    One comparison per channel: faster than :func:`numpy.argmax` over a short
-    first axis.
+    One comparison per channel: faster than :func:`torch.argmax` over a short
+    first axis on a CPU. uint8 for *dtype* ``'uint8'``, else int32.
     """
-    best = scores[0].copy()
-    index = np.zeros(scores.shape[1:], dtype)
+    best = scores[0].clone()
+    index = torch.zeros(
+        scores.shape[1:],
+        dtype=torch.uint8 if dtype == 'uint8' else torch.int32,
+        device=scores.device,
+    )
     for c in range(1, scores.shape[0]):
-        larger = np.greater(scores[c], best)
-        np.putmask(index, larger, c)
-        np.maximum(best, scores[c], out=best)
+        index.masked_fill_(scores[c] > best, c)
+        torch.maximum(best, scores[c], out=best)
     return index
 
 
+def _host_rows(data: Tensor, dtype: str) -> np.ndarray:
+    """Encoded rows (see :meth:`_Layout.encode`) as the output's numpy type."""
+    array = data.cpu().numpy()
+    return array if array.dtype == np.dtype(dtype) else array.astype(dtype)
+
+
 class _Sink:
-    """Accumulates per-tile scores; hands finished rows to the writer.
+    """Accumulates per-tile scores; hands finished rows on for writing.
 
     Segmentation scores are weighted sums over a window of output rows
     ``[top, top + buffer)``; rows no remaining tile can reach are passed on
     (divided by their weight sums) and dropped. Classification scores fill
-    one output row per tile row.
+    one output row per tile row. The buffers live on *device*: on an
+    accelerator, blending and encoding run there and only finished,
+    encoded rows travel to the host.
     """
 
-    def __init__(self, grid: TileGrid, layout: _Layout, blend: Blend, top: int) -> None:
+    def __init__(
+        self,
+        grid: TileGrid,
+        layout: _Layout,
+        blend: Blend,
+        top: int,
+        device: torch.device | str = 'cpu',
+        no_sync: bool | None = None,
+    ) -> None:
         self.grid, self.layout = grid, layout
-        self.weights = blend_weights(grid.tile_size, grid.overlap, blend)
+        self.device = torch.device(device)
+        # Whether to avoid every host-device sync (default: off the CPU).
+        self.no_sync = self.device.type != 'cpu' if no_sync is None else no_sync
+        self.weights = torch.from_numpy(
+            blend_weights(grid.tile_size, grid.overlap, blend)
+        ).to(self.device)
         width = grid.width if layout.kind == 'segmentation' else grid.cols
         rows = grid.tile_size + grid.stride if layout.kind == 'segmentation' else 2
         self.top = top  # first output row not yet handed on
         self.filled = 0  # rows from top that may hold data; the rest are 0
-        self.sums = np.zeros((layout.channels, rows, width), np.float32)
-        self.norm = np.zeros((rows, width), np.float32)
-        self.invalid = np.zeros((rows, width), bool)
+        self.sums = self._zeros((layout.channels, rows, width), torch.float32)
+        self.norm = self._zeros((rows, width), torch.float32)
+        self.invalid = self._zeros((rows, width), torch.bool)
+
+    def _zeros(self, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+        return torch.zeros(shape, dtype=dtype, device=self.device)
 
     def _rows(self, count: int) -> None:
         """Make the buffer hold *count* rows from ``top``."""
-        if count <= self.norm.shape[0]:
+        have = self.norm.shape[0]
+        if count <= have:
             return
-        pad = count - self.norm.shape[0]
-        self.sums = np.pad(self.sums, ((0, 0), (0, pad), (0, 0)))
-        self.norm = np.pad(self.norm, ((0, pad), (0, 0)))
-        self.invalid = np.pad(self.invalid, ((0, pad), (0, 0)))
+        pad = count - have
+        self.sums = torch.cat(
+            [
+                self.sums,
+                self._zeros(
+                    (self.sums.shape[0], pad, self.sums.shape[2]), torch.float32
+                ),
+            ],
+            dim=1,
+        )
+        self.norm = torch.cat(
+            [self.norm, self._zeros((pad, self.norm.shape[1]), torch.float32)]
+        )
+        self.invalid = torch.cat(
+            [self.invalid, self._zeros((pad, self.invalid.shape[1]), torch.bool)]
+        )
+
+    def add_batch(self, batch: '_Batch', out: Tensor, activation: str) -> None:
+        """Add a batch of model outputs (logits), activated here."""
+        scores = _activate(out.float(), activation)
+        if scores.device != self.device:
+            scores = scores.to(self.device)
+        valid = None
+        if batch.valid is not None:
+            valid = torch.from_numpy(batch.valid).to(self.device, non_blocking=True)
+        if self.layout.kind == 'classification':
+            self._add_classes(batch, scores, valid)
+            return
+        finite: Tensor | None = None
+        if not self.no_sync:
+            # NaN and inf survive a sum: one reduction checks the batch.
+            if not bool(torch.isfinite(scores.sum())):
+                finite = torch.isfinite(scores).all(dim=1)
+                scores = scores.nan_to_num(0.0, 0.0, 0.0)
+        else:
+            # Without a host sync: always mask (two kernels).
+            finite = torch.isfinite(scores).all(dim=1)
+            scores = scores.nan_to_num(0.0, 0.0, 0.0)
+        for i, (r, c) in enumerate(zip(batch.rows, batch.cols, strict=True)):
+            self.add(
+                int(r),
+                int(c),
+                scores[i],
+                None if valid is None else valid[i],
+                None if finite is None else finite[i],
+            )
+
+    def _add_classes(
+        self, batch: '_Batch', scores: Tensor, valid: Tensor | None
+    ) -> None:
+        """Classification: one output pixel per tile.
+
+        A tile counts if any of its pixels is valid and all its scores are
+        finite (decided on the device).
+        """
+        keep = torch.isfinite(scores).all(dim=1)
+        if valid is not None:
+            keep &= valid.flatten(1).any(dim=1)
+        new = batch.rows >= self.top  # on the host: no sync
+        if not new.any():
+            return
+        last = int(batch.rows[new].max()) - self.top + 1
+        self._rows(last)
+        self.filled = max(self.filled, last)
+        rows = torch.from_numpy(batch.rows[new] - self.top).to(self.device)
+        cols = torch.from_numpy(batch.cols[new]).to(self.device)
+        take = torch.from_numpy(new).to(self.device)
+        kept = keep[take]
+        self.sums[:, rows, cols] = torch.where(kept[:, None], scores[take], 0).T
+        self.norm[rows, cols] = kept.float()
 
     def add(
         self,
         row: int,
         col: int,
-        scores: np.ndarray,
-        valid: np.ndarray | None,
-        finite: np.ndarray | None = None,
+        scores: Tensor,
+        valid: Tensor | None,
+        finite: Tensor | None = None,
     ) -> None:
-        """Add one tile's (activated) scores; rows before ``top`` are ignored.
+        """Add one segmentation tile's (activated) scores.
 
-        *finite* marks the pixels whose scores are all finite (None: all).
+        Rows before ``top`` are ignored. *finite* marks the pixels whose scores are all finite (None: all);
+        the others must be 0 in *scores*.
         """
         grid = self.grid
-        if self.layout.kind == 'classification':
-            finite = np.isfinite(scores)
-            if row < self.top:
-                return
-            self._rows(row + 1 - self.top)
-            r = row - self.top
-            self.filled = max(self.filled, r + 1)
-            if (valid is None or valid.any()) and finite.all():
-                self.sums[:, r, col] = scores
-                self.norm[r, col] = 1
-            return
         y, x = row * grid.stride, col * grid.stride
         h = min(grid.tile_size, grid.height - y)
         w = min(grid.tile_size, grid.width - x)
@@ -858,11 +939,9 @@ class _Sink:
         if finite is not None:
             # Non-finite scores get no weight: a pixel only they cover is nodata.
             weights = weights * finite[skip:h, :w]
-            tile = np.where(finite[skip:h, :w], tile, 0)
         rows = slice(y + skip - self.top, y + h - self.top)
-        # torch's fused multiply-add: one pass, no temporary.
-        target = torch.from_numpy(self.sums)[:, rows, x : x + w]
-        target.addcmul_(torch.from_numpy(tile), torch.from_numpy(weights))
+        # A fused multiply-add: one pass, no temporary.
+        self.sums[:, rows, x : x + w].addcmul_(tile, weights)
         self.norm[rows, x : x + w] += weights
         if valid is not None:
             self.invalid[rows, x : x + w] |= ~valid[skip:h, :w]
@@ -900,10 +979,14 @@ class _Sink:
         # Only rows that hold data move or need clearing: the overlap of the
         # next tile row, not the whole buffer.
         moved = max(0, self.filled - count)
-        # Slice assignment copies overlapping memory correctly.
-        self.sums[:, :moved] = self.sums[:, count : count + moved]
-        self.norm[:moved] = self.norm[count : count + moved]
-        self.invalid[:moved] = self.invalid[count : count + moved]
+        if moved:
+            # Source and target overlap when more rows move than were taken.
+            for buffer in (self.sums, self.norm, self.invalid):
+                rows_axis = buffer.ndim - 2
+                part = buffer.narrow(rows_axis, count, moved)
+                if moved > count:
+                    part = part.clone()
+                buffer.narrow(rows_axis, 0, moved).copy_(part)
         clear = slice(moved, max(self.filled, count))
         self.sums[:, clear] = 0
         self.norm[clear] = 0
@@ -919,13 +1002,75 @@ class _Rows:
     layout: _Layout
     top: int
     until: int
-    sums: np.ndarray
-    norm: np.ndarray
-    invalid: np.ndarray
+    sums: Tensor
+    norm: Tensor
+    invalid: Tensor
 
-    def encode(self) -> np.ndarray:
+    def encode(self) -> Tensor:
         covered = (self.norm > 0) & ~self.invalid
         return self.layout.encode(self.sums, self.norm, covered)
+
+
+@dataclass
+class _Written:
+    """A batch blended on the device, and the rows it finished (if any).
+
+    *data* is on the host, complete once *ready* (if any) has fired, which
+    also says that the device has copied the batch's input: its buffer may
+    be reused.
+    """
+
+    batch: _Batch | None
+    top: int
+    until: int
+    data: Tensor | None
+    ready: Any  # torch.cuda.Event | None
+
+
+def _blends_on_device(device: torch.device) -> bool:
+    """Whether scores are blended and encoded on the model's device."""
+    return device.type != 'cpu'
+
+
+def _finished(batch: _Batch, grid: TileGrid) -> int:
+    """Tile rows complete once *batch* is blended (tiles come in row-major order)."""
+    last_row, last_col = int(batch.rows[-1]), int(batch.cols[-1])
+    return last_row + int(last_col == grid.cols - 1)
+
+
+def _blend_on_device(
+    sink: _Sink, batch: _Batch | None, out: Tensor | None, activation: str
+) -> _Written:
+    """Blend a batch and encode the rows it finishes, on the sink's device.
+
+    Runs in the model's thread: on CUDA every step is queued on the current
+    stream and the encoded rows are copied to pinned host memory without
+    waiting, so the host never waits for the device here. Without a batch,
+    the rows that remain are taken.
+    """
+    if batch is not None and out is not None:
+        sink.add_batch(batch, out, activation)
+        rows = sink.take(_finished(batch, sink.grid))
+    else:
+        rows = sink.take(sink.grid.rows)
+    if rows is None:
+        data, top, until = None, 0, 0
+    else:
+        encoded = rows.encode()
+        if encoded.device.type == 'cuda':
+            data = torch.empty(
+                encoded.shape, dtype=encoded.dtype, pin_memory=True
+            ).copy_(encoded, non_blocking=True)
+        else:
+            # A copy: float32 scores are a view of the buffer, reused at once.
+            data = encoded.to('cpu', copy=True)
+        top, until = rows.top, rows.until
+        sink.release(rows)
+    ready = None
+    if sink.device.type == 'cuda':
+        ready = torch.cuda.Event()
+        ready.record()
+    return _Written(batch, top, until, data, ready)
 
 
 def _writer(
@@ -937,23 +1082,27 @@ def _writer(
     stop: threading.Event,
     commit_interval: float,
 ) -> Callable[[], None]:
-    """Blends the model's outputs, encodes finished rows and writes them.
+    """Writes finished rows; blends and encodes them first if the host does.
 
-    Jobs are ``(batch, model output)`` pairs in tile order, then ``_DONE``.
+    Jobs come in tile order, then ``_DONE``: ``(batch, model output)`` pairs
+    to blend here, or :class:`_Written` rows blended on the device.
     """
-    grid = sink.grid
+    grid, dtype = sink.grid, sink.layout.dtype
     last = time.monotonic()
 
-    def emit(rows: _Rows | None) -> None:
+    def write(top: int, until: int, data: np.ndarray) -> None:
         nonlocal last
+        partial.write(data, Window(0, top, data.shape[-1], data.shape[1]))
+        if time.monotonic() - last >= commit_interval:
+            partial.commit(until)
+            last = time.monotonic()
+
+    def emit(rows: _Rows | None) -> None:
         if rows is None:
             return
-        data = rows.encode()  # may be a view of the buffer (float32 scores)
-        partial.write(data, Window(0, rows.top, data.shape[-1], data.shape[1]))
+        # Written before release: float32 scores are a view of the buffer.
+        write(rows.top, rows.until, _host_rows(rows.encode(), dtype))
         sink.release(rows)
-        if time.monotonic() - last >= commit_interval:
-            partial.commit(rows.until)
-            last = time.monotonic()
 
     def run() -> None:
         while True:
@@ -961,27 +1110,21 @@ def _writer(
             if stop.is_set():
                 return
             if job is _DONE:
-                emit(sink.take(grid.rows))
+                if sink.device.type == 'cpu':
+                    emit(sink.take(grid.rows))
                 return
+            if isinstance(job, _Written):
+                if job.ready is not None:
+                    job.ready.synchronize()  # releases the GIL while it waits
+                if job.batch is not None:
+                    tiles.give(job.batch)
+                if job.data is not None:
+                    write(job.top, job.until, _host_rows(job.data, dtype))
+                continue
             batch, out = job
-            activated = _activate(out.float(), activation)
-            finite = None
-            # NaN and inf survive a sum: one reduction checks the batch.
-            if not bool(torch.isfinite(activated.sum())):
-                finite = torch.isfinite(activated).all(dim=1).cpu().numpy()
-            scores = activated.cpu().numpy()
-            for i, (r, c) in enumerate(zip(batch.rows, batch.cols, strict=True)):
-                sink.add(
-                    int(r),
-                    int(c),
-                    scores[i],
-                    None if batch.valid is None else batch.valid[i],
-                    None if finite is None else finite[i],
-                )
+            sink.add_batch(batch, out, activation)
             tiles.give(batch)
-            last_row, last_col = int(batch.rows[-1]), int(batch.cols[-1])
-            # Tiles come in row-major order: rows before the last tile's are done.
-            emit(sink.take(last_row + int(last_col == grid.cols - 1)))
+            emit(sink.take(_finished(batch, grid)))
 
     return run
 
@@ -1437,7 +1580,15 @@ def _run(
         # Batches start where an uninterrupted run's batches start, so every
         # tile is predicted in the same batch as before: byte-identical results.
         start = (first_row * grid.cols // batch_size) * batch_size
-        sink = _Sink(grid, layout, blend, rows_done)
+        on_device = _blends_on_device(device)
+        sink = _Sink(
+            grid,
+            layout,
+            blend,
+            rows_done,
+            device if on_device else 'cpu',
+            no_sync=on_device,
+        )
         # A fresh run starts with the batch already read and predicted.
         pending: _Batch | None = probe if start == 0 else None
         if pending is None:
@@ -1470,9 +1621,16 @@ def _run(
                         f'(B, {", ".join(map(str, y.shape[1:]))})'
                     )
                 tiles.done_with_input(batch, out)
-                _submit(jobs, (batch, out), writer, stop)
+                job = (
+                    _blend_on_device(sink, batch, out, act)
+                    if on_device
+                    else (batch, out)
+                )
+                _submit(jobs, job, writer, stop)
                 tiles_run += len(batch.rows)
                 bar.update(len(batch.rows))
+        if on_device:
+            _submit(jobs, _blend_on_device(sink, None, None, act), writer, stop)
         _submit(jobs, _DONE, writer, stop)
         writer.join()
         writer.check()

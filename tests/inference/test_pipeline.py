@@ -19,6 +19,7 @@ from explora_geo.inference.sources import open_source
 from explora_geo.inference.tiles import (
     TileGrid,
     _argmax,
+    _host_rows,
     _Layout,
     _Sink,
     default_batch_size,
@@ -31,11 +32,16 @@ from .test_tiles import Pointwise, Threshold, write_raster
 def test_argmax_matches_numpy_including_ties() -> None:
     rng = np.random.default_rng(0)
     scores = rng.integers(0, 4, (5, 40, 30)).astype(np.float32)  # many ties
-    index = _argmax(scores, 'uint8')
-    assert index.dtype == np.uint8
-    np.testing.assert_array_equal(index, scores.argmax(axis=0))
+    index = _argmax(torch.from_numpy(scores), 'uint8')
+    assert index.dtype == torch.uint8
+    np.testing.assert_array_equal(index.numpy(), scores.argmax(axis=0))
     scores = rng.random((300, 4, 5)).astype(np.float32)
-    np.testing.assert_array_equal(_argmax(scores, 'uint16'), scores.argmax(axis=0))
+    index = _argmax(torch.from_numpy(scores), 'uint16')
+    np.testing.assert_array_equal(index.numpy(), scores.argmax(axis=0))
+    # uint16 class maps are computed in int32 and cast on the host.
+    host = _host_rows(index, 'uint16')
+    assert host.dtype == np.uint16
+    np.testing.assert_array_equal(host, scores.argmax(axis=0))
 
 
 def test_sink_moves_only_rows_with_data() -> None:
@@ -54,15 +60,38 @@ def test_sink_moves_only_rows_with_data() -> None:
             h, w = min(16, 40 - y), min(16, 30 - x)
             total[:, y : y + h, x : x + w] += scores[:, :h, :w]
             count[y : y + h, x : x + w] += 1
-            sink.add(row, col, scores, None)
+            sink.add(row, col, torch.from_numpy(scores), None)
         rows = sink.take(row + 1)
         assert rows is not None
-        written[:, rows.top : rows.until] = rows.encode()
+        written[:, rows.top : rows.until] = _host_rows(rows.encode(), 'float32')
         sink.release(rows)
         # Beyond the overlap carried to the next strip, the buffer is all zero.
         assert sink.filled <= grid.overlap
         assert not sink.sums[:, sink.filled :].any()
         assert not sink.norm[sink.filled :].any()
+    np.testing.assert_allclose(written, total / count, rtol=1e-6)
+
+
+def test_sink_release_moves_overlapping_rows() -> None:
+    # Overlap larger than the stride: the rows kept overlap the rows dropped.
+    grid = TileGrid(30, 8, 16, 12)
+    layout = _Layout('segmentation', 'scores', 'none', 1, 'float32')
+    sink = _Sink(grid, layout, 'uniform', 0)
+    total = np.zeros((1, 30, 8), np.float32)
+    count = np.zeros((30, 8), np.float32)
+    written = np.full((1, 30, 8), np.nan, np.float32)
+    rng = np.random.default_rng(1)
+    for row in range(grid.rows):
+        scores = rng.random((1, 16, 16)).astype(np.float32)
+        y = row * grid.stride
+        h = min(16, 30 - y)
+        total[:, y : y + h] += scores[:, :h, :8]
+        count[y : y + h] += 1
+        sink.add(row, 0, torch.from_numpy(scores), None)
+        rows = sink.take(row + 1)
+        if rows is not None:
+            written[:, rows.top : rows.until] = _host_rows(rows.encode(), 'float32')
+            sink.release(rows)
     np.testing.assert_allclose(written, total / count, rtol=1e-6)
 
 
@@ -263,6 +292,93 @@ def test_accelerator_path_matches_host_path(
     ):
         expected, actual = host.read(), device.read()
     assert np.isnan(expected[:, :10, :7]).all()
+    np.testing.assert_array_equal(actual, expected)
+
+
+class Holes(nn.Module):
+    """Three-class logits, NaN at each tile's top-left corner and in every
+    tile whose first pixel of band 0 is odd (whole tiles non-finite)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = torch.stack([x[:, 0], x[:, 1] * 0.5, x[:, 2] - x[:, 3]], dim=1) / 500
+        y[:, :, :3, :3] = float('nan')
+        y[:, 2, 5, 5] = float('inf')
+        y[(x[:, 0, 0, 0] % 2 == 1)] = float('nan')
+        if self.kind == 'classification':
+            return (
+                y.nan_to_num(nan=1.0).mean(dim=(2, 3))
+                * torch.where(x[:, 0, 0, 0] % 3 == 0, float('nan'), 1.0)[:, None]
+            )
+        return y
+
+
+@pytest.mark.parametrize(
+    ('kind', 'output', 'score_dtype', 'activation'),
+    [
+        ('segmentation', 'classes', None, None),
+        ('segmentation', 'scores', 'uint8', None),
+        ('segmentation', 'scores', 'float32', 'none'),
+        ('segmentation', 'classes', None, 'sigmoid'),  # multilabel
+        ('classification', 'scores', 'float32', None),
+    ],
+)
+def test_device_blending_matches_host_blending(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
+    output: str,
+    score_dtype: str | None,
+    activation: Any,
+) -> None:
+    # On an accelerator, the model's thread blends and encodes on the device
+    # (masking non-finite scores without a host sync) and the writer only
+    # writes. Forced here on the CPU, that path must give the host path's
+    # raster exactly, with nodata in the input and non-finite model outputs.
+    write_raster(tmp_path / 'in.tif', height=90, width=75, nodata=0)
+    options: dict[str, Any] = {
+        'tile_size': 16,
+        'overlap': 6,
+        'batch_size': 5,
+        'output': output,
+        'score_dtype': score_dtype,
+        'activation': activation,
+        'normalize': False,
+    }
+    host = predict_raster(
+        Holes(kind), tmp_path / 'in.tif', tmp_path / 'host.tif', **options
+    )
+    written: list[Any] = []
+    blend = tiles_module._blend_on_device
+
+    def recording(*args: Any) -> Any:
+        job = blend(*args)
+        written.append(job)
+        return job
+
+    monkeypatch.setattr(tiles_module, '_blends_on_device', lambda device: True)
+    monkeypatch.setattr(tiles_module, '_blend_on_device', recording)
+    device = predict_raster(
+        Holes(kind), tmp_path / 'in.tif', tmp_path / 'device.tif', **options
+    )
+    assert device.kind == host.kind == kind
+    # One job per batch and one for the rows left; rows cover the output once.
+    assert len(written) == -(-host.num_tiles // 5) + 1
+    spans = [(job.top, job.until) for job in written if job.data is not None]
+    assert [top for top, _ in spans[1:]] == [until for _, until in spans[:-1]]
+    with (
+        rasterio.open(tmp_path / 'host.tif') as a,
+        rasterio.open(tmp_path / 'device.tif') as b,
+    ):
+        expected, actual = a.read(), b.read()
+        assert spans[0][0] == 0 and spans[-1][1] == a.height
+        nodata = a.nodata
+    missing = np.isnan(expected) if np.isnan(nodata) else expected == nodata
+    # The holes reach the output as nodata, and not everywhere.
+    assert 0 < missing.mean() < 0.9
     np.testing.assert_array_equal(actual, expected)
 
 
