@@ -421,10 +421,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         '--readers',
         type=_at_least(1),
-        default=1,
-        help='threads reading and normalising tiles, each with its own handle of '
-        'the input (default: 1; more help only inputs slower to decode than the '
-        'model and writer)',
+        default=None,
+        help='threads reading tiles, each with its own handle of the input '
+        '(default: 1 on the CPU; on a GPU one per 4 CPU cores, at most 4)',
     )
     parser.add_argument(
         '--blend', choices=('cosine', 'linear', 'uniform'), default='cosine'

@@ -63,6 +63,7 @@ __all__ = (
     'blend_weights',
     'default_batch_size',
     'default_overlap',
+    'default_readers',
     'predict_raster',
     'resolve_bands',
 )
@@ -111,6 +112,27 @@ def default_batch_size(device: str | torch.device) -> int:
         4 on the CPU, else 16.
     """
     return 4 if torch.device(device).type == 'cpu' else 16
+
+
+def default_readers(device: str | torch.device) -> int:
+    """Reader threads when none is given.
+
+    On the CPU the model and the reader share the cores: one reader (more
+    were no faster on 2 cores). On an accelerator, where the host only
+    reads, blends nothing and writes finished rows, reading sets the pace:
+    on an H200 host with 16 cores, 4 readers cut a 4096 px raster's time by
+    a quarter to two fifths (benchmarks.md); one reader per 4 cores, at
+    most 4.
+
+    Args:
+        device: Where the model runs.
+
+    Returns:
+        1 on the CPU, else ``min(4, cores // 4)`` (at least 1).
+    """
+    if torch.device(device).type == 'cpu':
+        return 1
+    return max(1, min(4, (os.cpu_count() or 1) // 4))
 
 
 @dataclass(frozen=True)
@@ -446,11 +468,14 @@ class _Tiles:
     """Reads batches of tiles and turns them into model input in reused buffers.
 
     Large arrays allocated afresh for every batch cost page faults that are as
-    slow as reading the raster, so the raw tiles are read into one array
-    (reused, read by one thread at a time) and converted into one of a fixed
-    set of float32 buffers (pinned for CUDA), handed back with :meth:`give`
-    once the model has used them. On the CPU the batch is normalised here, in
-    the reader's thread; on an accelerator the device normalises it.
+    slow as reading the raster, so batches live in a fixed set of buffers,
+    handed back with :meth:`give` once the model has used them. On the CPU
+    the raw tiles are read into one array (reused, read by one thread at a
+    time), converted into a float32 buffer and normalised here, in the
+    reader's thread. On an accelerator they are read straight into a buffer
+    of the raster's own type (pinned for CUDA: half the bytes of float32 for
+    uint16 rasters, and no conversion on the host); the device converts and
+    normalises them.
     """
 
     def __init__(
@@ -468,12 +493,17 @@ class _Tiles:
         self.masked = source.has_mask(positions) or np.dtype(source.dtype).kind == 'f'
         dtype = source.dtype if source.dtype in _TORCH_DTYPES else 'float32'
         shape = (batch_size, len(positions), grid.tile_size, grid.tile_size)
-        self.raw = np.empty(shape, dtype)
-        self.on_host = device.type == 'cpu'
+        self.on_host = not _raw_on_device(device)
+        self.raw: np.ndarray | None = None
+        buffer_dtype = torch.float32
+        if self.on_host:
+            self.raw = np.empty(shape, dtype)
+        else:
+            buffer_dtype = torch.from_numpy(np.empty(0, dtype)).dtype
         pin = device.type == 'cuda'
         self.pool: queue.Queue[Tensor] = queue.Queue()
         for _ in range(buffers):
-            self.pool.put(torch.empty(shape, dtype=torch.float32, pin_memory=pin))
+            self.pool.put(torch.empty(shape, dtype=buffer_dtype, pin_memory=pin))
 
     def sibling(self, source: RasterSource) -> '_Tiles':
         """A reader of the same tiles from another handle of the same input.
@@ -481,7 +511,8 @@ class _Tiles:
         It has its own raw array and shares the float32 buffers.
         """
         other = copy.copy(self)
-        other.source, other.raw = source, np.empty_like(self.raw)
+        other.source = source
+        other.raw = None if self.raw is None else np.empty_like(self.raw)
         return other
 
     def read(self, start: int, stop: threading.Event) -> _Batch | None:
@@ -489,24 +520,47 @@ class _Tiles:
         grid = self.grid
         index = np.arange(start, min(start + self.batch_size, len(grid)))
         rows, cols = index // grid.cols, index % grid.cols
-        data = self.raw[: len(index)]
-        valid = None
-        for i, (r, c) in enumerate(zip(rows, cols, strict=True)):
-            mask = _read_tile(
-                self.source, self.positions, grid, int(r), int(c), self.masked, data[i]
-            )
-            if mask is not None:
-                if valid is None:
-                    valid = np.ones((len(index), *mask.shape), bool)
-                valid[i] = mask
+        if self.raw is not None:
+            data = self.raw[: len(index)]
+            valid = self._read_into(data, rows, cols)
+            buffer = self._take(stop)
+            if buffer is None:
+                return None
+            x = buffer[: len(index)]
+            x.copy_(torch.from_numpy(data))
+            x = _prepare(x, valid, self.norm)
+            return _Batch(start, rows, cols, x, valid, True, buffer)
         buffer = self._take(stop)
         if buffer is None:
             return None
         x = buffer[: len(index)]
-        x.copy_(torch.from_numpy(data))
-        if self.on_host:
-            x = _prepare(x, valid, self.norm)
-        return _Batch(start, rows, cols, x, valid, self.on_host, buffer)
+        try:
+            valid = self._read_into(x.numpy(), rows, cols)
+        except BaseException:
+            self.pool.put(buffer)
+            raise
+        return _Batch(start, rows, cols, x, valid, False, buffer)
+
+    def _read_into(
+        self, data: np.ndarray, rows: np.ndarray, cols: np.ndarray
+    ) -> np.ndarray | None:
+        """Read the tiles at *rows*, *cols* into *data*; their valid pixels."""
+        valid = None
+        for i, (r, c) in enumerate(zip(rows, cols, strict=True)):
+            mask = _read_tile(
+                self.source,
+                self.positions,
+                self.grid,
+                int(r),
+                int(c),
+                self.masked,
+                data[i],
+            )
+            if mask is not None:
+                if valid is None:
+                    valid = np.ones((len(rows), *mask.shape), bool)
+                valid[i] = mask
+        return valid
 
     def _take(self, stop: threading.Event) -> Tensor | None:
         while not stop.is_set():
@@ -1027,6 +1081,11 @@ class _Written:
     ready: Any  # torch.cuda.Event | None
 
 
+def _raw_on_device(device: torch.device) -> bool:
+    """Whether tiles reach the model's device raw, to be normalised there."""
+    return device.type != 'cpu'
+
+
 def _blends_on_device(device: torch.device) -> bool:
     """Whether scores are blended and encoded on the model's device."""
     return device.type != 'cpu'
@@ -1232,7 +1291,7 @@ def predict_raster(
     resume: bool = True,
     commit_interval: float = 10.0,
     gdal_cache_mb: int = 256,
-    readers: int = 1,
+    readers: int | None = None,
 ) -> RasterPrediction:
     """Predict over a whole raster in overlapping tiles and write a GeoTIFF.
 
@@ -1311,11 +1370,9 @@ def predict_raster(
         commit_interval: Seconds between records of finished rows.
         gdal_cache_mb: GDAL's block cache, in MB, while predicting (bounds
             the reader's and writer's memory).
-        readers: Threads that read, decode and normalise tiles, each with
-            its own handle of the input. The output does not depend on it.
-            More than one helps only where decoding the input costs more
-            than the model and the writer: on 2 CPU cores, and on an H200
-            host with 16, 2-4 readers were no faster (benchmarks.md).
+        readers: Threads that read and decode tiles (and on the CPU
+            normalise them), each with its own handle of the input; default
+            :func:`default_readers`. The output does not depend on it.
 
     Returns:
         What was written.
@@ -1333,6 +1390,8 @@ def predict_raster(
         batch_size = default_batch_size(device)
     if batch_size < 1:
         raise ValueError(f'batch_size must be >= 1, got {batch_size}')
+    if readers is None:
+        readers = default_readers(device)
     if isinstance(readers, bool) or not isinstance(readers, int) or readers < 1:
         raise ValueError(f'readers must be an integer >= 1, got {readers!r}')
     if output not in (None, 'classes', 'scores'):
@@ -1471,7 +1530,8 @@ def _forward(
 ) -> Tensor:
     x = batch.x
     if not batch.normalized:
-        x = _prepare(x.to(device, non_blocking=True), batch.valid, norm)
+        # Raw values reach the device in the raster's type, converted there.
+        x = _prepare(x.to(device, non_blocking=True).float(), batch.valid, norm)
     with torch.inference_mode():
         y: Tensor = model(x)
     return y

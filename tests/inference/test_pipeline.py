@@ -23,6 +23,7 @@ from explora_geo.inference.tiles import (
     _Layout,
     _Sink,
     default_batch_size,
+    default_readers,
     predict_raster,
 )
 
@@ -241,9 +242,16 @@ def test_errors_stop_every_thread(tmp_path: Path, model: type[nn.Module]) -> Non
     assert sorted(p.name for p in tmp_path.iterdir()) == ['in.tif']
 
 
-def test_default_batch_size_follows_the_device(tmp_path: Path) -> None:
+def test_default_batch_size_follows_the_device(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert default_batch_size('cpu') == 4
     assert default_batch_size(torch.device('cuda', 1)) == 16
+    assert default_readers('cpu') == 1
+    for cores, readers in ((None, 1), (2, 1), (8, 2), (16, 4), (128, 4)):
+        monkeypatch.setattr(tiles_module.os, 'cpu_count', lambda cores=cores: cores)
+        assert default_readers('cuda') == readers
+        assert default_readers('cpu') == 1
     write_raster(tmp_path / 'in.tif', height=120, width=100)
     model = Recorder()
     predict_raster(
@@ -262,9 +270,10 @@ class Smooth(nn.Module):
 def test_accelerator_path_matches_host_path(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # On an accelerator the batch leaves the reader raw and is normalised and
-    # masked after the copy to the device, in the model's thread. Forced here
-    # on the CPU, that path must give the host path's raster exactly.
+    # On an accelerator the batch leaves the reader raw, in the raster's own
+    # type, and is converted, normalised and masked after the copy to the
+    # device, in the model's thread. Forced here on the CPU, that path must
+    # give the host path's raster exactly.
     write_raster(tmp_path / 'in.tif', height=90, width=75, nodata=0)
     options: dict[str, Any] = {
         'tile_size': 16,
@@ -275,17 +284,22 @@ def test_accelerator_path_matches_host_path(
         'normalize': ([100.0, 200.0, 300.0, 400.0], [10.0, 20.0, 30.0, 40.0]),
     }
     predict_raster(Smooth(), tmp_path / 'in.tif', tmp_path / 'host.tif', **options)
-    init = tiles_module._Tiles.__init__
-    seen: list[bool] = []
+    read = tiles_module._Tiles.read
+    seen: list[tuple[torch.dtype, bool, bool]] = []
 
-    def raw_batches(self: tiles_module._Tiles, *args: Any, **kwargs: Any) -> None:
-        init(self, *args, **kwargs)
-        self.on_host = False
-        seen.append(self.masked)
+    def raw_batches(self: tiles_module._Tiles, *args: Any) -> Any:
+        batch = read(self, *args)
+        if batch is not None:
+            seen.append((batch.x.dtype, batch.normalized, batch.valid is not None))
+        return batch
 
-    monkeypatch.setattr(tiles_module._Tiles, '__init__', raw_batches)
+    monkeypatch.setattr(tiles_module, '_raw_on_device', lambda device: True)
+    monkeypatch.setattr(tiles_module._Tiles, 'read', raw_batches)
     predict_raster(Smooth(), tmp_path / 'in.tif', tmp_path / 'device.tif', **options)
-    assert seen == [True]  # the nodata mask travels with the raw batch
+    # uint16 batches, not normalised; the nodata mask travels with them.
+    assert (torch.uint16, False, True) in seen
+    assert {dtype for dtype, *_ in seen} == {torch.uint16}
+    assert not any(normalized for _, normalized, _ in seen)
     with (
         rasterio.open(tmp_path / 'host.tif') as host,
         rasterio.open(tmp_path / 'device.tif') as device,
@@ -544,13 +558,18 @@ def test_bad_reader_counts(tmp_path: Path, readers: Any) -> None:
 
 
 @pytest.mark.parametrize('readers', [1, 3])
-def test_stopped_readers_give_every_buffer_back(tmp_path: Path, readers: int) -> None:
+@pytest.mark.parametrize('raw', [False, True], ids=['host', 'raw'])
+def test_stopped_readers_give_every_buffer_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, readers: int, raw: bool
+) -> None:
     # A resumed run stops the readers and starts them again: batches they
     # had read, queued or still in hand, must all return their buffers, or
     # the restarted readers wait for a buffer forever.
     write_raster(tmp_path / 'in.tif', height=100, width=110)
     grid = TileGrid(100, 110, 16, 4)
     device = torch.device('cpu')
+    # Raw batches (an accelerator's) take their buffer before reading.
+    monkeypatch.setattr(tiles_module, '_raw_on_device', lambda device: raw)
     count = tiles_module._buffer_count(readers, device)
     with contextlib.ExitStack() as stack:
         sources = [
@@ -573,3 +592,56 @@ def test_stopped_readers_give_every_buffer_back(tmp_path: Path, readers: int) ->
             assert all(q.full() for q in reading.queues)
             reading.close()
             assert tiles.pool.qsize() == count
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'uint32', 'int16'])
+def test_raw_batches_of_any_type_match_the_host_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dtype: str
+) -> None:
+    # Raw batches are read in the raster's type where torch has it (float32
+    # with NaN holes, int16) and as float32 otherwise (uint32).
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 3000, (4, 50, 45)).astype(dtype)
+    if dtype == 'float32':
+        data[2, 10:20, 5:9] = np.nan
+    profile = {
+        'driver': 'GTiff',
+        'height': 50,
+        'width': 45,
+        'count': 4,
+        'dtype': dtype,
+        'crs': 'EPSG:32618',
+        'transform': from_origin(500_000, 4_170_000, 10, 10),
+    }
+    with rasterio.open(tmp_path / 'in.tif', 'w', **profile) as dst:
+        dst.write(data)
+    options: dict[str, Any] = {
+        'tile_size': 16,
+        'overlap': 4,
+        'batch_size': 3,
+        'output': 'scores',
+        'activation': 'none',
+        'normalize': ([1000.0] * 4, [500.0] * 4),
+    }
+    predict_raster(Smooth(), tmp_path / 'in.tif', tmp_path / 'host.tif', **options)
+    read = tiles_module._Tiles.read
+    types: set[torch.dtype] = set()
+
+    def recording(self: tiles_module._Tiles, *args: Any) -> Any:
+        batch = read(self, *args)
+        if batch is not None:
+            types.add(batch.x.dtype)
+        return batch
+
+    monkeypatch.setattr(tiles_module, '_raw_on_device', lambda device: True)
+    monkeypatch.setattr(tiles_module._Tiles, 'read', recording)
+    predict_raster(Smooth(), tmp_path / 'in.tif', tmp_path / 'raw.tif', **options)
+    assert types == {torch.float32 if dtype == 'uint32' else getattr(torch, dtype)}
+    with (
+        rasterio.open(tmp_path / 'host.tif') as a,
+        rasterio.open(tmp_path / 'raw.tif') as b,
+    ):
+        expected, actual = a.read(), b.read()
+    if dtype == 'float32':
+        assert np.isnan(expected[:, 10:20, 5:9]).all()
+    np.testing.assert_array_equal(actual, expected)
