@@ -472,10 +472,10 @@ class _Tiles:
     handed back with :meth:`give` once the model has used them. On the CPU
     the raw tiles are read into one array (reused, read by one thread at a
     time), converted into a float32 buffer and normalised here, in the
-    reader's thread. On an accelerator they are read straight into a buffer
-    of the raster's own type (pinned for CUDA: half the bytes of float32 for
-    uint16 rasters, and no conversion on the host); the device converts and
-    normalises them.
+    reader's thread. On CUDA they are read straight into a pinned buffer of
+    the raster's own type (half the bytes of float32 for uint16 rasters, and
+    no conversion on the host); the device converts and normalises them.
+    Other accelerators get float32 buffers and normalise on the device.
     """
 
     def __init__(
@@ -493,13 +493,13 @@ class _Tiles:
         self.masked = source.has_mask(positions) or np.dtype(source.dtype).kind == 'f'
         dtype = source.dtype if source.dtype in _TORCH_DTYPES else 'float32'
         shape = (batch_size, len(positions), grid.tile_size, grid.tile_size)
-        self.on_host = not _raw_on_device(device)
+        self.on_host = device.type == 'cpu'  # whether the reader normalises
         self.raw: np.ndarray | None = None
         buffer_dtype = torch.float32
-        if self.on_host:
-            self.raw = np.empty(shape, dtype)
-        else:
+        if _raw_on_device(device):
             buffer_dtype = torch.from_numpy(np.empty(0, dtype)).dtype
+        else:
+            self.raw = np.empty(shape, dtype)
         pin = device.type == 'cuda'
         self.pool: queue.Queue[Tensor] = queue.Queue()
         for _ in range(buffers):
@@ -528,8 +528,9 @@ class _Tiles:
                 return None
             x = buffer[: len(index)]
             x.copy_(torch.from_numpy(data))
-            x = _prepare(x, valid, self.norm)
-            return _Batch(start, rows, cols, x, valid, True, buffer)
+            if self.on_host:
+                x = _prepare(x, valid, self.norm)
+            return _Batch(start, rows, cols, x, valid, self.on_host, buffer)
         buffer = self._take(stop)
         if buffer is None:
             return None
@@ -1082,8 +1083,12 @@ class _Written:
 
 
 def _raw_on_device(device: torch.device) -> bool:
-    """Whether tiles reach the model's device raw, to be normalised there."""
-    return device.type != 'cpu'
+    """Whether tiles reach the model's device in the raster's own type.
+
+    On CUDA (whose copies convert every type torch has). Other accelerators
+    receive float32 tiles converted on the host; both normalise on the device.
+    """
+    return device.type == 'cuda'
 
 
 def _blends_on_device(device: torch.device) -> bool:

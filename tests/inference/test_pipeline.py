@@ -267,13 +267,14 @@ class Smooth(nn.Module):
         return nn.functional.avg_pool2d(x[:, :2], 3, stride=1, padding=1)
 
 
+@pytest.mark.parametrize('mode', ['raw', 'float32'])
 def test_accelerator_path_matches_host_path(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
 ) -> None:
-    # On an accelerator the batch leaves the reader raw, in the raster's own
-    # type, and is converted, normalised and masked after the copy to the
-    # device, in the model's thread. Forced here on the CPU, that path must
-    # give the host path's raster exactly.
+    # On CUDA the batch leaves the reader raw, in the raster's own type; on
+    # other accelerators as float32. Either way it is normalised and masked
+    # after the copy to the device, in the model's thread. Forced here on the
+    # CPU, both paths must give the host path's raster exactly.
     write_raster(tmp_path / 'in.tif', height=90, width=75, nodata=0)
     options: dict[str, Any] = {
         'tile_size': 16,
@@ -284,21 +285,29 @@ def test_accelerator_path_matches_host_path(
         'normalize': ([100.0, 200.0, 300.0, 400.0], [10.0, 20.0, 30.0, 40.0]),
     }
     predict_raster(Smooth(), tmp_path / 'in.tif', tmp_path / 'host.tif', **options)
-    read = tiles_module._Tiles.read
+    read, init = tiles_module._Tiles.read, tiles_module._Tiles.__init__
     seen: list[tuple[torch.dtype, bool, bool]] = []
 
-    def raw_batches(self: tiles_module._Tiles, *args: Any) -> Any:
+    def recording(self: tiles_module._Tiles, *args: Any) -> Any:
         batch = read(self, *args)
         if batch is not None:
             seen.append((batch.x.dtype, batch.normalized, batch.valid is not None))
         return batch
 
-    monkeypatch.setattr(tiles_module, '_raw_on_device', lambda device: True)
-    monkeypatch.setattr(tiles_module._Tiles, 'read', raw_batches)
+    def off_host(self: tiles_module._Tiles, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        self.on_host = False
+
+    if mode == 'raw':
+        monkeypatch.setattr(tiles_module, '_raw_on_device', lambda device: True)
+    else:
+        monkeypatch.setattr(tiles_module._Tiles, '__init__', off_host)
+    monkeypatch.setattr(tiles_module._Tiles, 'read', recording)
     predict_raster(Smooth(), tmp_path / 'in.tif', tmp_path / 'device.tif', **options)
-    # uint16 batches, not normalised; the nodata mask travels with them.
-    assert (torch.uint16, False, True) in seen
-    assert {dtype for dtype, *_ in seen} == {torch.uint16}
+    # Not normalised; the nodata mask travels with the batches.
+    dtype = torch.uint16 if mode == 'raw' else torch.float32
+    assert (dtype, False, True) in seen
+    assert {d for d, *_ in seen} == {dtype}
     assert not any(normalized for _, normalized, _ in seen)
     with (
         rasterio.open(tmp_path / 'host.tif') as host,
