@@ -5,7 +5,9 @@ raster or Sentinel-2 product (see :mod:`explora_geo.inference.sources`) in
 overlapping tiles and writes a georeferenced COG (plus polygons). Threads
 form a pipeline: readers cut tiles (each read on its own window, so memory
 never depends on the raster's size), the caller's thread runs the model,
-and a writer blends, encodes and writes finished rows. Finished
+and a writer blends, encodes and writes finished rows (on CUDA the
+blending and encoding are queued on the GPU by the model's thread and the
+writer only writes). Finished
 rows are committed next to the output, so an interrupted run continues where
 it stopped and ends byte-identical to an uninterrupted one.
 
@@ -118,11 +120,11 @@ def default_readers(device: str | torch.device) -> int:
     """Reader threads when none is given.
 
     On the CPU the model and the reader share the cores: one reader (more
-    were no faster on 2 cores). On an accelerator, where the host only
-    reads, blends nothing and writes finished rows, reading sets the pace:
-    on an H200 host with 16 cores, 4 readers cut a 4096 px raster's time by
-    a quarter to two fifths (benchmarks.md); one reader per 4 cores, at
-    most 4.
+    were no faster on 2 cores). On an accelerator the host has cores to
+    spare, and on CUDA, where it only reads and writes finished rows,
+    reading sets the pace: on an H200 host with 16 cores, 4 readers cut a
+    4096 px raster's time by a quarter to two fifths (benchmarks.md); one
+    reader per 4 cores, at most 4.
 
     Args:
         device: Where the model runs.
@@ -859,9 +861,9 @@ class _Sink:
     Segmentation scores are weighted sums over a window of output rows
     ``[top, top + buffer)``; rows no remaining tile can reach are passed on
     (divided by their weight sums) and dropped. Classification scores fill
-    one output row per tile row. The buffers live on *device*: on an
-    accelerator, blending and encoding run there and only finished,
-    encoded rows travel to the host.
+    one output row per tile row. The buffers live on *device*: on CUDA,
+    blending and encoding run there and only finished, encoded rows travel
+    to the host.
     """
 
     def __init__(
@@ -1092,8 +1094,12 @@ def _raw_on_device(device: torch.device) -> bool:
 
 
 def _blends_on_device(device: torch.device) -> bool:
-    """Whether scores are blended and encoded on the model's device."""
-    return device.type != 'cpu'
+    """Whether scores are blended and encoded on the model's device.
+
+    On CUDA, whose events tell the writer when each batch's rows (and its
+    input's copy) are done. Elsewhere the writer blends on the host.
+    """
+    return device.type == 'cuda'
 
 
 def _finished(batch: _Batch, grid: TileGrid) -> int:
