@@ -3,6 +3,7 @@
 import contextlib
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -267,6 +268,35 @@ class Smooth(nn.Module):
         return nn.functional.avg_pool2d(x[:, :2], 3, stride=1, padding=1)
 
 
+def predict_both_ways(
+    model: nn.Module, tmp_path: Path, options: dict[str, Any], patch: Callable[[], None]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``in.tif`` predicted as it is, then after *patch*: both rasters."""
+    predict_raster(model, tmp_path / 'in.tif', tmp_path / 'first.tif', **options)
+    patch()
+    predict_raster(model, tmp_path / 'in.tif', tmp_path / 'second.tif', **options)
+    with (
+        rasterio.open(tmp_path / 'first.tif') as first,
+        rasterio.open(tmp_path / 'second.tif') as second,
+    ):
+        return first.read(), second.read()
+
+
+def record_batches(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every batch the readers hand on, recorded as (dtype, normalized, masked)."""
+    read = tiles_module._Tiles.read
+    seen: list[tuple[torch.dtype, bool, bool]] = []
+
+    def recording(self: tiles_module._Tiles, *args: Any) -> Any:
+        batch = read(self, *args)
+        if batch is not None:
+            seen.append((batch.x.dtype, batch.normalized, batch.valid is not None))
+        return batch
+
+    monkeypatch.setattr(tiles_module._Tiles, 'read', recording)
+    return seen
+
+
 @pytest.mark.parametrize('mode', ['raw', 'float32'])
 def test_accelerator_path_matches_host_path(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
@@ -284,36 +314,27 @@ def test_accelerator_path_matches_host_path(
         'activation': 'none',
         'normalize': ([100.0, 200.0, 300.0, 400.0], [10.0, 20.0, 30.0, 40.0]),
     }
-    predict_raster(Smooth(), tmp_path / 'in.tif', tmp_path / 'host.tif', **options)
-    read, init = tiles_module._Tiles.read, tiles_module._Tiles.__init__
-    seen: list[tuple[torch.dtype, bool, bool]] = []
-
-    def recording(self: tiles_module._Tiles, *args: Any) -> Any:
-        batch = read(self, *args)
-        if batch is not None:
-            seen.append((batch.x.dtype, batch.normalized, batch.valid is not None))
-        return batch
+    init = tiles_module._Tiles.__init__
+    recorded: list[list[Any]] = []
 
     def off_host(self: tiles_module._Tiles, *args: Any, **kwargs: Any) -> None:
         init(self, *args, **kwargs)
         self.on_host = False
 
-    if mode == 'raw':
-        monkeypatch.setattr(tiles_module, '_raw_on_device', lambda device: True)
-    else:
-        monkeypatch.setattr(tiles_module._Tiles, '__init__', off_host)
-    monkeypatch.setattr(tiles_module._Tiles, 'read', recording)
-    predict_raster(Smooth(), tmp_path / 'in.tif', tmp_path / 'device.tif', **options)
+    def patch() -> None:
+        if mode == 'raw':
+            monkeypatch.setattr(tiles_module, '_raw_on_device', lambda device: True)
+        else:
+            monkeypatch.setattr(tiles_module._Tiles, '__init__', off_host)
+        recorded.append(record_batches(monkeypatch))
+
+    expected, actual = predict_both_ways(Smooth(), tmp_path, options, patch)
     # Not normalised; the nodata mask travels with the batches.
+    batches = recorded[0]
     dtype = torch.uint16 if mode == 'raw' else torch.float32
-    assert (dtype, False, True) in seen
-    assert {d for d, *_ in seen} == {dtype}
-    assert not any(normalized for _, normalized, _ in seen)
-    with (
-        rasterio.open(tmp_path / 'host.tif') as host,
-        rasterio.open(tmp_path / 'device.tif') as device,
-    ):
-        expected, actual = host.read(), device.read()
+    assert (dtype, False, True) in batches
+    assert {d for d, *_ in batches} == {dtype}
+    assert not any(normalized for _, normalized, _ in batches)
     assert np.isnan(expected[:, :10, :7]).all()
     np.testing.assert_array_equal(actual, expected)
 
@@ -357,7 +378,7 @@ def test_device_blending_matches_host_blending(
     score_dtype: str | None,
     activation: Any,
 ) -> None:
-    # On an accelerator, the model's thread blends and encodes on the device
+    # On CUDA, the model's thread blends and encodes on the device
     # (masking non-finite scores without a host sync) and the writer only
     # writes. Forced here on the CPU, that path must give the host path's
     # raster exactly, with nodata in the input and non-finite model outputs.
@@ -371,9 +392,6 @@ def test_device_blending_matches_host_blending(
         'activation': activation,
         'normalize': False,
     }
-    host = predict_raster(
-        Holes(kind), tmp_path / 'in.tif', tmp_path / 'host.tif', **options
-    )
     written: list[Any] = []
     blend = tiles_module._blend_on_device
 
@@ -382,23 +400,21 @@ def test_device_blending_matches_host_blending(
         written.append(job)
         return job
 
-    monkeypatch.setattr(tiles_module, '_blends_on_device', lambda device: True)
-    monkeypatch.setattr(tiles_module, '_blend_on_device', recording)
-    device = predict_raster(
-        Holes(kind), tmp_path / 'in.tif', tmp_path / 'device.tif', **options
-    )
-    assert device.kind == host.kind == kind
+    def patch() -> None:
+        monkeypatch.setattr(tiles_module, '_blends_on_device', lambda device: True)
+        monkeypatch.setattr(tiles_module, '_blend_on_device', recording)
+
+    expected, actual = predict_both_ways(Holes(kind), tmp_path, options, patch)
     # One job per batch and one for the rows left; rows cover the output once.
-    assert len(written) == -(-host.num_tiles // 5) + 1
+    grid = TileGrid(90, 75, 16, 6)
+    if kind == 'classification':
+        assert expected.shape[1:] == (grid.rows, grid.cols)
+    assert len(written) == -(-len(grid) // 5) + 1
     spans = [(job.top, job.until) for job in written if job.data is not None]
     assert [top for top, _ in spans[1:]] == [until for _, until in spans[:-1]]
-    with (
-        rasterio.open(tmp_path / 'host.tif') as a,
-        rasterio.open(tmp_path / 'device.tif') as b,
-    ):
-        expected, actual = a.read(), b.read()
-        assert spans[0][0] == 0 and spans[-1][1] == a.height
-        nodata = a.nodata
+    assert spans[0][0] == 0 and spans[-1][1] == expected.shape[1]
+    with rasterio.open(tmp_path / 'first.tif') as first:
+        nodata = first.nodata
     missing = np.isnan(expected) if np.isnan(nodata) else expected == nodata
     # The holes reach the output as nodata, and not everywhere.
     assert 0 < missing.mean() < 0.9
@@ -632,25 +648,15 @@ def test_raw_batches_of_any_type_match_the_host_path(
         'activation': 'none',
         'normalize': ([1000.0] * 4, [500.0] * 4),
     }
-    predict_raster(Smooth(), tmp_path / 'in.tif', tmp_path / 'host.tif', **options)
-    read = tiles_module._Tiles.read
-    types: set[torch.dtype] = set()
+    recorded: list[list[Any]] = []
 
-    def recording(self: tiles_module._Tiles, *args: Any) -> Any:
-        batch = read(self, *args)
-        if batch is not None:
-            types.add(batch.x.dtype)
-        return batch
+    def patch() -> None:
+        monkeypatch.setattr(tiles_module, '_raw_on_device', lambda device: True)
+        recorded.append(record_batches(monkeypatch))
 
-    monkeypatch.setattr(tiles_module, '_raw_on_device', lambda device: True)
-    monkeypatch.setattr(tiles_module._Tiles, 'read', recording)
-    predict_raster(Smooth(), tmp_path / 'in.tif', tmp_path / 'raw.tif', **options)
+    expected, actual = predict_both_ways(Smooth(), tmp_path, options, patch)
+    types = {batch_type for batch_type, *_ in recorded[0]}
     assert types == {torch.float32 if dtype == 'uint32' else getattr(torch, dtype)}
-    with (
-        rasterio.open(tmp_path / 'host.tif') as a,
-        rasterio.open(tmp_path / 'raw.tif') as b,
-    ):
-        expected, actual = a.read(), b.read()
     if dtype == 'float32':
         assert np.isnan(expected[:, 10:20, 5:9]).all()
     np.testing.assert_array_equal(actual, expected)
