@@ -660,3 +660,37 @@ def test_raw_batches_of_any_type_match_the_host_path(
     if dtype == 'float32':
         assert np.isnan(expected[:, 10:20, 5:9]).all()
     np.testing.assert_array_equal(actual, expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+@pytest.mark.parametrize('output', ['classes', 'scores'])
+def test_cuda_matches_cpu(tmp_path: Path, output: str) -> None:
+    # The real CUDA path end to end: uint16 tiles in pinned buffers,
+    # conversion, normalisation, blending and encoding on the GPU, events.
+    write_raster(tmp_path / 'in.tif', height=300, width=260, nodata=0)
+    options: dict[str, Any] = {
+        'tile_size': 64,
+        'overlap': 16,
+        'batch_size': 4,
+        'output': output,
+        'normalize': ([1500.0] * 4, [800.0] * 4),
+    }
+    for device in ('cpu', 'cuda'):
+        predict_raster(
+            Threshold(),
+            tmp_path / 'in.tif',
+            tmp_path / f'{device}.tif',
+            device=device,
+            readers=2,
+            **options,
+        )
+    with (
+        rasterio.open(tmp_path / 'cpu.tif') as a,
+        rasterio.open(tmp_path / 'cuda.tif') as b,
+    ):
+        expected, actual = a.read().astype(int), b.read().astype(int)
+    assert (expected == 255).sum() == (actual == 255).sum() > 0  # nodata
+    if output == 'classes':
+        assert (expected == actual).mean() > 0.999
+    else:
+        assert np.abs(expected - actual).max() <= 1
