@@ -359,11 +359,20 @@ class _Batch:
     start: int  # index of the first tile (row-major)
     rows: np.ndarray  # tile row of each tile
     cols: np.ndarray
-    x: Tensor  # (B, C, T, T) float32 on the host; normalised if `normalized`
+    x: Tensor  # (B, C, T, T) on the host; float32, normalised if `normalized`
     valid: np.ndarray | None  # (B, T, T) bool; None: all valid
     normalized: bool
     buffer: Tensor  # the pooled buffer *x* lives in, given back after use
     given: bool = False  # whether *buffer* is back in the pool
+    mask: Tensor | None = None  # *valid* where the model runs, once there
+
+    def valid_on(self, device: torch.device) -> Tensor | None:
+        """*valid* as a tensor on *device*, copied there once."""
+        if self.valid is None:
+            return None
+        if self.mask is None or self.mask.device != device:
+            self.mask = torch.from_numpy(self.valid).to(device, non_blocking=True)
+        return self.mask
 
 
 def _reflect(start: int, size: int, length: int) -> np.ndarray | slice:
@@ -510,7 +519,7 @@ class _Tiles:
     def sibling(self, source: RasterSource) -> '_Tiles':
         """A reader of the same tiles from another handle of the same input.
 
-        It has its own raw array and shares the float32 buffers.
+        It has its own raw array and shares the buffers.
         """
         other = copy.copy(self)
         other.source = source
@@ -531,7 +540,8 @@ class _Tiles:
             x = buffer[: len(index)]
             x.copy_(torch.from_numpy(data))
             if self.on_host:
-                x = _prepare(x, valid, self.norm)
+                mask = None if valid is None else torch.from_numpy(valid)
+                x = _prepare(x, mask, self.norm)
             return _Batch(start, rows, cols, x, valid, self.on_host, buffer)
         buffer = self._take(stop)
         if buffer is None:
@@ -595,13 +605,12 @@ class _Tiles:
 
 
 def _prepare(
-    x: Tensor, valid: np.ndarray | None, norm: Callable[[Tensor], Tensor]
+    x: Tensor, valid: Tensor | None, norm: Callable[[Tensor], Tensor]
 ) -> Tensor:
     """Normalise a batch; invalid pixels become 0 (after normalisation)."""
     x = norm(x)
     if valid is not None:
-        mask = torch.from_numpy(valid).to(x.device, non_blocking=True)
-        x = x.masked_fill_(~mask[:, None], 0)
+        x = x.masked_fill_(~valid[:, None], 0)
     return x
 
 
@@ -633,7 +642,7 @@ def _queue_depth(readers: int) -> int:
 
 
 def _buffer_count(readers: int, device: torch.device) -> int:
-    """Float32 input buffers the pipeline needs so that no reader waits for one.
+    """Input buffers the pipeline needs so that no reader waits for one.
 
     Each reader holds at most its queue plus the batch it is converting; one
     batch is in the model; on an accelerator two more wait for their outputs
@@ -873,12 +882,11 @@ class _Sink:
         blend: Blend,
         top: int,
         device: torch.device | str = 'cpu',
-        no_sync: bool | None = None,
+        no_sync: bool = False,
     ) -> None:
         self.grid, self.layout = grid, layout
         self.device = torch.device(device)
-        # Whether to avoid every host-device sync (default: off the CPU).
-        self.no_sync = self.device.type != 'cpu' if no_sync is None else no_sync
+        self.no_sync = no_sync  # never wait for the device (it blends there)
         self.weights = torch.from_numpy(
             blend_weights(grid.tile_size, grid.overlap, blend)
         ).to(self.device)
@@ -895,45 +903,25 @@ class _Sink:
 
     def _rows(self, count: int) -> None:
         """Make the buffer hold *count* rows from ``top``."""
-        have = self.norm.shape[0]
-        if count <= have:
-            return
-        pad = count - have
-        self.sums = torch.cat(
-            [
-                self.sums,
-                self._zeros(
-                    (self.sums.shape[0], pad, self.sums.shape[2]), torch.float32
-                ),
-            ],
-            dim=1,
-        )
-        self.norm = torch.cat(
-            [self.norm, self._zeros((pad, self.norm.shape[1]), torch.float32)]
-        )
-        self.invalid = torch.cat(
-            [self.invalid, self._zeros((pad, self.invalid.shape[1]), torch.bool)]
-        )
+        pad = (0, 0, 0, count - self.norm.shape[0])  # rows: dimension -2
+        if pad[-1] > 0:
+            self.sums = torch.nn.functional.pad(self.sums, pad)
+            self.norm = torch.nn.functional.pad(self.norm, pad)
+            self.invalid = torch.nn.functional.pad(self.invalid, pad)
 
     def add_batch(self, batch: '_Batch', out: Tensor, activation: str) -> None:
         """Add a batch of model outputs (logits), activated here."""
         scores = _activate(out.float(), activation)
         if scores.device != self.device:
             scores = scores.to(self.device)
-        valid = None
-        if batch.valid is not None:
-            valid = torch.from_numpy(batch.valid).to(self.device, non_blocking=True)
+        valid = batch.valid_on(self.device)
         if self.layout.kind == 'classification':
             self._add_classes(batch, scores, valid)
             return
         finite: Tensor | None = None
-        if not self.no_sync:
-            # NaN and inf survive a sum: one reduction checks the batch.
-            if not bool(torch.isfinite(scores.sum())):
-                finite = torch.isfinite(scores).all(dim=1)
-                scores = scores.nan_to_num(0.0, 0.0, 0.0)
-        else:
-            # Without a host sync: always mask (two kernels).
+        # NaN and inf survive a sum: one reduction checks the batch, unless
+        # that would wait for the device (then the mask is always made).
+        if self.no_sync or not bool(torch.isfinite(scores.sum())):
             finite = torch.isfinite(scores).all(dim=1)
             scores = scores.nan_to_num(0.0, 0.0, 0.0)
         for i, (r, c) in enumerate(zip(batch.rows, batch.cols, strict=True)):
@@ -964,7 +952,8 @@ class _Sink:
         self.filled = max(self.filled, last)
         rows = torch.from_numpy(batch.rows[new] - self.top).to(self.device)
         cols = torch.from_numpy(batch.cols[new]).to(self.device)
-        take = torch.from_numpy(new).to(self.device)
+        # Integer indices: a boolean one would wait for the device.
+        take = torch.from_numpy(np.flatnonzero(new)).to(self.device)
         kept = keep[take]
         self.sums[:, rows, cols] = torch.where(kept[:, None], scores[take], 0).T
         self.norm[rows, cols] = kept.float()
@@ -979,8 +968,8 @@ class _Sink:
     ) -> None:
         """Add one segmentation tile's (activated) scores.
 
-        Rows before ``top`` are ignored. *finite* marks the pixels whose scores are all finite (None: all);
-        the others must be 0 in *scores*.
+        Rows before ``top`` are ignored. *finite* marks the pixels whose
+        scores are all finite (None: all); the others must be 0 in *scores*.
         """
         grid = self.grid
         y, x = row * grid.stride, col * grid.stride
@@ -1180,8 +1169,8 @@ def _writer(
             if stop.is_set():
                 return
             if job is _DONE:
-                if sink.device.type == 'cpu':
-                    emit(sink.take(grid.rows))
+                # Rows left, if the host blends (the device path took them).
+                emit(sink.take(grid.rows))
                 return
             if isinstance(job, _Written):
                 if job.ready is not None:
@@ -1542,7 +1531,8 @@ def _forward(
     x = batch.x
     if not batch.normalized:
         # Raw values reach the device in the raster's type, converted there.
-        x = _prepare(x.to(device, non_blocking=True).float(), batch.valid, norm)
+        x = x.to(device, non_blocking=True).float()
+        x = _prepare(x, batch.valid_on(device), norm)
     with torch.inference_mode():
         y: Tensor = model(x)
     return y
