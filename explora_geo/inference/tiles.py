@@ -48,9 +48,9 @@ from tqdm import tqdm
 from ..sensors import InputSpec, Normalization
 from .sources import RasterSource, band_key, open_source
 from .writers import (
-    COMPRESSIONS,
     PartialOutput,
     atomic_path,
+    check_compression,
     check_vector_path,
     final_copy,
     grid_polygons,
@@ -1285,6 +1285,7 @@ def predict_raster(
     cog: bool = True,
     *,
     compress: Literal['deflate', 'zstd', 'lzw', 'none'] = 'deflate',
+    compress_level: int | None = None,
     spec: InputSpec | None = None,
     input_bands: Sequence[str] | None = None,
     score_dtype: Literal['uint8', 'float32'] | None = None,
@@ -1357,8 +1358,10 @@ def predict_raster(
         cog: Write a Cloud Optimized GeoTIFF (else a tiled GeoTIFF).
         compress: Compression of the output (see
             :func:`~explora_geo.inference.writers.final_copy`): ``'deflate'``
-            (readable everywhere), ``'zstd'`` (level 1: about 2.5x faster to
-            write class scores), ``'lzw'`` or ``'none'``.
+            (readable everywhere), ``'zstd'``, ``'lzw'`` or ``'none'``.
+        compress_level: Level of ``'deflate'`` (1-12) or ``'zstd'`` (1-22);
+            None: 1, the fastest (GDAL's own default, DEFLATE 6, writes
+            uint8 scores about 3x slower in files about a fifth smaller).
         spec: What the model expects (default ``model.input_spec``).
         input_bands: Names of the input's bands in file order, replacing the
             file's band descriptions.
@@ -1400,10 +1403,7 @@ def predict_raster(
         raise ValueError(
             f"score_dtype must be 'uint8' or 'float32', got {score_dtype!r}"
         )
-    if compress not in COMPRESSIONS:
-        raise ValueError(
-            f'compress must be one of {sorted(COMPRESSIONS)}, got {compress!r}'
-        )
+    check_compression(compress, compress_level)
     if vector_path is not None:
         check_vector_path(vector_path)
     spec = spec if spec is not None else model_input_spec(model)
@@ -1498,6 +1498,7 @@ def predict_raster(
                 blend,
                 cog,
                 compress,
+                compress_level,
                 labels,
                 score_dtype,
                 progress,
@@ -1551,6 +1552,7 @@ class _Options:
     blend: Blend
     cog: bool
     compress: str
+    compress_level: int | None
     labels: Sequence[str] | None
     score_dtype: str | None
     progress: bool
@@ -1699,7 +1701,9 @@ def _run(
         partial.close()
         resampling = 'NEAREST' if output == 'classes' else 'AVERAGE'
         with atomic_path(out_path) as tmp:
-            final_copy(partial.work, tmp, cog, resampling, compress)
+            final_copy(
+                partial.work, tmp, cog, resampling, compress, options.compress_level
+            )
         if vector_path is not None:
             if kind == 'segmentation':
                 write_vectors(polygonize(out_path, labels), vector_path)

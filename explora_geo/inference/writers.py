@@ -30,9 +30,12 @@ from ..atomic import _alive, atomic_path, remove_stale
 
 __all__ = (
     'COMPRESSIONS',
+    'DEFAULT_LEVELS',
+    'LEVELS',
     'VECTOR_DRIVERS',
     'PartialOutput',
     'atomic_path',
+    'check_compression',
     'check_vector_path',
     'cog_copy',
     'final_copy',
@@ -173,10 +176,46 @@ class PartialOutput:
 #: Compressions of the final raster, by their GDAL names.
 COMPRESSIONS = {'deflate': 'DEFLATE', 'zstd': 'ZSTD', 'lzw': 'LZW', 'none': 'NONE'}
 
-#: GDAL ``LEVEL`` per compression where it differs from GDAL's default: zstd
-#: is the fast choice (level 1 writes class scores about 2.5x faster than
-#: DEFLATE's default level 6, in files from 5 % smaller to 30 % larger).
-_LEVELS = {'zstd': 1}
+#: GDAL ``LEVEL`` of each compression that has levels, when none is given:
+#: the fastest. The final copy runs after the last tile, so its time is the
+#: whole run's: level 1 writes uint8 class scores about 3x faster than
+#: GDAL's default DEFLATE level 6, in files about a quarter larger (float32
+#: scores: 1.7x faster, 2 % larger; class maps: the same). benchmarks.md,
+#: "Tiled raster prediction", has the figures.
+DEFAULT_LEVELS = {'deflate': 1, 'zstd': 1}
+
+#: The levels each compression accepts (DEFLATE's 10-12 are libdeflate's).
+LEVELS = {'deflate': range(1, 13), 'zstd': range(1, 23)}
+
+
+def check_compression(compress: str, level: int | None = None) -> None:
+    """Raise a clear error for an unknown compression or a level it lacks.
+
+    Args:
+        compress: A key of :data:`COMPRESSIONS`.
+        level: Its level, or None for :data:`DEFAULT_LEVELS`.
+
+    Raises:
+        ValueError: If *compress* is unknown, or *level* is given for a
+            compression without levels or lies outside :data:`LEVELS`.
+    """
+    if compress not in COMPRESSIONS:
+        raise ValueError(
+            f'compress must be one of {sorted(COMPRESSIONS)}, got {compress!r}'
+        )
+    if level is None:
+        return
+    if compress not in LEVELS:
+        raise ValueError(
+            f'compress {compress!r} has no levels (got compress_level={level!r}); '
+            f'levels exist for {sorted(LEVELS)}'
+        )
+    allowed = LEVELS[compress]
+    if isinstance(level, bool) or not isinstance(level, int) or level not in allowed:
+        raise ValueError(
+            f'compress_level for {compress!r} must be an integer from '
+            f'{allowed.start} to {allowed.stop - 1}, got {level!r}'
+        )
 
 
 def final_copy(
@@ -185,6 +224,7 @@ def final_copy(
     cog: bool,
     resampling: str,
     compress: str = 'deflate',
+    level: int | None = None,
 ) -> None:
     """Copy a finished GeoTIFF into its compressed final form.
 
@@ -203,24 +243,22 @@ def final_copy(
         resampling: Overview resampling (``'NEAREST'`` for class maps,
             ``'AVERAGE'`` for scores).
         compress: ``'deflate'`` (readable by every TIFF reader), ``'zstd'``
-            (level 1: about 2.5x faster to write class scores; GDAL >= 2.3),
-            ``'lzw'`` or ``'none'``.
+            (GDAL >= 2.3 reads it), ``'lzw'`` or ``'none'``.
+        level: The compression's level (:data:`LEVELS`); None: the fastest,
+            :data:`DEFAULT_LEVELS`.
 
     Raises:
-        ValueError: If *compress* is unknown.
+        ValueError: If *compress* is unknown or *level* does not fit it.
     """
-    if compress not in COMPRESSIONS:
-        raise ValueError(
-            f'compress must be one of {sorted(COMPRESSIONS)}, got {compress!r}'
-        )
+    check_compression(compress, level)
     options: dict[str, Any] = {
         'compress': COMPRESSIONS[compress],
         'num_threads': 'ALL_CPUS',
     }
     with rasterio.open(src) as source:
         floating = np.dtype(source.dtypes[0]).kind == 'f'
-    if compress in _LEVELS:
-        options['level'] = _LEVELS[compress]
+    if compress in DEFAULT_LEVELS:
+        options['level'] = DEFAULT_LEVELS[compress] if level is None else level
     if compress != 'none':
         options['predictor'] = 3 if floating else 2
     if cog:

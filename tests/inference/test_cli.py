@@ -233,6 +233,25 @@ def test_classification_vectors_are_chips(tmp_path: Path) -> None:
     assert set(frame['label']) <= {'water', 'crop', 'forest', 'urban'}
 
 
+def test_compression_level_checked_before_the_model(tmp_path: Path) -> None:
+    write_raster(tmp_path / 'scene.tif')
+    missing = str(tmp_path / 'no_such.ckpt')
+    common = [
+        'predict',
+        missing,
+        str(tmp_path / 'scene.tif'),
+        '-o',
+        str(tmp_path / 'o.tif'),
+    ]
+    with pytest.raises(
+        ValueError, match=r"'zstd' must be an integer from 1 to 22, got 30"
+    ):
+        main([*common, '--compress', 'zstd', '--compress-level', '30'])
+    with pytest.raises(ValueError, match=r"compress 'lzw' has no levels"):
+        main([*common, '--compress', 'lzw', '--compress-level', '2'])
+    assert not (tmp_path / 'o.tif').exists()
+
+
 def test_vectors_checked_before_the_model(tmp_path: Path) -> None:
     write_raster(tmp_path / 'scene.tif')
     missing = str(tmp_path / 'no_such.ckpt')

@@ -27,6 +27,7 @@ from explora_geo.inference.tiles import (
     default_readers,
     predict_raster,
 )
+from explora_geo.inference.writers import final_copy
 
 from .test_tiles import Pointwise, Threshold, write_raster
 
@@ -203,6 +204,59 @@ def test_compression_choices_keep_pixels(tmp_path: Path, cog: bool) -> None:
             compress='jpeg',  # type: ignore[arg-type]
         )
     assert not (tmp_path / 'bad.tif').exists()
+
+
+def test_compression_levels(tmp_path: Path) -> None:
+    """The level reaches GDAL; None is the fastest level; bad levels are refused."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[:256, :256]
+    smooth = (np.sin(x / 9.0) + np.cos(y / 13.0)) * 60 + 127
+    data = (smooth[None] + rng.normal(0, 4, (4, 256, 256))).clip(0, 254)
+    src = tmp_path / 'work.tif'
+    profile = {
+        'driver': 'GTiff',
+        'width': 256,
+        'height': 256,
+        'count': 4,
+        'dtype': 'uint8',
+        'crs': 'EPSG:32633',
+        'transform': from_origin(500000, 4000000, 10, 10),
+        'tiled': True,
+    }
+    with rasterio.open(src, 'w', **profile) as dst:
+        dst.write(data.astype(np.uint8))
+    sizes = {}
+    levels = {'deflate': (1, None, 9), 'zstd': (1, None, 19)}
+    for compress, level in [(c, v) for c, vs in levels.items() for v in vs]:
+        out = tmp_path / f'{compress}-{level}.tif'
+        final_copy(src, out, True, 'AVERAGE', compress, level)
+        sizes[compress, level] = out.stat().st_size
+        with rasterio.open(out) as a, rasterio.open(src) as b:
+            np.testing.assert_array_equal(a.read(), b.read())
+        if level is None:
+            assert out.read_bytes() == (tmp_path / f'{compress}-1.tif').read_bytes()
+    for compress, best in (('deflate', 9), ('zstd', 19)):
+        assert sizes[compress, best] < sizes[compress, 1], sizes
+    for compress, level, message in (
+        ('lzw', 2, r"compress 'lzw' has no levels \(got compress_level=2\)"),
+        ('none', 1, r"compress 'none' has no levels"),
+        ('deflate', 0, r"'deflate' must be an integer from 1 to 12, got 0"),
+        ('deflate', 13, r'from 1 to 12, got 13'),
+        ('zstd', 23, r"'zstd' must be an integer from 1 to 22, got 23"),
+        ('zstd', True, r'got True'),
+    ):
+        with pytest.raises(ValueError, match=message):
+            final_copy(src, tmp_path / 'bad.tif', True, 'AVERAGE', compress, level)
+        with pytest.raises(ValueError, match=message):
+            predict_raster(
+                Threshold(),
+                tmp_path / 'work.tif',
+                tmp_path / 'bad.tif',
+                normalize=False,
+                compress=compress,  # type: ignore[arg-type]
+                compress_level=level,
+            )
+        assert not (tmp_path / 'bad.tif').exists()
 
 
 class FailsOnSecondBatch(nn.Module):
