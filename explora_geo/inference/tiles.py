@@ -504,17 +504,24 @@ class _Tiles:
         self.masked = source.has_mask(positions) or np.dtype(source.dtype).kind == 'f'
         dtype = source.dtype if source.dtype in _TORCH_DTYPES else 'float32'
         shape = (batch_size, len(positions), grid.tile_size, grid.tile_size)
+        # Raw tiles of a pixel-interleaved GeoTIFF keep its layout: (B, T, T, C)
+        # arrays, read through (B, C, T, T) views; the conversion reorders.
+        self.pixel = dtype == source.dtype and source.pixel_interleaved(positions)
         self.on_host = device.type == 'cpu'  # whether the reader normalises
         self.raw: np.ndarray | None = None
         buffer_dtype = torch.float32
-        if _raw_on_device(device):
+        raw_on_device = _raw_on_device(device)
+        if raw_on_device:
             buffer_dtype = torch.from_numpy(np.empty(0, dtype)).dtype
         else:
             self.raw = np.empty(shape, dtype)
+            if self.pixel:
+                self.raw = np.empty(_pixel_shape(shape), dtype).transpose(_BAND_ORDER)
+        buffer_shape = _pixel_shape(shape) if raw_on_device and self.pixel else shape
         pin = device.type == 'cuda'
         self.pool: queue.Queue[Tensor] = queue.Queue()
         for _ in range(buffers):
-            self.pool.put(torch.empty(shape, dtype=buffer_dtype, pin_memory=pin))
+            self.pool.put(torch.empty(buffer_shape, dtype=buffer_dtype, pin_memory=pin))
 
     def sibling(self, source: RasterSource) -> '_Tiles':
         """A reader of the same tiles from another handle of the same input.
@@ -547,6 +554,8 @@ class _Tiles:
         if buffer is None:
             return None
         x = buffer[: len(index)]
+        if self.pixel:
+            x = x.permute(_BAND_ORDER)  # the raster's layout, uploaded as it lies
         try:
             valid = self._read_into(x.numpy(), rows, cols)
         except BaseException:
@@ -602,6 +611,28 @@ class _Tiles:
             )
             if not shared:
                 self.give(batch)
+
+
+#: (B, C, T, T) -> (B, T, T, C) shapes, and the view back.
+_BAND_ORDER = (0, 3, 1, 2)
+
+
+def _pixel_shape(shape: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    return (shape[0], shape[2], shape[3], shape[1])
+
+
+def _upload(x: Tensor, device: torch.device) -> Tensor:
+    """Raw tiles on *device* as contiguous float32 ``(B, C, T, T)``.
+
+    A pixel-interleaved batch (a ``(B, C, T, T)`` view of ``(B, T, T, C)``
+    memory) is copied as it lies, in one non-blocking copy from its pinned
+    buffer, and reordered on the device.
+    """
+    lies = x.permute(0, 2, 3, 1)
+    if not x.is_contiguous() and lies.is_contiguous():
+        moved = lies.to(device, non_blocking=True).permute(_BAND_ORDER)
+        return torch.empty(x.shape, device=device).copy_(moved)
+    return x.to(device, non_blocking=True).float()
 
 
 def _prepare(
@@ -1532,8 +1563,7 @@ def _forward(
     x = batch.x
     if not batch.normalized:
         # Raw values reach the device in the raster's type, converted there.
-        x = x.to(device, non_blocking=True).float()
-        x = _prepare(x, batch.valid_on(device), norm)
+        x = _prepare(_upload(x, device), batch.valid_on(device), norm)
     with torch.inference_mode():
         y: Tensor = model(x)
     return y

@@ -336,6 +336,67 @@ def predict_both_ways(
         return first.read(), second.read()
 
 
+@pytest.mark.parametrize('raw', [False, True])
+def test_raster_layouts_give_the_same_prediction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, raw: bool
+) -> None:
+    # A pixel-interleaved, uncompressed GeoTIFF is read into buffers of its
+    # own layout (reordered by the conversion, or on the device after an
+    # upload as it lies); other layouts band by band. Same rasters.
+    data = write_raster(tmp_path / 'pixel.tif', height=90, width=75, nodata=0)
+    with rasterio.open(tmp_path / 'pixel.tif') as src:
+        profile = src.profile
+    copies: list[tuple[str, dict[str, Any], list[int]]] = [
+        ('band.tif', {'interleave': 'band'}, [0, 1, 2, 3]),
+        ('deflate.tif', {'compress': 'deflate', 'tiled': True}, [0, 1, 2, 3]),
+        ('reordered.tif', {}, [2, 1, 0, 3]),
+    ]
+    for name, layout, order in copies:
+        extra = {'blockxsize': 32, 'blockysize': 32} | layout
+        with rasterio.open(tmp_path / name, 'w', **(profile | extra)) as dst:
+            dst.write(data[order])
+    init = tiles_module._Tiles.__init__
+    layouts: list[bool] = []
+
+    def recording(self: tiles_module._Tiles, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        layouts.append(self.pixel)
+
+    monkeypatch.setattr(tiles_module._Tiles, '__init__', recording)
+    if raw:
+        monkeypatch.setattr(tiles_module, '_raw_on_device', lambda device: True)
+    options: dict[str, Any] = {
+        'tile_size': 16,
+        'overlap': 4,
+        'batch_size': 3,
+        'output': 'scores',
+        'activation': 'none',
+        'normalize': ([100.0, 200.0, 300.0, 400.0], [10.0, 20.0, 30.0, 40.0]),
+    }
+    results = {}
+    runs: list[tuple[str, list[int] | None]] = [
+        ('pixel.tif', None),
+        ('band.tif', None),
+        ('deflate.tif', None),
+        ('reordered.tif', None),
+        ('pixel.tif', [3, 2, 1, 4]),  # in another order: band by band
+    ]
+    for name, bands in runs:
+        out = tmp_path / f'{name}-{bands is None}.out.tif'
+        predict_raster(Smooth(), tmp_path / name, out, bands=bands, **options)
+        with rasterio.open(out) as dst:
+            results[name, bands is None] = dst.read()
+    assert layouts == [True, False, False, True, False]
+    expected = results['pixel.tif', True]
+    assert np.isnan(expected[:, :10, :7]).all() and not np.isnan(expected[:, 20:]).any()
+    for key in (('band.tif', True), ('deflate.tif', True)):
+        np.testing.assert_array_equal(results[key], expected)
+    np.testing.assert_array_equal(
+        results['pixel.tif', False], results['reordered.tif', True]
+    )
+    assert not np.array_equal(results['reordered.tif', True], expected)
+
+
 def record_batches(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """Every batch the readers hand on, recorded as (dtype, normalized, masked)."""
     read = tiles_module._Tiles.read

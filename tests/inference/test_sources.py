@@ -3,6 +3,7 @@
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -32,6 +33,47 @@ def test_band_names() -> None:
     assert band_name_from_path('s2_B12.tif') == 'B12'
     assert band_name_from_path('S2B_MSIL1C_TCI.jp2') is None
     assert band_key('B01') == band_key('b1') == 'b1' != band_key('B8A')
+
+
+def write_layout(path: Path, data: np.ndarray, **options: object) -> None:
+    profile = {
+        'driver': 'GTiff',
+        'count': data.shape[0],
+        'height': data.shape[1],
+        'width': data.shape[2],
+        'dtype': str(data.dtype),
+        'crs': 'EPSG:32618',
+        'transform': rasterio.transform.from_origin(500000, 4000000, 10, 10),
+    }
+    with rasterio.open(path, 'w', **(profile | options)) as dst:
+        dst.write(data)
+
+
+def test_pixel_interleaved_sources(tmp_path: Path) -> None:
+    """Only every band, in order, of an uncompressed pixel-interleaved GeoTIFF."""
+    data = np.arange(4 * 30 * 20, dtype=np.uint16).reshape(4, 30, 20)
+    layouts: dict[str, tuple[dict[str, Any], bool]] = {
+        'pixel.tif': ({'interleave': 'pixel'}, True),
+        'tiled.tif': ({'interleave': 'pixel', 'tiled': True}, True),
+        'band.tif': ({'interleave': 'band'}, False),
+        'deflate.tif': ({'interleave': 'pixel', 'compress': 'deflate'}, False),
+    }
+    for name, (options, expected) in layouts.items():
+        write_layout(tmp_path / name, data, **options)
+        with open_source(tmp_path / name) as source:
+            assert source.pixel_interleaved([0, 1, 2, 3]) is expected, name
+            assert not source.pixel_interleaved([0, 1, 2])
+            assert not source.pixel_interleaved([1, 0, 2, 3])
+            # Any layout reads into any strides.
+            out = np.empty((20, 12, 4), np.uint16).transpose(2, 0, 1)
+            got = source.read([0, 1, 2, 3], Window(3, 5, 12, 20), out=out)
+            assert got is out
+            np.testing.assert_array_equal(out, data[:, 5:25, 3:15])
+    write_layout(tmp_path / 'one.tif', data[:1])
+    with open_source(tmp_path / 'one.tif') as source:
+        assert not source.pixel_interleaved([0])
+    with open_source(FILES) as source:
+        assert not source.pixel_interleaved(ALL)
 
 
 def test_band_files_on_one_grid() -> None:
