@@ -779,10 +779,17 @@ def test_raw_batches_of_any_type_match_the_host_path(
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
 @pytest.mark.parametrize('output', ['classes', 'scores'])
-def test_cuda_matches_cpu(tmp_path: Path, output: str) -> None:
-    # The real CUDA path end to end: uint16 tiles in pinned buffers,
-    # conversion, normalisation, blending and encoding on the GPU, events.
-    write_raster(tmp_path / 'in.tif', height=300, width=260, nodata=0)
+@pytest.mark.parametrize('interleave', ['pixel', 'band'])
+def test_cuda_matches_cpu(tmp_path: Path, output: str, interleave: str) -> None:
+    # The real CUDA path end to end: uint16 tiles in pinned buffers (in the
+    # file's layout), conversion, normalisation, blending and encoding on the
+    # GPU, events.
+    data = write_raster(tmp_path / 'in.tif', height=300, width=260, nodata=0)
+    if interleave == 'band':
+        with rasterio.open(tmp_path / 'in.tif') as src:
+            profile = src.profile | {'interleave': 'band'}
+        with rasterio.open(tmp_path / 'in.tif', 'w', **profile) as dst:
+            dst.write(data)
     options: dict[str, Any] = {
         'tile_size': 64,
         'overlap': 16,
