@@ -27,7 +27,8 @@ over a synthetic 13-band raster (``--tile-raster`` px square), for a
 zero-cost model, the small ViT + UPerNet of ``benchmarks/tile_inference.py``
 and a ViT-L/16 + UPerNet, against each model's forward passes alone and
 against the I/O floor, with one reader thread and with ``--tile-readers``
-(default: what ``predict_raster`` chooses there, 4 on a 16-core host): does
+at most (default: what ``predict_raster`` chooses there, up to 4 on a
+16-core host, started as the GPU waits for tiles): does
 the pipeline keep the GPU busy? The process tunes glibc's allocator first,
 as ``explora-geo predict`` does.
 
@@ -315,7 +316,7 @@ def main() -> None:
         '--tile-readers',
         type=int,
         default=None,
-        help='reader threads timed against one (default: what predict_raster '
+        help='most reader threads (started on demand), timed against one (default: what predict_raster '
         'chooses on the device, explora_geo.inference.tiles.default_readers)',
     )
     parser.add_argument('--batch-mae', type=int, default=64)

@@ -430,8 +430,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         '--readers',
         type=_at_least(1),
         default=None,
-        help='threads reading tiles, each with its own handle of the input '
-        '(default: 1 on the CPU; on a GPU one per 4 CPU cores, at most 4)',
+        help='most threads reading tiles, each with its own handle of the input, '
+        'started as the model waits for tiles (default: 1 on the CPU; on a GPU '
+        'one per 4 CPU cores, at most 4)',
     )
     parser.add_argument(
         '--blend', choices=('cosine', 'linear', 'uniform'), default='cosine'

@@ -22,7 +22,9 @@ is the point.
 
 import contextlib
 import copy
+import functools
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -117,14 +119,15 @@ def default_batch_size(device: str | torch.device) -> int:
 
 
 def default_readers(device: str | torch.device) -> int:
-    """Reader threads when none is given.
+    """The most reader threads when none is given.
 
-    On the CPU the model and the reader share the cores: one reader (more
-    were no faster on 2 cores). On an accelerator the host has cores to
-    spare, and on CUDA, where it only reads and writes finished rows,
-    reading sets the pace: on an H200 host with 16 cores, 4 readers cut a
-    4096 px raster's time by a quarter to two fifths (benchmarks.md); one
-    reader per 4 cores, at most 4.
+    Readers start as the model needs them (one, then another whenever the
+    model's device waits idle for a batch), so this is a ceiling. On the
+    CPU the model and the reader share the cores: one reader (more were no
+    faster on 2 cores). On an accelerator the host has cores to spare and,
+    where reading sets the pace (cheap models, compressed rasters), up to
+    4 readers cut a 4096 px raster's time by a fifth to a half on an H200
+    host with 16 cores (benchmarks.md); one per 4 cores, at most 4.
 
     Args:
         device: Where the model runs.
@@ -465,16 +468,6 @@ class _Worker(threading.Thread):
 _DONE = object()
 
 
-def _put(q: 'queue.Queue[Any]', item: object, stop: threading.Event) -> bool:
-    while not stop.is_set():
-        try:
-            q.put(item, timeout=0.1)
-            return True
-        except queue.Full:
-            continue
-    return False
-
-
 class _Tiles:
     """Reads batches of tiles and turns them into model input in reused buffers.
 
@@ -535,28 +528,31 @@ class _Tiles:
 
     def read(self, start: int, stop: threading.Event) -> _Batch | None:
         """The batch of tiles from tile *start* on (None if *stop* is set)."""
-        grid = self.grid
-        index = np.arange(start, min(start + self.batch_size, len(grid)))
-        rows, cols = index // grid.cols, index % grid.cols
-        if self.raw is not None:
-            data = self.raw[: len(index)]
-            valid = self._read_into(data, rows, cols)
-            buffer = self._take(stop)
-            if buffer is None:
-                return None
-            x = buffer[: len(index)]
-            x.copy_(torch.from_numpy(data))
-            if self.on_host:
-                mask = None if valid is None else torch.from_numpy(valid)
-                x = _prepare(x, mask, self.norm)
-            return _Batch(start, rows, cols, x, valid, self.on_host, buffer)
         buffer = self._take(stop)
         if buffer is None:
             return None
+        return self.fill(start, buffer)
+
+    def fill(self, start: int, buffer: Tensor) -> _Batch:
+        """The batch of tiles from tile *start* on, read into *buffer*.
+
+        The buffer goes back to the pool if reading fails.
+        """
+        grid = self.grid
+        index = np.arange(start, min(start + self.batch_size, len(grid)))
+        rows, cols = index // grid.cols, index % grid.cols
         x = buffer[: len(index)]
-        if self.pixel:
-            x = x.permute(_BAND_ORDER)  # the raster's layout, uploaded as it lies
         try:
+            if self.raw is not None:
+                data = self.raw[: len(index)]
+                valid = self._read_into(data, rows, cols)
+                x.copy_(torch.from_numpy(data))
+                if self.on_host:
+                    mask = None if valid is None else torch.from_numpy(valid)
+                    x = _prepare(x, mask, self.norm)
+                return _Batch(start, rows, cols, x, valid, self.on_host, buffer)
+            if self.pixel:
+                x = x.permute(_BAND_ORDER)  # the raster's layout, uploaded as it lies
             valid = self._read_into(x.numpy(), rows, cols)
         except BaseException:
             self.pool.put(buffer)
@@ -645,92 +641,120 @@ def _prepare(
     return x
 
 
-def _reader(
-    tiles: _Tiles,
-    first: int,
-    step: int,
-    out: 'queue.Queue[Any]',
-    stop: threading.Event,
-) -> Callable[[], None]:
-    def run() -> None:
-        for start in range(first, len(tiles.grid), step):
-            batch = tiles.read(start, stop)
-            if batch is None:
-                return
-            if not _put(out, batch, stop):
-                # Stopped while the queue was full: the buffer goes back, or
-                # a restarted reading (a resumed run) would be short of it.
-                tiles.give(batch)
-                return
-        _put(out, _DONE, stop)
-
-    return run
-
-
-def _queue_depth(readers: int) -> int:
-    """Batches each reader may have waiting: 2 for one reader, 1 for several."""
-    return 2 if readers == 1 else 1
-
-
 def _buffer_count(readers: int, device: torch.device) -> int:
-    """Input buffers the pipeline needs so that no reader waits for one.
+    """Input buffers for *readers* readers.
 
-    Each reader holds at most its queue plus the batch it is converting; one
-    batch is in the model; on an accelerator two more wait for their outputs
-    to reach the host (see :meth:`_Tiles.done_with_input`).
+    On the CPU one each, two read ahead and the model's. On an accelerator
+    at least 9: the model's thread runs ahead of the device, and each batch
+    it has queued keeps its buffer until its outputs reach the host (see
+    :meth:`_Tiles.done_with_input`); ViT-L + UPerNet with one reader on an
+    H200 took 0.70 s with 6 buffers and 0.54 s with 9.
     """
-    return (
-        readers * (_queue_depth(readers) + 1) + 1 + (0 if device.type == 'cpu' else 2)
-    )
+    if device.type == 'cpu':
+        return readers + 3
+    return max(readers, 4) + 5
+
+
+#: Seconds the model's device may wait, idle, for a batch before one more
+#: reader starts.
+_STARVED_S = 0.005
+
+
+def _starved(device: torch.device) -> bool:
+    """Whether *device* has finished all the work queued on it.
+
+    The model's thread runs ahead of an accelerator, so waiting for a batch
+    only slows the run once the device has nothing left to do. On the CPU
+    the model runs in the waiting thread: always idle then.
+    """
+    if device.type == 'cuda':
+        return bool(torch.cuda.current_stream(device).query())
+    return True
 
 
 class _Reading:
-    """Reader threads from tile *first* on, and the queues they fill.
+    """Reader threads from tile *first* on; batches come out in tile order.
 
-    With several readers, reader *k* reads batches *k*, *k + n*, ... from its
-    own handle of the input, and :meth:`get` takes the batches in turn, so
-    they arrive in tile order.
+    A reader takes a free buffer, then claims the next batch (so the earliest
+    batch claimed always has a buffer), reads it with its own handle of the
+    input and files it; :meth:`get` hands the batches on in tile order.
+    Readers start on demand: one at first, then one more for every
+    :data:`_STARVED_S` seconds that the model's thread waits for a batch
+    while the model's device has nothing to do, up to one per handle. As
+    many readers as the model needs and no more: on an H200, ViT-L + UPerNet
+    on an uncompressed raster kept one reader and took a fifth less time
+    than with four from the start; cheap models and compressed rasters,
+    whose reading sets the pace, take more (benchmarks.md).
     """
 
-    def __init__(self, readers: Sequence[_Tiles], first: int) -> None:
+    def __init__(
+        self,
+        readers: Sequence[_Tiles],
+        first: int,
+        device: torch.device | str = 'cpu',
+    ) -> None:
         self.readers = list(readers)
         self.tiles = self.readers[0]
+        self.device = torch.device(device)
         self.start(first)
 
     def start(self, first: int) -> None:
         """Read from tile *first* on."""
         self.first = first
-        self.turn = 0
+        self.expected = first  # first tile of the next batch to hand on
+        # Each start has its own claims, batches, lock and stop, so a reader
+        # of an earlier start can never file a batch into this one.
+        self.claims = itertools.count(first, self.tiles.batch_size)
+        self.ready: dict[int, _Batch] = {}
+        self.lock = threading.Condition()
         self.stop = threading.Event()
-        count, batch_size = len(self.readers), self.tiles.batch_size
-        depth = _queue_depth(count)
-        self.queues: list[queue.Queue[Any]] = [
-            queue.Queue(maxsize=depth) for _ in self.readers
-        ]
-        self.workers = [
-            _Worker(
-                f'tile-reader-{k}',
-                _reader(
-                    tiles,
-                    first + k * batch_size,
-                    count * batch_size,
-                    self.queues[k],
-                    self.stop,
-                ),
-            )
-            for k, tiles in enumerate(self.readers)
-        ]
-        for k, worker in enumerate(self.workers):
-            if first + k * batch_size < len(self.tiles.grid):
-                worker.start()
-            else:
-                self.queues[k].put(_DONE)
+        self.workers: list[_Worker] = []
+        self._add()
+
+    def _add(self) -> None:
+        read = functools.partial(
+            _read_batches,
+            self.readers[len(self.workers)],
+            self.claims,
+            self.ready,
+            self.lock,
+            self.stop,
+        )
+        worker = _Worker(f'tile-reader-{len(self.workers)}', read)
+        self.workers.append(worker)
+        worker.start()
 
     def get(self) -> Any:
-        """The next batch in tile order, or ``_DONE``."""
-        k = self.turn
-        self.turn = (k + 1) % len(self.readers)
-        return _get(self.queues[k], self.workers[k])
+        """The next batch in tile order, or ``_DONE`` after the last.
+
+        While it waits with the model's device idle, one more reader starts
+        every :data:`_STARVED_S` seconds (if there are handles left).
+        """
+        if self.expected >= len(self.tiles.grid):
+            return _DONE
+        with self.lock:
+            idle_since: float | None = None
+            while self.expected not in self.ready:
+                more = len(self.workers) < len(self.readers)
+                if more and _starved(self.device):
+                    now = time.monotonic()
+                    if idle_since is None:
+                        idle_since = now
+                    elif now - idle_since >= _STARVED_S:
+                        self._add()
+                        idle_since = now
+                else:
+                    idle_since = None
+                self.lock.wait(timeout=0.001 if more else 0.1)
+                for worker in self.workers:
+                    worker.check()
+                if self.expected not in self.ready and not any(
+                    worker.is_alive() for worker in self.workers
+                ):
+                    raise RuntimeError('the tile readers stopped')
+            batch = self.ready.pop(self.expected)
+        self.expected += self.tiles.batch_size
+        return batch
 
     def close(self) -> None:
         """Stop the threads; batches read and not taken give their buffers back."""
@@ -738,14 +762,33 @@ class _Reading:
         for worker in self.workers:
             if worker.is_alive():
                 worker.join(timeout=30)
-        for q in self.queues:
-            while True:
-                try:
-                    item = q.get_nowait()
-                except queue.Empty:
-                    break
-                if isinstance(item, _Batch):
-                    self.tiles.give(item)
+        with self.lock:
+            for batch in self.ready.values():
+                self.tiles.give(batch)
+            self.ready.clear()
+
+
+def _read_batches(
+    tiles: _Tiles,
+    claims: Iterator[int],
+    ready: dict[int, _Batch],
+    lock: threading.Condition,
+    stop: threading.Event,
+) -> None:
+    """A reader's loop: take a buffer, claim the next batch, read it, file it."""
+    while True:
+        buffer = tiles._take(stop)
+        if buffer is None:
+            return
+        with lock:
+            start = next(claims)
+        if start >= len(tiles.grid):
+            tiles.pool.put(buffer)
+            return
+        batch = tiles.fill(start, buffer)
+        with lock:
+            ready[start] = batch
+            lock.notify_all()
 
 
 def _activation(model: nn.Module, activation: Activation | None, channels: int) -> str:
@@ -1404,9 +1447,11 @@ def predict_raster(
         commit_interval: Seconds between records of finished rows.
         gdal_cache_mb: GDAL's block cache, in MB, while predicting (bounds
             the reader's and writer's memory).
-        readers: Threads that read and decode tiles (and on the CPU
-            normalise them), each with its own handle of the input; default
-            :func:`default_readers`. The output does not depend on it.
+        readers: The most threads that read and decode tiles (and on the
+            CPU normalise them), each with its own handle of the input. One
+            starts at once, another whenever the model's device waits idle
+            for a batch; default :func:`default_readers`. The output does
+            not depend on it.
 
     Returns:
         What was written.
@@ -1609,7 +1654,7 @@ def _predict(
     assert probe is not None
     # A fresh run goes on with the next batch: read it while the model runs
     # the first one (a resumed run restarts the readers where it resumes).
-    reading = _Reading(readers, batch_size)
+    reading = _Reading(readers, batch_size, device)
     try:
         return _run(model, source, grid, tiles, probe, reading, options)
     finally:
@@ -1768,17 +1813,6 @@ def _run(
         tiles_run=tiles_run,
         resumed_rows=rows_done,
     )
-
-
-def _get(q: 'queue.Queue[Any]', worker: _Worker) -> Any:
-    while True:
-        try:
-            return q.get(timeout=0.1)
-        except queue.Empty:
-            worker.check()
-            if not worker.is_alive():
-                worker.check()
-                return _DONE
 
 
 def _submit(

@@ -613,6 +613,7 @@ def test_several_readers_give_the_same_bytes(
 
     def recording_read(source: Any, *args: Any) -> Any:
         used.setdefault(threading.current_thread().name, set()).add(id(source))
+        time.sleep(0.005)  # slower than the model: more readers start
         return read_tile(source, *args)
 
     for model, output in ((Smooth(), 'scores'), (Threshold(), 'classes')):
@@ -630,9 +631,12 @@ def test_several_readers_give_the_same_bytes(
         assert many.read_bytes() == one.read_bytes()
         # One handle of the input per reader, each used by one thread only;
         # the first batch is read by the caller before the readers start.
+        # Reads slower than the model: more readers start, one per handle
+        # at most.
         threads = {name: ids for name, ids in used.items() if name != 'MainThread'}
         assert all(len(ids) == 1 for ids in threads.values())
-        assert len(set.union(*threads.values())) == len(threads) == min(readers, 23)
+        assert len(set.union(*threads.values())) == len(threads)
+        assert 2 <= len(threads) <= min(readers, 23)
     assert len(opened) == 2 * readers
     assert all(h.closed for source in opened for h in source._handles)
     assert not [t for t in threading.enumerate() if t.name.startswith('tile-')]
@@ -661,15 +665,17 @@ def test_an_error_in_any_reader_stops_every_thread(
     write_raster(tmp_path / 'in.tif', height=100, width=110)
     read_tile = tiles_module._read_tile
 
-    def fails_in_second_reader(
+    def fails_in_later_readers(
         source: Any, positions: Any, grid: Any, row: int, col: int, *args: Any
     ) -> Any:
-        if threading.current_thread().name == 'tile-reader-1' and row >= 4:
+        time.sleep(0.005)  # slower than the model: more readers start
+        name = threading.current_thread().name
+        if name.startswith('tile-reader-') and name != 'tile-reader-0' and row >= 4:
             raise OSError(f'{source.name}: read failed at tile row {row}')
         return read_tile(source, positions, grid, row, col, *args)
 
-    monkeypatch.setattr(tiles_module, '_read_tile', fails_in_second_reader)
-    with pytest.raises(OSError, match='read failed at tile row 4'):
+    monkeypatch.setattr(tiles_module, '_read_tile', fails_in_later_readers)
+    with pytest.raises(OSError, match='read failed at tile row [4-7]'):
         predict_raster(
             Threshold(),
             tmp_path / 'in.tif',
@@ -703,12 +709,12 @@ def test_stopped_readers_give_every_buffer_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, readers: int, raw: bool
 ) -> None:
     # A resumed run stops the readers and starts them again: batches they
-    # had read, queued or still in hand, must all return their buffers, or
-    # the restarted readers wait for a buffer forever.
+    # had read and not handed on, or still in hand, must all return their
+    # buffers, or the restarted readers wait for a buffer forever.
     write_raster(tmp_path / 'in.tif', height=100, width=110)
     grid = TileGrid(100, 110, 16, 4)
     device = torch.device('cpu')
-    # Raw batches (an accelerator's) take their buffer before reading.
+    # Raw batches (an accelerator's) are read straight into their buffer.
     monkeypatch.setattr(tiles_module, '_raw_on_device', lambda device: raw)
     count = tiles_module._buffer_count(readers, device)
     with contextlib.ExitStack() as stack:
@@ -722,16 +728,57 @@ def test_stopped_readers_give_every_buffer_back(
         siblings = [tiles, *(tiles.sibling(s) for s in sources[1:])]
         for _ in range(2):
             reading = tiles_module._Reading(siblings, 3)
-            # Every reader fills its queue and holds one more batch: one
-            # buffer is left (the model's).
+            # Nothing is taken: the first reader reads into every buffer.
             deadline = time.monotonic() + 30
-            while tiles.pool.qsize() > 1 and time.monotonic() < deadline:
+            while len(reading.ready) < count and time.monotonic() < deadline:
                 time.sleep(0.01)
             time.sleep(0.05)
-            assert tiles.pool.qsize() == 1
-            assert all(q.full() for q in reading.queues)
+            assert tiles.pool.qsize() == 0 and len(reading.ready) == count
+            assert sorted(reading.ready) == [3 + 3 * i for i in range(count)]
+            assert len(reading.workers) == 1  # no batch was waited for
+            batch = reading.get()
+            assert batch.start == 3
+            tiles.give(batch)
             reading.close()
-            assert tiles.pool.qsize() == count
+            assert tiles.pool.qsize() == count and not reading.ready
+
+
+def test_readers_start_while_the_model_waits_for_them(tmp_path: Path) -> None:
+    """One reader while reading keeps up; more once the model waits."""
+    write_raster(tmp_path / 'in.tif', height=100, width=110)
+    grid = TileGrid(100, 110, 16, 4)  # 72 tiles: 24 batches of 3
+    device = torch.device('cpu')
+    with contextlib.ExitStack() as stack:
+        sources = [
+            stack.enter_context(open_source(tmp_path / 'in.tif')) for _ in range(4)
+        ]
+        tiles = tiles_module._Tiles(
+            sources[0], [0, 1, 2, 3], grid, 3, lambda x: x, device, 5
+        )
+        siblings = [tiles, *(tiles.sibling(s) for s in sources[1:])]
+        reading = tiles_module._Reading(siblings, 0)
+        starts = []
+        for _ in range(12):  # a slow model: the reader stays ahead
+            batch = reading.get()
+            starts.append(batch.start)
+            time.sleep(0.02)
+            tiles.give(batch)
+        assert len(reading.workers) == 1
+        fill = tiles_module._Tiles.fill
+
+        def slow_fill(self: Any, *args: Any) -> Any:
+            time.sleep(0.02)
+            return fill(self, *args)
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(tiles_module._Tiles, 'fill', slow_fill)
+            while (batch := reading.get()) is not tiles_module._DONE:
+                starts.append(batch.start)  # a fast model: it waits
+                tiles.give(batch)
+        reading.close()
+        assert len(reading.workers) == 4
+        assert starts == list(range(0, 72, 3))
+        assert tiles.pool.qsize() == 5
 
 
 @pytest.mark.parametrize('dtype', ['float32', 'uint32', 'int16'])
