@@ -315,6 +315,17 @@ def test_default_batch_size_follows_the_device(
     assert model.batch_sizes[0] == 4
 
 
+#: Float scores without activation, normalised, in small tiles and batches.
+RAW_SCORES: dict[str, Any] = {
+    'tile_size': 16,
+    'overlap': 4,
+    'batch_size': 3,
+    'output': 'scores',
+    'activation': 'none',
+    'normalize': ([100.0, 200.0, 300.0, 400.0], [10.0, 20.0, 30.0, 40.0]),
+}
+
+
 class Smooth(nn.Module):
     """3 x 3 means: each output pixel sees its neighbours (and masked pixels)."""
 
@@ -365,14 +376,7 @@ def test_raster_layouts_give_the_same_prediction(
     monkeypatch.setattr(tiles_module._Tiles, '__init__', recording)
     if raw:
         monkeypatch.setattr(tiles_module, '_raw_on_device', lambda device: True)
-    options: dict[str, Any] = {
-        'tile_size': 16,
-        'overlap': 4,
-        'batch_size': 3,
-        'output': 'scores',
-        'activation': 'none',
-        'normalize': ([100.0, 200.0, 300.0, 400.0], [10.0, 20.0, 30.0, 40.0]),
-    }
+    options = dict(RAW_SCORES)
     results = {}
     runs: list[tuple[str, list[int] | None]] = [
         ('pixel.tif', None),
@@ -421,14 +425,7 @@ def test_accelerator_path_matches_host_path(
     # after the copy to the device, in the model's thread. Forced here on the
     # CPU, both paths must give the host path's raster exactly.
     write_raster(tmp_path / 'in.tif', height=90, width=75, nodata=0)
-    options: dict[str, Any] = {
-        'tile_size': 16,
-        'overlap': 4,
-        'batch_size': 3,
-        'output': 'scores',
-        'activation': 'none',
-        'normalize': ([100.0, 200.0, 300.0, 400.0], [10.0, 20.0, 30.0, 40.0]),
-    }
+    options = dict(RAW_SCORES)
     init = tiles_module._Tiles.__init__
     recorded: list[list[Any]] = []
 
