@@ -16,6 +16,7 @@ Training itself runs through TorchGeo's CLI:
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +24,10 @@ from pathlib import Path
 
 def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(t) for t in text.split(',') if t.strip()) if text else ()
+
+
+#: Suffixes that make an ``inspect`` target a file rather than a model name.
+_FILE_SUFFIXES = ('.ckpt', '.safetensors', '.pt', '.pth', '.bin')
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -68,6 +73,13 @@ def _inspect(args: argparse.Namespace) -> int:
         for key in list(state)[: args.show]:
             print(f'  {key} {tuple(state[key].shape)}')
         return 0
+    if path.suffix in _FILE_SUFFIXES or os.sep in target:
+        raise FileNotFoundError(f'{target}: no such file (nor a model name)')
+    if not timm.is_model(target):
+        raise ValueError(
+            f'{target}: neither a file nor a model name timm knows '
+            '(e.g. explora_vitl_dino, vit_large_patch16_224)'
+        )
     with torch.device('meta'):
         model = timm.create_model(target, num_classes=0)
     total = sum(p.numel() for p in model.parameters())
@@ -210,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``explora-geo``.
+    """Run ``explora-geo`` (bad input raises; see :func:`run`).
 
     Args:
         argv: Arguments (default: ``sys.argv[1:]``).
@@ -223,5 +235,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     return status
 
 
+def run(argv: Sequence[str] | None = None) -> int:
+    """The ``explora-geo`` command: :func:`main`, with bad input as one line.
+
+    A ``ValueError`` or ``FileNotFoundError`` (a wrong option, file, band or
+    checkpoint; its message names it) is printed as ``explora-geo: error:
+    ...`` on stderr, exit status 2, like argparse's own errors; anything
+    else keeps its traceback.
+
+    Args:
+        argv: Arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit status.
+    """
+    try:
+        return main(argv)
+    except (ValueError, FileNotFoundError) as error:
+        print(f'explora-geo: error: {error}', file=sys.stderr)
+        return 2
+
+
 if __name__ == '__main__':
-    raise SystemExit(main())
+    raise SystemExit(run())

@@ -8,7 +8,7 @@ import timm
 import torch
 
 from explora_geo.adapter import ExPLoRAConfig, apply_explora, lora_layers, save_delta
-from explora_geo.cli import main
+from explora_geo.cli import main, run
 
 
 def test_inspect_paper_counts(capsys: pytest.CaptureFixture[str]) -> None:
@@ -81,3 +81,30 @@ def test_console_script_help() -> None:
     )
     for verb in ('demo', 'export', 'merge', 'inspect', 'predict'):
         assert verb in result.stdout
+
+
+def test_console_script_reports_bad_input_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / 'no_such.ckpt'
+    args = [str(missing), str(missing), '-o', str(tmp_path / 'o.tif')]
+    args += ['--compress', 'lzw', '--compress-level', '3']
+    result = subprocess.run(
+        [sys.executable, '-m', 'explora_geo.cli', 'predict', *args],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "explora-geo: error: compress 'lzw' has no levels (got compress_level=3); "
+        "levels exist for ['deflate', 'zstd']"
+    )
+    assert run(['inspect', str(missing)]) == 2
+    assert (
+        capsys.readouterr().err
+        == f'explora-geo: error: {missing}: no such file (nor a model name)\n'
+    )
+    assert run(['inspect', 'not_a_model_name']) == 2
+    assert capsys.readouterr().err.startswith(
+        'explora-geo: error: not_a_model_name: neither a file nor a model name'
+    )
