@@ -506,10 +506,10 @@ class _Tiles:
         raw_on_device = _raw_on_device(device)
         if raw_on_device:
             buffer_dtype = torch.from_numpy(np.empty(0, dtype)).dtype
+        elif self.pixel:
+            self.raw = np.empty(_pixel_shape(shape), dtype).transpose(_BAND_ORDER)
         else:
             self.raw = np.empty(shape, dtype)
-            if self.pixel:
-                self.raw = np.empty(_pixel_shape(shape), dtype).transpose(_BAND_ORDER)
         buffer_shape = _pixel_shape(shape) if raw_on_device and self.pixel else shape
         pin = device.type == 'cuda'
         self.pool: queue.Queue[Tensor] = queue.Queue()

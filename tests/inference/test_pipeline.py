@@ -799,14 +799,7 @@ def test_raw_batches_of_any_type_match_the_host_path(
     }
     with rasterio.open(tmp_path / 'in.tif', 'w', **profile) as dst:
         dst.write(data)
-    options: dict[str, Any] = {
-        'tile_size': 16,
-        'overlap': 4,
-        'batch_size': 3,
-        'output': 'scores',
-        'activation': 'none',
-        'normalize': ([1000.0] * 4, [500.0] * 4),
-    }
+    options = {**RAW_SCORES, 'normalize': ([1000.0] * 4, [500.0] * 4)}
     recorded: list[list[Any]] = []
 
     def patch() -> None:
