@@ -143,15 +143,21 @@ class PartialOutput:
         """Write rows."""
         self.dst.write(data, window=window)
 
-    def commit(self, rows_done: int) -> None:
-        """Record that the first *rows_done* rows are final (after flushing them)."""
+    def commit(self, rows_done: int, reopen: bool = True) -> None:
+        """Record that the first *rows_done* rows are final (after flushing them).
+
+        Args:
+            rows_done: Rows written, from the top.
+            reopen: Open the raster again for more rows; False after the last.
+        """
         self.dst.close()
         text = json.dumps({'signature': self.signature, 'rows_done': rows_done})
         tmp = self.state.with_name(self.state.name + f'.{os.getpid()}')
         tmp.write_text(text)
         os.replace(tmp, self.state)
         self.rows_done = rows_done
-        self.dst = rasterio.open(self.work, 'r+')
+        if reopen:
+            self.dst = rasterio.open(self.work, 'r+')
 
     def close(self) -> None:
         """Close the raster (progress stays recorded for a later run)."""

@@ -20,6 +20,7 @@ from explora_geo.inference.sources import open_source
 from explora_geo.inference.tiles import (
     TileGrid,
     _argmax,
+    _convert,
     _host_rows,
     _Layout,
     _Sink,
@@ -28,6 +29,7 @@ from explora_geo.inference.tiles import (
     predict_raster,
 )
 from explora_geo.inference.writers import final_copy
+from explora_geo.sensors import Normalization
 
 from .test_tiles import Pointwise, Threshold, write_raster
 
@@ -45,6 +47,42 @@ def test_argmax_matches_numpy_including_ties() -> None:
     host = _host_rows(index, 'uint16')
     assert host.dtype == np.uint16
     np.testing.assert_array_equal(host, scores.argmax(axis=0))
+
+
+@pytest.mark.parametrize('masked', [False, True])
+def test_pixel_normalisations_run_tile_by_tile_with_the_same_values(
+    masked: bool,
+) -> None:
+    rng = np.random.default_rng(1)
+    raw = torch.from_numpy(rng.integers(0, 4000, (3, 5, 8, 8)).astype(np.uint16))
+    valid = torch.from_numpy(rng.random((3, 8, 8)) > 0.3) if masked else None
+    norm = Normalization(
+        kind='standard',
+        bands=('B2', 'B3', 'B4', 'B8', 'B11'),
+        mean=(900.0, 1100.0, 1200.0, 2500.0, 2000.0),
+        std=(300.0, 310.0, 420.0, 800.0, 700.0),
+    )
+    pixel_norm = tiles_module._normalizer(norm, 5, torch.device('cpu'))
+    # Any view of the raw tiles, as a pixel-interleaved raster gives them.
+    pixel = raw.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    x = _convert(torch.empty(3, 5, 8, 8), pixel, valid, pixel_norm)
+    expected = norm(raw.float())
+    if valid is not None:
+        expected = expected.masked_fill(~valid[:, None], 0)
+    assert torch.equal(x, expected)  # bit for bit: the same arithmetic
+    calls: list[tuple[int, ...]] = []
+
+    def batchwise(t: Tensor) -> Tensor:
+        calls.append(tuple(t.shape))
+        return t.sub_(1000)
+
+    y = _convert(torch.empty(3, 5, 8, 8), pixel, valid, batchwise)
+    # A user's callable is applied to each batch, as documented.
+    assert calls == [(3, 5, 8, 8)]
+    expected = raw.float() - 1000
+    if valid is not None:
+        expected = expected.masked_fill(~valid[:, None], 0)
+    assert torch.equal(y, expected)
 
 
 def test_sink_moves_only_rows_with_data() -> None:
