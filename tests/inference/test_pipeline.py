@@ -297,6 +297,50 @@ def test_compression_levels(tmp_path: Path) -> None:
         assert not (tmp_path / 'bad.tif').exists()
 
 
+def test_cog_overviews_are_computed_uncompressed_into_the_same_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GDAL's temporary overview file is left uncompressed; the COG is unchanged."""
+    rng = np.random.default_rng(0)
+    src = tmp_path / 'work.tif'
+    profile = {
+        'driver': 'GTiff',
+        'width': 700,  # above the COG's 512 px: overviews are made
+        'height': 600,
+        'count': 2,
+        'dtype': 'uint8',
+        'crs': 'EPSG:32633',
+        'transform': from_origin(500000, 4000000, 10, 10),
+        'tiled': True,
+    }
+    with rasterio.open(src, 'w', **profile) as dst:
+        dst.write(rng.integers(0, 255, (2, 600, 700)).astype(np.uint8))
+    final_copy(src, tmp_path / 'ours.tif', True, 'AVERAGE')
+    with rasterio.Env(COG_TMP_COMPRESSION='ZSTD'):  # GDAL's own default
+        final_copy(src, tmp_path / 'gdal.tif', True, 'AVERAGE')
+    with rasterio.open(tmp_path / 'ours.tif') as cog:
+        assert cog.overviews(1) == [2]
+    assert (tmp_path / 'ours.tif').read_bytes() == (tmp_path / 'gdal.tif').read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        'gdal.tif',
+        'ours.tif',
+        'work.tif',
+    ]
+
+    seen: list[str | None] = []
+
+    def copy(*args: Any, **kwargs: Any) -> None:
+        seen.append(rasterio.env.getenv().get('COG_TMP_COMPRESSION'))
+
+    monkeypatch.setattr(rasterio.shutil, 'copy', copy)
+    final_copy(src, tmp_path / 'a.tif', True, 'AVERAGE')
+    with rasterio.Env(COG_TMP_COMPRESSION='LZW'):  # a caller's choice stays
+        final_copy(src, tmp_path / 'b.tif', True, 'AVERAGE')
+    monkeypatch.setenv('COG_TMP_COMPRESSION', 'LZW')  # GDAL reads it itself
+    final_copy(src, tmp_path / 'c.tif', True, 'AVERAGE')
+    assert seen == ['NONE', 'LZW', None]
+
+
 class FailsOnSecondBatch(nn.Module):
     def __init__(self) -> None:
         super().__init__()
