@@ -649,8 +649,9 @@ def _convert(
 
     A normalisation of each pixel on its own (:class:`_PixelNorm`) runs tile
     by tile, right after each tile's conversion, while the tile is still in
-    the CPU's caches: a third faster than converting the batch and then
-    normalising it, with the same arithmetic. Other callables get the batch.
+    the CPU's caches: about 30 % less time than converting the batch and
+    then normalising it (4 tiles of 13 bands, 256 px), with the same
+    arithmetic. Other callables get the batch.
     """
     if not isinstance(norm, _PixelNorm):
         return _prepare(x.copy_(raw), valid, norm)
