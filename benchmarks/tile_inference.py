@@ -510,8 +510,9 @@ def main() -> None:
     parser.add_argument(
         '--batch',
         type=int,
-        default=default_batch_size('cpu'),
-        help='tiles per batch (default: the CPU default of predict_raster)',
+        default=None,
+        help='tiles per batch (default: the CPU default of predict_raster for the '
+        'tile size)',
     )
     parser.add_argument('--threads', type=int, default=1)
     parser.add_argument(
@@ -540,6 +541,8 @@ def main() -> None:
         '--allocator-child', nargs=2, default=None, help=argparse.SUPPRESS
     )
     args = parser.parse_args()
+    if args.batch is None:
+        args.batch = default_batch_size('cpu', args.tile)
     torch.set_num_threads(args.threads)
     tuned = args.allocator == 'tuned' and tune_allocator()
     if args.allocator_child:

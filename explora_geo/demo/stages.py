@@ -465,7 +465,6 @@ def predict_scene(
         raster,
         output,
         overlap=size - stride,
-        batch_size=256,
         output='classes',
         vector_path=vectors,
     )

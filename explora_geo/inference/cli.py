@@ -424,7 +424,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         '--batch-size',
         type=_at_least(1),
         default=None,
-        help='tiles per forward pass (default: 4 on the CPU, 16 on a GPU)',
+        help='tiles per forward pass (default: as many pixels as 4 tiles of 256 px '
+        'on the CPU, 16 on a GPU; 256 tiles of 32 px on the CPU)',
     )
     parser.add_argument(
         '--readers',

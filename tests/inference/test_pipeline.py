@@ -384,6 +384,13 @@ def test_default_batch_size_follows_the_device(
 ) -> None:
     assert default_batch_size('cpu') == 4
     assert default_batch_size(torch.device('cuda', 1)) == 16
+    # As many pixels per batch as 4 (16) tiles of 256 px, at most 64x the tiles.
+    for tile, cpu in ((512, 4), (256, 4), (224, 4), (128, 16), (100, 24), (32, 256)):
+        assert default_batch_size('cpu', tile) == cpu
+        assert default_batch_size('cuda', tile) == 4 * cpu
+    assert default_batch_size('cpu', 8) == 256
+    with pytest.raises(ValueError, match='tile_size must be >= 1, got 0'):
+        default_batch_size('cpu', 0)
     assert default_readers('cpu') == 1
     for cores, readers in ((None, 1), (2, 1), (8, 2), (16, 4), (128, 4)):
         monkeypatch.setattr(tiles_module.os, 'cpu_count', lambda cores=cores: cores)
@@ -392,9 +399,15 @@ def test_default_batch_size_follows_the_device(
     write_raster(tmp_path / 'in.tif', height=120, width=100)
     model = Recorder()
     predict_raster(
+        model, tmp_path / 'in.tif', tmp_path / 'out.tif', tile_size=128, normalize=False
+    )
+    assert model.batch_sizes == [1]  # one 128 px tile covers the raster
+    predict_raster(
         model, tmp_path / 'in.tif', tmp_path / 'out.tif', tile_size=16, normalize=False
     )
-    assert model.batch_sizes[0] == 4
+    # 16 px tiles: 256 per batch; this raster has fewer.
+    tiles = len(TileGrid(120, 100, 16, tiles_module.default_overlap(16)))
+    assert model.batch_sizes[1:] == [tiles] and tiles < 256
 
 
 #: Float scores without activation, normalised, in small tiles and batches.
