@@ -208,12 +208,17 @@ def _sync(device: str) -> None:
 
 
 def model_only_on(
-    model: nn.Module, tiles: int, batch: int, tile: int, device: str
+    model: nn.Module,
+    tiles: int,
+    batch: int,
+    tile: int,
+    device: str,
+    precision: PrecisionName = '32-true',
 ) -> float:
     """Seconds for the forward passes alone, on a batch already on *device*."""
     x = torch.randn(batch, BANDS, tile, tile, device=device)
     model.to(device).eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(precision, device):
         model(x)  # warm-up
         _sync(device)
         start = time.perf_counter()
@@ -263,7 +268,8 @@ def tile_pipeline(args: argparse.Namespace, device: str) -> list[dict[str, Any]]
         }
         readers = args.tile_readers or default_readers(device)
         for name, model in models.items():
-            alone = model_only_on(model, tiles, args.tile_batch, 256, device)
+            precision = resolve_precision(args.tile_precision, device)
+            alone = model_only_on(model, tiles, args.tile_batch, 256, device, precision)
             seconds: dict[int, list[float]] = {1: [], readers: []}
             for _ in range(2):
                 for count in seconds:
@@ -280,6 +286,7 @@ def tile_pipeline(args: argparse.Namespace, device: str) -> list[dict[str, Any]]
                         device=device,
                         resume=False,
                         readers=count,
+                        precision=args.tile_precision,
                     )
                     _sync(device)
                     seconds[count].append(time.perf_counter() - start)
@@ -312,6 +319,13 @@ def main() -> None:
         '--tile-raster', type=int, default=4096, help='side of the tiled raster'
     )
     parser.add_argument('--tile-batch', type=int, default=32)
+    parser.add_argument(
+        '--tile-precision',
+        choices=('auto', '32', 'bf16'),
+        default='32',
+        help="the tile models' arithmetic, alone and in predict_raster (default: "
+        'fp32, as in the figures so far)',
+    )
     parser.add_argument(
         '--tile-readers',
         type=int,
@@ -395,7 +409,13 @@ def main() -> None:
     if 'tiles' in tasks:
         tile_rows = tile_pipeline(args, device)
         print(
-            f'\nTiled prediction (fp32/TF32): {args.tile_raster} x {args.tile_raster} '
+            '\nTiled prediction ('
+            + (
+                'fp32/TF32'
+                if args.tile_precision == '32'
+                else resolve_precision(args.tile_precision, device)
+            )
+            + f'): {args.tile_raster} x {args.tile_raster} '
             f'x {BANDS} uint16, 256 px tiles, overlap 32, batch {args.tile_batch}, '
             f'class maps; ratios with {readers(tile_rows[0]["readers"])}\n'
         )

@@ -21,6 +21,7 @@ from torchgeo.tasks import (
     SemanticSegmentation,
 )
 
+from ..precision import PRECISION_CHOICES
 from ..sensors import read_input_spec
 from ..tasks.classification import TASK_CLASS_KEY, downstream_input_spec
 from .allocator import tune_allocator
@@ -309,6 +310,7 @@ def predict_from_args(args: argparse.Namespace) -> int:
         'resume': args.resume,
         'gdal_cache_mb': args.gdal_cache,
         'readers': args.readers,
+        'precision': args.precision,
     }
     try:
         if len(jobs) == 1 and args.devices == 1:
@@ -329,7 +331,8 @@ def predict_from_args(args: argparse.Namespace) -> int:
             )
             print(
                 f'{result.kind}: {result.num_tiles} tiles -> {result.path} '
-                f'({result.output}, {result.num_outputs} outputs{resumed})'
+                f'({result.output}, {result.num_outputs} outputs, '
+                f'{result.precision}{resumed})'
                 + (f', polygons -> {result.vector_path}' if result.vector_path else '')
             )
             return 0
@@ -434,6 +437,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help='most threads reading tiles, each with its own handle of the input, '
         'started as the model waits for tiles (default: 1 on the CPU; on a GPU '
         'one per 4 CPU cores, at most 4)',
+    )
+    parser.add_argument(
+        '--precision',
+        choices=PRECISION_CHOICES,
+        default='32',
+        help="the model's arithmetic: 32 (fp32, the same outputs everywhere; "
+        'default), bf16 (bf16 autocast) or auto (bf16 where the device computes '
+        'it natively, fp16 on GPUs without bf16, else fp32)',
     )
     parser.add_argument(
         '--blend', choices=('cosine', 'linear', 'uniform'), default='cosine'

@@ -150,7 +150,9 @@ def test_predict_segmentation_options(
         ]
     )
     assert status == 0
-    assert 'segmentation: 4 tiles' in capsys.readouterr().out  # 32 px tiles, overlap 8
+    out = capsys.readouterr().out
+    assert 'segmentation: 4 tiles' in out  # 32 px tiles, overlap 8
+    assert '32-true' in out  # fp32 unless --precision says otherwise
     with rasterio.open(tmp_path / 'c.tif') as dst:
         assert dst.shape == (48, 40) and dst.crs.to_epsg() == 32618
         assert set(np.unique(dst.read(1))) <= {0, 1, 2}
@@ -178,6 +180,13 @@ def test_predict_segmentation_options(
         assert dst.tags(ns='IMAGE_STRUCTURE')['COMPRESSION'] == 'ZSTD'
         assert dst.tags(ns='IMAGE_STRUCTURE')['PREDICTOR'] == '3'
         np.testing.assert_allclose(dst.read().sum(0), 1, rtol=1e-5)
+        fp32 = dst.read()
+    capsys.readouterr()
+    bf16 = ['-o', str(tmp_path / 'b.tif'), *args, '--precision', 'bf16']
+    assert main(['predict', *common, *bf16]) == 0
+    assert 'bf16-mixed' in capsys.readouterr().out
+    with rasterio.open(tmp_path / 'b.tif') as dst:
+        np.testing.assert_allclose(dst.read(), fp32, atol=0.05)
     # The input's bands named on the command line when the file has no names.
     with rasterio.open(tmp_path / 'scene.tif') as src:
         profile, data = src.profile, src.read()

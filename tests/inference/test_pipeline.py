@@ -16,6 +16,7 @@ from rasterio.windows import Window
 from torch import Tensor, nn
 
 import explora_geo.inference.tiles as tiles_module
+import explora_geo.precision as precision_module
 from explora_geo.inference.sources import open_source
 from explora_geo.inference.tiles import (
     TileGrid,
@@ -777,6 +778,69 @@ def test_an_error_in_any_reader_stops_every_thread(
         )
     assert not [t for t in threading.enumerate() if t.name.startswith('tile-')]
     assert sorted(p.name for p in tmp_path.iterdir()) == ['in.tif']
+
+
+class AutocastRecorder(nn.Module):
+    """Pointwise logits; records the autocast state of each call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 3, 1)
+        self.states: list[tuple[bool, torch.dtype]] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.states.append(
+            (torch.is_autocast_enabled('cpu'), torch.get_autocast_dtype('cpu'))
+        )
+        return self.conv(x)
+
+
+def test_precision_runs_the_model_under_autocast(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_raster(tmp_path / 'in.tif', height=60, width=50)
+    torch.manual_seed(0)
+    model = AutocastRecorder()
+    options: dict[str, Any] = {
+        'tile_size': 16,
+        'normalize': ([1500.0] * 4, [800.0] * 4),
+        'output': 'scores',
+        'score_dtype': 'float32',
+    }
+    scores = {}
+    for precision, expected in (('32', '32-true'), ('bf16', 'bf16-mixed')):
+        model.states.clear()
+        out = tmp_path / f'{precision}.tif'
+        result = predict_raster(
+            model, tmp_path / 'in.tif', out, precision=precision, **options
+        )
+        assert result.precision == expected
+        assert set(model.states) == {(precision == 'bf16', torch.bfloat16)}
+        with rasterio.open(out) as dst:
+            scores[precision] = dst.read()
+    # bf16 logits, softmax and blending in fp32: close to fp32, not equal.
+    np.testing.assert_allclose(scores['bf16'], scores['32'], atol=0.02)
+    assert not np.array_equal(scores['bf16'], scores['32'])
+    # auto: what the machine computes natively.
+    for detected in ('bf16-mixed', '32-true'):
+        monkeypatch.setattr(
+            precision_module, 'detect_precision', lambda device_type, d=detected: d
+        )
+        result = predict_raster(
+            model,
+            tmp_path / 'in.tif',
+            tmp_path / 'auto.tif',
+            precision='auto',
+            **options,
+        )
+        assert result.precision == detected
+    with pytest.raises(
+        ValueError, match="precision must be one of auto, 32, bf16, got 'fp8'"
+    ):
+        predict_raster(
+            model, tmp_path / 'in.tif', tmp_path / 'bad.tif', precision='fp8'
+        )
+    assert not (tmp_path / 'bad.tif').exists()
 
 
 @pytest.mark.parametrize('readers', [0, -1, 1.5, True])
