@@ -268,8 +268,9 @@ def tile_pipeline(args: argparse.Namespace, device: str) -> list[dict[str, Any]]
         }
         readers = args.tile_readers or default_readers(device)
         for name, model in models.items():
-            precision = resolve_precision(args.tile_precision, device)
-            alone = model_only_on(model, tiles, args.tile_batch, 256, device, precision)
+            alone = model_only_on(
+                model, tiles, args.tile_batch, 256, device, args.tile_resolved
+            )
             seconds: dict[int, list[float]] = {1: [], readers: []}
             for _ in range(2):
                 for count in seconds:
@@ -375,6 +376,7 @@ def main() -> None:
         )
         sys.exit(NO_CUDA_EXIT)
     args.resolved_precision = resolve_precision(args.precision, device)
+    args.tile_resolved = resolve_precision(args.tile_precision, device)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
 
@@ -410,11 +412,7 @@ def main() -> None:
         tile_rows = tile_pipeline(args, device)
         print(
             '\nTiled prediction ('
-            + (
-                'fp32/TF32'
-                if args.tile_precision == '32'
-                else resolve_precision(args.tile_precision, device)
-            )
+            + ('fp32/TF32' if args.tile_precision == '32' else args.tile_resolved)
             + f'): {args.tile_raster} x {args.tile_raster} '
             f'x {BANDS} uint16, 256 px tiles, overlap 32, batch {args.tile_batch}, '
             f'class maps; ratios with {readers(tile_rows[0]["readers"])}\n'

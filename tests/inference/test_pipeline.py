@@ -32,6 +32,7 @@ from explora_geo.inference.tiles import (
 from explora_geo.inference.writers import final_copy
 from explora_geo.sensors import Normalization
 
+from .test_sources import write_layout
 from .test_tiles import Pointwise, Threshold, write_raster
 
 
@@ -252,18 +253,7 @@ def test_compression_levels(tmp_path: Path) -> None:
     smooth = (np.sin(x / 9.0) + np.cos(y / 13.0)) * 60 + 127
     data = (smooth[None] + rng.normal(0, 4, (4, 256, 256))).clip(0, 254)
     src = tmp_path / 'work.tif'
-    profile = {
-        'driver': 'GTiff',
-        'width': 256,
-        'height': 256,
-        'count': 4,
-        'dtype': 'uint8',
-        'crs': 'EPSG:32633',
-        'transform': from_origin(500000, 4000000, 10, 10),
-        'tiled': True,
-    }
-    with rasterio.open(src, 'w', **profile) as dst:
-        dst.write(data.astype(np.uint8))
+    write_layout(src, data.astype(np.uint8), tiled=True)
     sizes = {}
     levels = {'deflate': (1, None, 9), 'zstd': (1, None, 19)}
     for compress, level in [(c, v) for c, vs in levels.items() for v in vs]:
@@ -304,18 +294,8 @@ def test_cog_overviews_are_computed_uncompressed_into_the_same_bytes(
     """GDAL's temporary overview file is left uncompressed; the COG is unchanged."""
     rng = np.random.default_rng(0)
     src = tmp_path / 'work.tif'
-    profile = {
-        'driver': 'GTiff',
-        'width': 700,  # above the COG's 512 px: overviews are made
-        'height': 600,
-        'count': 2,
-        'dtype': 'uint8',
-        'crs': 'EPSG:32633',
-        'transform': from_origin(500000, 4000000, 10, 10),
-        'tiled': True,
-    }
-    with rasterio.open(src, 'w', **profile) as dst:
-        dst.write(rng.integers(0, 255, (2, 600, 700)).astype(np.uint8))
+    # 700 px wide, above the COG's 512 px: overviews are made.
+    write_layout(src, rng.integers(0, 255, (2, 600, 700)).astype(np.uint8), tiled=True)
     final_copy(src, tmp_path / 'ours.tif', True, 'AVERAGE')
     with rasterio.Env(COG_TMP_COMPRESSION='ZSTD'):  # GDAL's own default
         final_copy(src, tmp_path / 'gdal.tif', True, 'AVERAGE')
