@@ -12,6 +12,11 @@ surface spectra plus noise), side by side in one run:
   passes alone (model-only) on batches of the same shape; and a model that
   only waits as long as that ViT takes (a model on an accelerator, leaving
   the CPU to the pipeline) against its waiting alone.
+* ``stages``: the pointwise model's run taken apart: CPU and wall time of
+  each stage (reading, forward passes, blending, encoding, writing, the
+  final copy) in the thread that runs it (``--stages-output``).
+* ``conversion``: ways to turn a batch of pixel-interleaved uint16 tiles
+  into normalised float32 ``(B, C, T, T)`` input, the pipeline's first.
 * ``allocator``: the ViT + UPerNet row again, in a fresh process per
   allocator setting: glibc's adaptive defaults against
   :func:`explora_geo.inference.tune_allocator` (what ``explora-geo predict``
@@ -30,7 +35,8 @@ The process tunes glibc's allocator as ``explora-geo predict`` does, unless
 Usage::
 
     python benchmarks/tile_inference.py
-        [--parts throughput,allocator,readers,memory,overlap] [--size 2048]
+        [--parts throughput,stages,conversion,allocator,readers,memory,overlap]
+        [--size 2048] [--stages-output classes|scores]
         [--memory-sizes 2048,4096] [--threads 1] [--allocator tuned|default]
 """
 
@@ -281,6 +287,175 @@ def throughput(args: argparse.Namespace, tmp: Path) -> None:
             )
 
 
+#: ``stages``: the pipeline's functions timed in whichever thread runs them.
+STAGES = (
+    ('_Tiles', 'fill', 'read, convert, normalise'),
+    (None, '_forward', 'forward pass'),
+    ('_Sink', 'add_batch', 'blend (activation, weighted sums)'),
+    ('_Rows', 'encode', 'encode (argmax / scale)'),
+    ('PartialOutput', 'write', 'write rows'),
+    ('PartialOutput', 'open', 'open the work file'),
+    ('PartialOutput', 'commit', 'commit'),
+    (None, 'final_copy', 'final COG copy'),
+)
+
+
+def stages(args: argparse.Namespace, tmp: Path) -> None:
+    """CPU and wall time of each pipeline stage, by thread (pointwise model).
+
+    Wraps the pipeline's own functions (module internals, so this part
+    follows the code it measures) and reports the fastest of the runs.
+    """
+    import collections
+    import functools
+    import threading
+
+    from explora_geo.inference import tiles as module
+
+    src = tmp / 'stages_s2.tif'
+    write_raster(src, args.size)
+    events: list[tuple[str, str, float, float, float]] = []
+    saved = []
+    for owner_name, name, label in STAGES:
+        owner = module if owner_name is None else getattr(module, owner_name)
+        original = getattr(owner, name)
+
+        def wrapper(*a: Any, _f: Any = original, _label: str = label, **k: Any) -> Any:
+            start, cpu = time.perf_counter(), time.thread_time()
+            try:
+                return _f(*a, **k)
+            finally:
+                events.append(
+                    (
+                        threading.current_thread().name,
+                        _label,
+                        start,
+                        time.perf_counter(),
+                        time.thread_time() - cpu,
+                    )
+                )
+
+        saved.append((owner, name, original))
+        setattr(owner, name, functools.wraps(original)(wrapper))
+    options = {**pipeline_options(args), 'output': args.stages_output}
+    model, out = pointwise(), tmp / 'stages_out.tif'
+    try:
+        predict_raster(model, src, out, **options)  # warm-up
+        best: tuple[float, float, list[Any]] | None = None
+        for _ in range(max(args.repeats, 5)):
+            events.clear()
+            start = time.perf_counter()
+            predict_raster(model, src, out, **options)
+            seconds = time.perf_counter() - start
+            if best is None or seconds < best[0]:
+                best = (seconds, start, list(events))
+    finally:
+        for owner, name, original in saved:
+            setattr(owner, name, original)
+    assert best is not None
+    seconds, start, runs = best
+    print(
+        f'\n### Stages: pointwise model, {args.stages_output}, {args.size} x '
+        f'{args.size}, the fastest of {max(args.repeats, 5)} runs: '
+        f'{seconds * 1e3:.1f} ms\n'
+    )
+    print('| thread | stage | calls | CPU ms | wall ms | first starts | last ends |')
+    print('| --- | --- | ---: | ---: | ---: | ---: | ---: |')
+    table: dict[tuple[str, str], list[float]] = collections.defaultdict(
+        lambda: [0, 0.0, 0.0, float('inf'), 0.0]
+    )
+    for thread, label, begin, end, cpu in runs:
+        row = table[(thread, label)]
+        row[0] += 1
+        row[1] += cpu
+        row[2] += end - begin
+        row[3] = min(row[3], begin - start)
+        row[4] = max(row[4], end - start)
+    for (thread, label), (calls, cpu, wall, first, last) in sorted(
+        table.items(), key=lambda item: item[1][3]
+    ):
+        print(
+            f'| {thread} | {label} | {calls:.0f} | {cpu * 1e3:.1f} | '
+            f'{wall * 1e3:.1f} | {first * 1e3:.1f} | {last * 1e3:.1f} |'
+        )
+    for path in (src, out):
+        path.unlink()
+
+
+def conversion(args: argparse.Namespace) -> None:
+    """Ways to turn a batch of pixel-interleaved uint16 tiles into model input.
+
+    Each variant converts 4 tiles of 13 x 256 x 256 into normalised float32
+    ``(B, C, T, T)`` (or, where marked, only converts); the first is what
+    the pipeline does.
+    """
+    batch, size = default_batch_size('cpu', args.tile), args.tile
+    rng = np.random.default_rng(0)
+    pixels = torch.from_numpy(
+        rng.integers(0, 5000, (batch, size, size, BANDS), dtype=np.uint16)
+    )
+    bands = pixels.permute(0, 3, 1, 2)  # (B, C, T, T) view of the file's layout
+    x = torch.empty(batch, BANDS, size, size)
+    mean = torch.as_tensor(NORMALIZE[0]).view(1, -1, 1, 1)
+    std = torch.as_tensor(NORMALIZE[1]).view(1, -1, 1, 1)
+    floats = torch.empty(size, size, BANDS)
+    small = torch.empty(BANDS, size, size, dtype=torch.uint16)
+    eye = torch.eye(BANDS)
+
+    def pipeline() -> None:
+        for i in range(batch):
+            x[i : i + 1].copy_(bands[i : i + 1]).sub_(mean).div_(std)
+
+    def convert_only() -> None:
+        for i in range(batch):
+            x[i : i + 1].copy_(bands[i : i + 1])
+
+    def float_then_transpose() -> None:
+        for i in range(batch):
+            floats.copy_(pixels[i])
+            x[i].copy_(floats.permute(2, 0, 1)).sub_(mean[0]).div_(std[0])
+
+    def uint16_transpose_then_convert() -> None:
+        for i in range(batch):
+            small.copy_(bands[i])
+            x[i].copy_(small).sub_(mean[0]).div_(std[0])
+
+    def identity_product() -> None:
+        for i in range(batch):
+            floats.copy_(pixels[i])
+            flat = floats.view(-1, BANDS)
+            torch.mm(eye, flat.t(), out=x[i].view(BANDS, -1))
+
+    variants = {
+        'the pipeline: copy from the (C, T, T) view, subtract, divide': pipeline,
+        'the same copy alone (conversion only)': convert_only,
+        'convert in place, transpose the float32 tile, normalise': float_then_transpose,
+        'transpose as uint16, convert, normalise': uint16_transpose_then_convert,
+        'convert in place, transpose by a product with the identity '
+        '(conversion only)': identity_product,
+    }
+    pipeline()
+    reference = x.clone()
+    uint16_transpose_then_convert()
+    assert torch.equal(x, reference), 'variants must compute the same input'
+    print(
+        f'\n### Conversion: {batch} pixel-interleaved uint16 tiles of {BANDS} x '
+        f'{size} x {size} -> normalised float32, {torch.get_num_threads()} '
+        'thread(s)\n'
+    )
+    print('| variant | ms per batch |')
+    print('| --- | ---: |')
+    for name, fn in variants.items():
+        fn()
+        runs = []
+        for _ in range(5):
+            start = time.perf_counter()
+            for _ in range(20):
+                fn()
+            runs.append((time.perf_counter() - start) / 20)
+        print(f'| {name} | {min(runs) * 1e3:.2f} |')
+
+
 def allocator_child(src: str, args: argparse.Namespace) -> None:
     """Time the ViT + UPerNet row in this (fresh) process; print JSON."""
     vit = vit_upernet()
@@ -502,9 +677,16 @@ def overlap_sweep(args: argparse.Namespace, tmp: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        '--parts', default='throughput,allocator,readers,memory,overlap'
+        '--parts',
+        default='throughput,stages,conversion,allocator,readers,memory,overlap',
     )
     parser.add_argument('--size', type=int, default=2048)
+    parser.add_argument(
+        '--stages-output',
+        choices=('classes', 'scores'),
+        default='classes',
+        help='the output the stages part times',
+    )
     parser.add_argument('--tile', type=int, default=256)
     parser.add_argument('--overlap', type=int, default=32)
     parser.add_argument(
@@ -566,6 +748,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if 'throughput' in parts:
             throughput(args, Path(tmp))
+        if 'stages' in parts:
+            stages(args, Path(tmp))
+        if 'conversion' in parts:
+            conversion(args)
         if 'allocator' in parts:
             allocator(args, Path(tmp))
         if 'readers' in parts:
