@@ -389,6 +389,8 @@ def conversion(args: argparse.Namespace) -> None:
     ``(B, C, T, T)`` (or, where marked, only converts); the first is what
     the pipeline does.
     """
+    from explora_geo.inference import tiles as tiles_module
+
     batch, size = default_batch_size('cpu', args.tile), args.tile
     rng = np.random.default_rng(0)
     pixels = torch.from_numpy(
@@ -402,9 +404,10 @@ def conversion(args: argparse.Namespace) -> None:
     small = torch.empty(BANDS, size, size, dtype=torch.uint16)
     eye = torch.eye(BANDS)
 
+    norm = tiles_module._normalizer(NORMALIZE, BANDS, torch.device('cpu'))
+
     def pipeline() -> None:
-        for i in range(batch):
-            x[i : i + 1].copy_(bands[i : i + 1]).sub_(mean).div_(std)
+        tiles_module._convert(x, bands, None, norm)
 
     def convert_only() -> None:
         for i in range(batch):
@@ -427,7 +430,8 @@ def conversion(args: argparse.Namespace) -> None:
             torch.mm(eye, flat.t(), out=x[i].view(BANDS, -1))
 
     variants = {
-        'the pipeline: copy from the (C, T, T) view, subtract, divide': pipeline,
+        "the pipeline's (per tile: copy from the (C, T, T) view, subtract, "
+        'divide)': pipeline,
         'the same copy alone (conversion only)': convert_only,
         'convert in place, transpose the float32 tile, normalise': float_then_transpose,
         'transpose as uint16, convert, normalise': uint16_transpose_then_convert,
