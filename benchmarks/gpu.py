@@ -65,6 +65,7 @@ from explora_geo.adapter import ExPLoRAConfig
 from explora_geo.inference import tune_allocator
 from explora_geo.inference.tiles import TileGrid, default_readers, predict_raster
 from explora_geo.precision import (
+    PRECISION_CHOICES,
     PrecisionName,
     autocast,
     environment_report,
@@ -322,7 +323,7 @@ def main() -> None:
     parser.add_argument('--tile-batch', type=int, default=32)
     parser.add_argument(
         '--tile-precision',
-        choices=('auto', '32', 'bf16'),
+        choices=PRECISION_CHOICES,
         default='32',
         help="the tile models' arithmetic, alone and in predict_raster (default: "
         'fp32, as in the figures so far)',

@@ -240,10 +240,11 @@ def final_copy(
     computed into a temporary file beside *dst* (or in ``CPL_TMPDIR``) that
     GDAL leaves uncompressed here (``COG_TMP_COMPRESSION=NONE``, unless the
     environment sets it; GDAL's default compresses it with ZSTD, or LZW, only
-    to read it back at once): the same bytes, 1.6x faster for a 2048 px class map and 1.05-1.9x
-    for uint8 scores (the gain depends on how well ZSTD compresses them), for
-    a temporary file of up to a third of the uncompressed raster's size
-    (benchmarks.md, "Tiled raster prediction"). Compressed rasters use
+    to read it back at once): the same bytes, 1.6x faster for a 2048 px class
+    map and 1.05-1.9x for uint8 scores (the gain depends on how well ZSTD
+    compresses them), for a temporary file of up to a third of the
+    uncompressed raster's size (benchmarks.md, "Tiled raster prediction").
+    Compressed rasters use
     the TIFF predictor (horizontal differencing; floating-point for float
     data), which makes class maps and smooth scores smaller and faster to
     compress.
